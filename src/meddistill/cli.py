@@ -1,0 +1,206 @@
+"""The ``meddistill`` command: one sub-command per pipeline stage, plus ``run``.
+
+Parsing (:func:`build_parser`) is separate from work (:func:`main` → ``cmd_*``), as in
+torchvision's reference scripts.  User errors print one line and exit with status 2;
+Ctrl-C leaves the checkpoint in place and says how to resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from meddistill import __version__
+from meddistill.config import PROFILES, RunConfig, build_config, config_from_dict, read_yaml
+from meddistill.errors import MeddistillError
+
+
+def _common(p: argparse.ArgumentParser, dataset: bool = True) -> None:
+    if dataset:
+        p.add_argument("dataset", help="MedMNIST subset, e.g. pneumoniamnist")
+    p.add_argument("--profile", choices=PROFILES, default="cpu", help="size profile (default: cpu)")
+    p.add_argument("--config", help="YAML file merged over the profile")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set distill.iterations=500 (repeatable)",
+    )
+    p.add_argument("--size", type=int, choices=(28, 64, 128, 224), help="image size (default 28)")
+    p.add_argument("--seed", type=int, help="seed (default 0); everything is derived from it")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument("--data-root", help="folder with MedMNIST npz files (then $MEDDISTILL_DATA, ~/.medmnist)")
+    p.add_argument("--out", dest="out_dir", help="runs folder (default: runs)")
+    p.add_argument("--experts-dir", help="expert buffer folder (default: experts)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _distill_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ipc", type=int, help="synthetic images per class")
+    p.add_argument("--method", help="ptm (default), ptm_nodom, mtt, datm, random, herding, kcenter, dm, dc")
+    p.add_argument("--iterations", type=int, help="distillation iterations")
+    p.add_argument("--restart", action="store_true", help="discard this cell's checkpoint and start over")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="meddistill", description="Medical image dataset distillation.")
+    ap.add_argument("--version", action="version", version=f"meddistill {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("datasets", help="list MedMNIST subsets and whether their files are found")
+    p.add_argument("--data-root")
+    p.add_argument("--size", type=int, default=28, choices=(28, 64, 128, 224))
+
+    p = sub.add_parser("experts", help="train expert trajectories (resumable)")
+    _common(p)
+    p.add_argument("--num-experts", type=int)
+    p.add_argument("--epochs", type=int)
+
+    p = sub.add_parser("distill", help="distill a synthetic set (resumable)")
+    _common(p)
+    _distill_opts(p)
+
+    p = sub.add_parser("eval", help="evaluate a run folder / synset.npz, or the full train split")
+    p.add_argument("target", help="run folder, synset.npz, or a dataset name with --full")
+    p.add_argument("--full", action="store_true", help="evaluate training on the full real train split")
+    p.add_argument("--results", help="JSON-lines file to append the result row to")
+    p.add_argument("--num-nets", type=int, help="fresh nets (seeds) per evaluation net")
+    p.add_argument("--nets", help="comma-separated evaluation nets, e.g. convnet,resnet18,vgg11")
+    _common(p, dataset=False)
+
+    p = sub.add_parser("run", help="experts → distill → evaluate one dataset and print its accuracy")
+    _common(p)
+    _distill_opts(p)
+    p.add_argument("--num-nets", type=int, help="fresh nets (seeds) per evaluation net")
+    return ap
+
+
+def config_from_args(args: argparse.Namespace, dataset: str | None = None) -> RunConfig:
+    flags = {
+        "dataset": dataset if dataset is not None else getattr(args, "dataset", None),
+        "size": getattr(args, "size", None),
+        "seed": getattr(args, "seed", None),
+        "device": getattr(args, "device", None),
+        "data_root": getattr(args, "data_root", None),
+        "out_dir": getattr(args, "out_dir", None),
+        "experts_dir": getattr(args, "experts_dir", None),
+        "distill.ipc": getattr(args, "ipc", None),
+        "distill.method": getattr(args, "method", None),
+        "distill.iterations": getattr(args, "iterations", None),
+        "experts.num_experts": getattr(args, "num_experts", None),
+        "experts.epochs": getattr(args, "epochs", None),
+        "eval.num_nets": getattr(args, "num_nets", None),
+        "eval.nets": args.nets.split(",") if getattr(args, "nets", None) else None,
+    }
+    return build_config(args.profile, args.config, args.overrides, **flags)
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from meddistill.data import DATASETS
+    from meddistill.data.loader import candidate_roots
+
+    roots = candidate_roots(args.data_root)
+    print(f"{'name':16} {'modality':26} {'task':26} {'cls':>3} {'ch':>2} {'train':>7}  {'license':13} local file")
+    for d in DATASETS.values():
+        found = next((str(r / d.filename(args.size)) for r in roots if (r / d.filename(args.size)).is_file()), "-")
+        print(
+            f"{d.name:16} {d.modality:26} {d.task:26} {d.num_classes:>3} {d.channels:>2} "
+            f"{d.n_samples[0]:>7}  {d.license:13} {found}"
+        )
+    return 0
+
+
+def cmd_experts(args: argparse.Namespace) -> int:
+    from meddistill.experts import train_experts
+    from meddistill.pipeline import load_data
+    from meddistill.utils import resolve_device
+
+    cfg = config_from_args(args)
+    folder = train_experts(load_data(cfg), cfg, resolve_device(cfg.device), not args.no_progress)
+    print(f"experts: {folder}")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from meddistill.pipeline import distill
+
+    cfg = config_from_args(args)
+    run_dir, syn = distill(cfg, progress=not args.no_progress, restart=args.restart)
+    print(f"synthetic set: {run_dir / 'synset.npz'} ({len(syn.labels)} images)")
+    return 0
+
+
+def _print_summary(prefix: str, row: dict) -> None:
+    for net, s in row["per_net"].items():
+        print(
+            f"{prefix} [{net}] test ACC {100 * s['acc_mean']:.2f} ± {100 * s['acc_std']:.2f} %  "
+            f"AUC {100 * s['auc_mean']:.2f} ± {100 * s['auc_std']:.2f} %  over {s['n']} seeds"
+        )
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from meddistill.evaluate import evaluate_full
+    from meddistill.pipeline import eval_identity, evaluate_run, load_data, result_row
+    from meddistill.synset import SynSet
+    from meddistill.utils import append_jsonl, config_hash, resolve_device
+
+    if args.full:
+        cfg = config_from_args(args, dataset=args.target)
+        cfg.distill.method, cfg.distill.ipc = "full", 0
+        ds = load_data(cfg)
+        summary = evaluate_full(ds, cfg, resolve_device(cfg.device), not args.no_progress)
+        row = result_row(cfg, summary, "", config_hash(eval_identity(cfg), 10), None, cfg.eval.lr_default)
+        row["train_images"] = len(ds.train)
+        append_jsonl(args.results or Path(cfg.out_dir) / "results.jsonl", row)
+        _print_summary(f"{cfg.dataset} full train split ({len(ds.train)} images)", row)
+        return 0
+    target = Path(args.target)
+    run_dir = target if target.is_dir() else target.parent
+    base = config_from_dict(read_yaml(run_dir / "config.yaml")) if (run_dir / "config.yaml").exists() else None
+    syn = SynSet.load(target)
+    if base is None:
+        cfg = config_from_args(args, dataset=syn.meta.get("dataset"))
+    else:
+        cfg = config_from_args(args, dataset=base.dataset)
+        cfg.net, cfg.distill, cfg.size = base.net, base.distill, base.size
+    summary, row = evaluate_run(cfg, run_dir, syn, load_data(cfg), progress=not args.no_progress)
+    if args.results:
+        append_jsonl(args.results, row)
+    _print_summary(f"{cfg.dataset} {syn.meta.get('method')} ipc={syn.meta.get('ipc')}", row)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from meddistill.pipeline import run_cell
+
+    cfg = config_from_args(args)
+    res = run_cell(cfg, progress=not args.no_progress, restart=args.restart)
+    print(f"run folder: {res.run_dir}")
+    _print_summary(f"{cfg.dataset} {cfg.distill.method} ipc={cfg.distill.ipc} ({cfg.profile} profile)", res.row)
+    return 0
+
+
+COMMANDS = {"datasets": cmd_datasets, "experts": cmd_experts, "distill": cmd_distill, "eval": cmd_eval, "run": cmd_run}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except MeddistillError as exc:
+        print(f"meddistill: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "meddistill: interrupted; finished work and the last checkpoint are kept — run the same "
+            "command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

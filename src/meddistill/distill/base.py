@@ -1,0 +1,118 @@
+"""Method registry and the context every distillation method receives."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from meddistill.config import RunConfig
+from meddistill.data.loader import MedDataset, class_indices
+from meddistill.errors import ConfigError
+from meddistill.synset import SynSet
+from meddistill.utils import code_version
+
+
+@dataclass
+class DistillContext:
+    ds: MedDataset
+    cfg: RunConfig
+    device: torch.device
+    run_dir: Path
+    progress: bool = True
+    config_hash: str = ""
+    stop_at: int | None = None  # testing aid: stop (after checkpointing) at this iteration
+    _experts: Path | None = field(default=None, repr=False)
+
+    def experts_folder(self) -> Path:
+        """Train (or reuse cached) expert trajectories for this dataset and net."""
+        if self._experts is None:
+            from meddistill.experts import train_experts
+
+            self._experts = train_experts(self.ds, self.cfg, self.device, self.progress)
+        return self._experts
+
+    def class_indices(self) -> list[torch.Tensor]:
+        return class_indices(self.ds.train.labels, self.ds.num_classes)
+
+    def check_ipc(self) -> None:
+        ipc = self.cfg.distill.ipc
+        if ipc < 1:
+            raise ConfigError(f"ipc must be at least 1, got {ipc}")
+        for c, idx in enumerate(self.class_indices()):
+            if len(idx) < ipc:
+                raise ConfigError(
+                    f"ipc {ipc} is larger than class {c} ({self.ds.info.labels[c]!r}) of "
+                    f"{self.ds.info.name}, which has {len(idx)} train images"
+                )
+
+    def make_synset(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        lr: float | None = None,
+        soft_labels: torch.Tensor | None = None,
+        **extra,
+    ) -> SynSet:
+        cfg = self.cfg
+        meta = {
+            "dataset": self.ds.info.name,
+            "size": self.ds.size,
+            "ipc": cfg.distill.ipc,
+            "method": cfg.distill.method,
+            "seed": cfg.seed,
+            "config_hash": self.config_hash,
+            "code_version": code_version(),
+            "net": cfg.net.to_dict(),
+            "num_classes": self.ds.num_classes,
+            "class_names": list(self.ds.info.labels),
+            "license": self.ds.info.license,
+            **extra,
+        }
+        return SynSet(
+            images.detach().cpu().float(),
+            labels.detach().cpu().long(),
+            self.ds.mean.clone(),
+            self.ds.std.clone(),
+            lr=lr,
+            soft_labels=None if soft_labels is None else soft_labels.detach().cpu().float(),
+            meta=meta,
+        )
+
+
+MethodFn = Callable[[DistillContext], SynSet]
+_METHODS: dict[str, MethodFn] = {}
+
+
+def register_method(name: str) -> Callable[[MethodFn], MethodFn]:
+    def deco(fn: MethodFn) -> MethodFn:
+        if name in _METHODS:
+            raise ValueError(f"method {name!r} registered twice")
+        _METHODS[name] = fn
+        return fn
+
+    return deco
+
+
+def list_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> MethodFn:
+    if name not in _METHODS:
+        raise ConfigError(f"unknown method {name!r}; registered methods: {', '.join(list_methods())}")
+    return _METHODS[name]
+
+
+def real_init(ctx: DistillContext, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``ipc`` random real images per class: (images, labels, train indices)."""
+    ctx.check_ipc()
+    ipc = ctx.cfg.distill.ipc
+    idx = []
+    for cls_idx in ctx.class_indices():
+        perm = torch.randperm(len(cls_idx), generator=gen)[:ipc]
+        idx.append(cls_idx[perm])
+    idx_t = torch.cat(idx)
+    return ctx.ds.train.images[idx_t].clone(), ctx.ds.train.labels[idx_t].clone(), idx_t

@@ -1,0 +1,81 @@
+"""Start-epoch schedules: which expert epochs a trajectory-matching iteration may start from.
+
+MTT draws the start epoch ``t`` uniformly from ``[min_start, max_start)`` for the whole run
+and matches ``M`` epochs ahead.  PTM splits the run into ``stages``; stage ``s`` draws ``t``
+from a window that slides from the earliest to the latest expert epochs, and the matched
+span grows by ``span_growth`` per stage.  Both are the same function with different stage
+counts, so plain MTT is literally PTM with one full-width stage and no growth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meddistill.config import DistillConfig
+from meddistill.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Window:
+    stage: int
+    lo: int  # inclusive
+    hi: int  # exclusive
+    span: int  # M
+
+
+@dataclass(frozen=True)
+class Schedule:
+    iterations: int
+    min_start: int
+    max_start: int
+    span: int
+    stages: int = 1
+    window_frac: float = 1.0
+    span_growth: int = 0
+    anchored: bool = False  # window always starts at min_start; only its upper end moves
+
+    def stage_of(self, it: int) -> int:
+        return min(self.stages - 1, it * self.stages // max(1, self.iterations))
+
+    def window(self, it: int) -> Window:
+        s = self.stage_of(it)
+        rng = self.max_start - self.min_start
+        width = max(1, round(self.window_frac * rng))
+        if self.stages == 1:
+            lo = self.min_start
+        else:
+            lo = self.min_start + round(s * (rng - width) / (self.stages - 1))
+        hi = lo + width
+        if self.anchored:
+            lo = self.min_start
+        return Window(s, lo, hi, self.span + s * self.span_growth)
+
+    def stage_starts(self) -> list[int]:
+        """First iteration of each stage."""
+        return [next(i for i in range(self.iterations) if self.stage_of(i) == s) for s in range(self.stages)]
+
+    def check(self, num_epochs: int) -> None:
+        if self.max_start <= self.min_start:
+            raise ConfigError(f"max_start_epoch ({self.max_start}) must exceed min_start_epoch ({self.min_start})")
+        last = self.window(self.iterations - 1)
+        need = last.hi - 1 + last.span
+        first_need = self.window(0).hi - 1 + self.window(0).span
+        if max(need, first_need) > num_epochs:
+            raise ConfigError(
+                f"the schedule matches up to expert epoch {max(need, first_need)} but experts have "
+                f"{num_epochs} epochs; lower distill.max_start_epoch/expert_epochs or train longer experts"
+            )
+
+
+def mtt_schedule(d: DistillConfig) -> Schedule:
+    return Schedule(d.iterations, d.min_start_epoch, d.max_start_epoch, d.expert_epochs)
+
+
+def ptm_schedule(d: DistillConfig) -> Schedule:
+    if d.stages < 1:
+        raise ConfigError(f"distill.stages must be at least 1, got {d.stages}")
+    if not 0 < d.window <= 1:
+        raise ConfigError(f"distill.window must be in (0, 1], got {d.window}")
+    return Schedule(
+        d.iterations, d.min_start_epoch, d.max_start_epoch, d.expert_epochs, d.stages, d.window, d.span_growth
+    )

@@ -1,0 +1,341 @@
+"""Trajectory matching (MTT) with progressive schedules (PTM) and overlap mitigation (DOM).
+
+One engine serves ``mtt``, ``ptm``, ``ptm_nodom`` and ``datm``: they differ only in the
+start-epoch schedule, whether DOM runs and whether labels are learnable soft labels.
+
+Every random choice (expert, start epoch, minibatches, DSA seeds, DOM replacements) comes
+from one ``torch.Generator`` whose state is checkpointed together with the images, the
+learnable lr, the momentum buffers and the loss history, so ``--resume`` continues exactly
+as the uninterrupted run would have (bit-for-bit on the same device).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from meddistill.augment import dsa, for_dataset
+from meddistill.distill.base import DistillContext, real_init
+from meddistill.distill.dom import class_diversity, cosine_matrix, max_overlap, select_overlapping
+from meddistill.distill.schedule import Schedule
+from meddistill.errors import ArtifactError, RunStopped
+from meddistill.experts import ExpertBuffer
+from meddistill.nets import FlatParams, call_flat, create_model
+from meddistill.synset import SynSet
+from meddistill.utils import append_jsonl, atomic_path, derive_seed, read_jsonl, write_text_atomic
+
+CKPT = "checkpoint.safetensors"
+CKPT_META = "checkpoint.json"
+RECENT = 25  # losses in the running median used to detect an exploding step
+
+
+@dataclass
+class TMState:
+    images: torch.Tensor
+    labels: torch.Tensor
+    lr: torch.Tensor
+    label_logits: torch.Tensor | None
+    gen: torch.Generator
+    used: torch.Tensor  # bool over the train split: real images already taken
+    img_mom: torch.Tensor
+    lr_mom: torch.Tensor
+    lab_mom: torch.Tensor | None
+    it: int = 0
+    skipped: int = 0
+    replaced: int = 0
+    losses: list[float] = field(default_factory=list)
+
+
+class TrajectoryMatching:
+    def __init__(self, ctx: DistillContext, schedule: Schedule, use_dom: bool, soft_labels: bool) -> None:
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+        self.d = ctx.cfg.distill
+        self.dev = ctx.device
+        self.schedule = schedule
+        self.use_dom = use_dom and self.d.dom.enabled
+        self.soft = soft_labels
+        self.buffer = ExpertBuffer(ctx.experts_folder(), self.cfg.experts.num_experts)
+        schedule.check(self.buffer.num_epochs)
+        self.net = create_model(self.cfg.net, ctx.ds.shape, ctx.ds.num_classes).to(self.dev)
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.spec = FlatParams.of(self.net)
+        self.dsa_cfg = for_dataset(ctx.ds.info, self.cfg.dsa)
+        self.run_dir = ctx.run_dir
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+
+    # ----------------------------------------------------------------- state
+    def _expert_logits(self, x: torch.Tensor) -> torch.Tensor:
+        theta = self.buffer.get(0)[self.d.max_start_epoch].to(self.dev)
+        with torch.no_grad():
+            return call_flat(self.net, self.spec, theta, x.to(self.dev)).float()
+
+    def init_state(self) -> TMState:
+        gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "distill", self.d.method))
+        images, labels, idx = real_init(self.ctx, gen)
+        if self.d.init == "noise":
+            images = torch.randn(images.shape, generator=gen)
+        used = torch.zeros(len(self.ctx.ds.train), dtype=torch.bool)
+        used[idx] = True
+        images = images.to(self.dev).requires_grad_(True)
+        logits = None
+        if self.soft:
+            logits = self._expert_logits(images.detach()).requires_grad_(True)
+        lr = torch.tensor(self.d.lr_init, device=self.dev).requires_grad_(True)
+        return TMState(
+            images,
+            labels.to(self.dev),
+            lr,
+            logits,
+            gen,
+            used,
+            torch.zeros_like(images),
+            torch.zeros_like(lr),
+            None if logits is None else torch.zeros_like(logits),
+        )
+
+    def save_checkpoint(self, st: TMState) -> None:
+        tensors = {
+            "images": st.images.detach().cpu(),
+            "labels": st.labels.cpu(),
+            "lr": st.lr.detach().cpu().reshape(1),
+            "img_mom": st.img_mom.cpu(),
+            "lr_mom": st.lr_mom.cpu().reshape(1),
+            "used": st.used.to(torch.uint8),
+            "gen_state": st.gen.get_state(),
+            "losses": torch.tensor(st.losses, dtype=torch.float64),
+        }
+        if st.label_logits is not None:
+            tensors["label_logits"] = st.label_logits.detach().cpu()
+            tensors["lab_mom"] = st.lab_mom.cpu()
+        with atomic_path(self.run_dir / CKPT) as tmp:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        meta = {"it": st.it, "skipped": st.skipped, "replaced": st.replaced, "config_hash": self.ctx.config_hash}
+        write_text_atomic(self.run_dir / CKPT_META, json.dumps(meta, indent=2))
+
+    def load_checkpoint(self) -> TMState | None:
+        path, meta_path = self.run_dir / CKPT, self.run_dir / CKPT_META
+        if not (path.exists() and meta_path.exists()):
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            t = load_file(str(path))
+        except (SafetensorError, OSError, json.JSONDecodeError) as exc:
+            raise ArtifactError(f"checkpoint in {self.run_dir} is unreadable ({exc}); rerun with --restart") from None
+        if meta.get("config_hash") != self.ctx.config_hash:
+            raise ArtifactError(f"checkpoint in {self.run_dir} belongs to another config; rerun with --restart")
+        gen = torch.Generator()
+        gen.set_state(t["gen_state"])
+        logits = t.get("label_logits")
+        st = TMState(
+            t["images"].to(self.dev).requires_grad_(True),
+            t["labels"].to(self.dev),
+            t["lr"].reshape(()).to(self.dev).requires_grad_(True),
+            None if logits is None else logits.to(self.dev).requires_grad_(True),
+            gen,
+            t["used"].bool(),
+            t["img_mom"].to(self.dev),
+            t["lr_mom"].reshape(()).to(self.dev),
+            None if logits is None else t["lab_mom"].to(self.dev),
+            it=int(meta["it"]),
+            skipped=int(meta["skipped"]),
+            replaced=int(meta["replaced"]),
+            losses=t["losses"].tolist(),
+        )
+        # drop metric rows written after the checkpoint so the log has no duplicates
+        rows = [r for r in read_jsonl(self.metrics_path) if r.get("it", -1) < st.it]
+        write_text_atomic(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        return st
+
+    # ------------------------------------------------------------------ core
+    def matching_loss(self, st: TMState, k: int, t: int, span: int, seeds: list[int], batches) -> torch.Tensor:
+        """Unroll ``syn_steps`` student steps from expert ``k`` epoch ``t``; normalised distance."""
+        traj = self.buffer.get(k)
+        start = traj[t].to(self.dev)
+        target = traj[t + span].to(self.dev)
+        y = F.softmax(st.label_logits, 1) if st.label_logits is not None else st.labels
+        theta = start.clone().requires_grad_(True)
+        for i, seed in enumerate(seeds):
+            idx = batches[i] if batches is not None else slice(None)
+            x = dsa(st.images[idx], seed, self.dsa_cfg)
+            ce = F.cross_entropy(call_flat(self.net, self.spec, theta, x), y[idx])
+            (g,) = torch.autograd.grad(ce, theta, create_graph=True)
+            theta = theta - st.lr * g
+        return ((theta - target) ** 2).sum() / ((start - target) ** 2).sum().clamp_min(1e-12)
+
+    def _exploding(self, st: TMState, value: float) -> bool:
+        if not math.isfinite(value):
+            return True
+        recent = st.losses[-RECENT:]
+        if len(recent) < 5:
+            return False
+        med = sorted(recent)[len(recent) // 2]
+        return value > self.d.explode_factor * med
+
+    def step(self, st: TMState) -> dict:
+        win = self.schedule.window(st.it)
+        k = int(torch.randint(len(self.buffer), (1,), generator=st.gen))
+        t = int(torch.randint(win.lo, win.hi, (1,), generator=st.gen))
+        n = st.images.shape[0]
+        bs = self.d.batch_syn if 0 < self.d.batch_syn < n else n
+        seeds = torch.randint(2**62, (self.d.syn_steps,), generator=st.gen).tolist()
+        batches = None
+        if bs < n:
+            batches = [torch.randperm(n, generator=st.gen)[:bs].to(self.dev) for _ in range(self.d.syn_steps)]
+        loss = self.matching_loss(st, k, t, win.span, seeds, batches)
+        value = float(loss.detach())
+        status = "ok"
+        if self._exploding(st, value):
+            status = "skipped"
+        else:
+            leaves = [st.images, st.lr] + ([st.label_logits] if st.label_logits is not None else [])
+            grads = torch.autograd.grad(loss, leaves)
+            if not all(torch.isfinite(g).all() for g in grads):
+                status = "skipped"
+            else:
+                status = self._apply(st, grads)
+        if status == "ok":
+            st.losses.append(value)
+        else:
+            st.skipped += 1
+        row = {
+            "it": st.it,
+            "stage": win.stage,
+            "lo": win.lo,
+            "hi": win.hi,
+            "span": win.span,
+            "expert": k,
+            "start": t,
+            "loss": value,
+            "lr": float(st.lr.detach()),
+            "status": status,
+        }
+        st.it += 1
+        return row
+
+    def _apply(self, st: TMState, grads: tuple[torch.Tensor, ...]) -> str:
+        d = self.d
+        g_img, g_lr = grads[0], grads[1]
+        if d.max_grad_norm > 0:
+            norm = g_img.norm()
+            if norm > d.max_grad_norm:
+                g_img = g_img * (d.max_grad_norm / norm)
+        new_lr_mom = d.momentum * st.lr_mom + g_lr
+        new_lr = st.lr.detach() - d.lr_lr * new_lr_mom
+        if not torch.isfinite(new_lr) or new_lr <= 0:
+            return "skipped"  # roll back: a non-positive student lr would make the run meaningless
+        with torch.no_grad():
+            st.img_mom.mul_(d.momentum).add_(g_img)
+            st.images.sub_(d.lr_img * st.img_mom)
+            st.lr_mom.copy_(new_lr_mom)
+            st.lr.copy_(new_lr)
+            if st.label_logits is not None:
+                st.lab_mom.mul_(d.momentum).add_(grads[2])
+                st.label_logits.sub_(d.lr_label * st.lab_mom)
+        return "ok"
+
+    # ------------------------------------------------------------------- DOM
+    def dom_due(self, it: int) -> bool:
+        dc = self.d.dom
+        frac = it / max(1, self.d.iterations)
+        return self.use_dom and it > 0 and it % dc.every == 0 and dc.start <= frac <= dc.stop and self.d.ipc > 1
+
+    @torch.no_grad()
+    def dom_step(self, st: TMState) -> int:
+        dc = self.d.dom
+        theta = self.buffer.get(0)[-1].to(self.dev)
+        feats = call_flat(self.net, self.spec, theta, st.images, features=True)
+        budget = max(1, int(dc.max_replace_frac * self.d.ipc))
+        train = self.ctx.ds.train
+        replaced = 0
+        for c, cls_idx in enumerate(self.ctx.class_indices()):
+            ids = torch.nonzero(st.labels == c).view(-1)
+            sel = select_overlapping(
+                cosine_matrix(st.images[ids]),
+                cosine_matrix(feats[ids]),
+                dc.pixel_threshold,
+                dc.feature_threshold,
+                budget,
+            )
+            for j in sel:
+                free = cls_idx[~st.used[cls_idx]]
+                pool = free if len(free) else cls_idx
+                r = pool[int(torch.randint(len(pool), (1,), generator=st.gen))]
+                st.used[r] = True
+                new = train.images[r].clone()
+                if dc.noise > 0 or not len(free):
+                    new += max(dc.noise, 0.1) * torch.randn(new.shape, generator=st.gen)
+                pos = ids[j]
+                st.images[pos] = new.to(self.dev)
+                st.img_mom[pos] = 0
+                if st.label_logits is not None:
+                    st.label_logits[pos] = self._expert_logits(new.unsqueeze(0))[0]
+                    st.lab_mom[pos] = 0
+                replaced += 1
+        st.replaced += replaced
+        return replaced
+
+    # ------------------------------------------------------------------- run
+    def run(self) -> SynSet:
+        st = self.load_checkpoint()
+        if st is None:
+            self.metrics_path.unlink(missing_ok=True)
+            st = self.init_state()
+        d = self.d
+        stop = d.iterations if self.ctx.stop_at is None else min(d.iterations, self.ctx.stop_at)
+        last_ckpt = time.monotonic()
+        t0 = time.monotonic()
+        bar = tqdm(total=d.iterations, initial=st.it, desc=f"distill {d.method}", disable=not self.ctx.progress)
+        try:
+            while st.it < stop:
+                row = self.step(st)
+                if self.dom_due(st.it):
+                    row["dom_replaced"] = self.dom_step(st)
+                if st.it % d.log_every == 0 or st.it == d.iterations or "dom_replaced" in row:
+                    imgs = st.images.detach()
+                    row.update(
+                        diversity=class_diversity(imgs, st.labels),
+                        max_overlap=max_overlap(imgs, st.labels),
+                        skipped_total=st.skipped,
+                        replaced_total=st.replaced,
+                        elapsed_s=round(time.monotonic() - t0, 3),
+                    )
+                    append_jsonl(self.metrics_path, row)
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.4g}", stage=row["stage"])
+                if time.monotonic() - last_ckpt > d.checkpoint_every_s:
+                    self.save_checkpoint(st)
+                    last_ckpt = time.monotonic()
+        except KeyboardInterrupt:
+            self.save_checkpoint(st)
+            raise
+        finally:
+            bar.close()
+        self.save_checkpoint(st)
+        if st.it < d.iterations:
+            raise RunStopped(f"distillation stopped at iteration {st.it}/{d.iterations}; run again to resume")
+        soft = F.softmax(st.label_logits.detach(), 1) if st.label_logits is not None else None
+        return self.ctx.make_synset(
+            st.images.detach(),
+            st.labels,
+            lr=float(st.lr.detach()),
+            soft_labels=soft,
+            iterations=st.it,
+            skipped=st.skipped,
+            dom_replaced=st.replaced,
+        )
+
+
+def finished(run_dir: Path, iterations: int) -> bool:
+    p = run_dir / CKPT_META
+    return p.exists() and json.loads(p.read_text()).get("it", 0) >= iterations

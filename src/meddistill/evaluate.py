@@ -1,0 +1,157 @@
+"""The one evaluation protocol every method shares.
+
+K fresh nets (per evaluation architecture) are trained on the given image set — synthetic,
+coreset or the full train split — with SGD (momentum, weight decay, lr x0.1 at half the epochs),
+DSA, and model selection on the **validation** split only: every ``val_every`` epochs
+val ACC is measured, and the test metrics reported are those of the checkpoint with the best
+val ACC (ties: the earlier one).  The test split never influences any choice.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from meddistill.augment import dsa, for_dataset
+from meddistill.config import RunConfig
+from meddistill.data.loader import MedDataset, Split
+from meddistill.metrics import medmnist_acc, medmnist_auc
+from meddistill.nets import NetSpec, create_model
+from meddistill.utils import autocast, derive_seed
+
+
+@dataclass
+class NetResult:
+    net: str
+    seed: int
+    test_acc: float
+    test_auc: float
+    val_acc: float
+    best_epoch: int
+
+
+@dataclass
+class EvalSummary:
+    results: list[NetResult] = field(default_factory=list)
+
+    def stats(self, net: str | None = None) -> dict[str, float]:
+        rs = [r for r in self.results if net is None or r.net == net]
+        acc = np.array([r.test_acc for r in rs])
+        auc = np.array([r.test_auc for r in rs])
+        return {
+            "acc_mean": float(acc.mean()),
+            "acc_std": float(acc.std()),
+            "auc_mean": float(np.nanmean(auc)) if not np.all(np.isnan(auc)) else float("nan"),
+            "auc_std": float(np.nanstd(auc)) if not np.all(np.isnan(auc)) else float("nan"),
+            "n": len(rs),
+        }
+
+    def by_net(self) -> dict[str, dict[str, float]]:
+        return {n: self.stats(n) for n in dict.fromkeys(r.net for r in self.results)}
+
+    def line(self) -> str:
+        parts = []
+        for n, s in self.by_net().items():
+            parts.append(
+                f"{n}: ACC {100 * s['acc_mean']:.2f} ± {100 * s['acc_std']:.2f}  "
+                f"AUC {100 * s['auc_mean']:.2f} ± {100 * s['auc_std']:.2f}  (n={s['n']})"
+            )
+        return " | ".join(parts)
+
+
+@torch.no_grad()
+def predict(net, split: Split, device, bf16: bool, bs: int = 1024) -> np.ndarray:
+    net.eval()
+    out = []
+    with autocast(device, bf16):
+        for i in range(0, len(split), bs):
+            out.append(F.softmax(net(split.images[i : i + bs].to(device)).float(), 1).cpu())
+    net.train()
+    return torch.cat(out).numpy()
+
+
+def train_eval_net(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    ds: MedDataset,
+    cfg: RunConfig,
+    net_name: str,
+    seed: int,
+    lr: float,
+    epochs: int,
+    device: torch.device,
+) -> NetResult:
+    """Train one fresh net on (images, labels); labels are class ids or soft (N, C) targets."""
+    ecfg = cfg.eval
+    spec = NetSpec(**{**cfg.net.to_dict(), "name": net_name})
+    torch.manual_seed(derive_seed(seed, "eval-init", net_name))
+    net = create_model(spec, ds.shape, ds.num_classes).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=ecfg.momentum, weight_decay=ecfg.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, epochs // 2)], gamma=0.1)
+    dsa_cfg = for_dataset(ds.info, cfg.dsa) if ecfg.dsa else None
+    n = len(images)
+    val_every = max(1, min(ecfg.val_every, epochs))
+    best = (-1.0, 0, math.nan, math.nan)  # val_acc, epoch, test_acc, test_auc
+    for epoch in range(1, epochs + 1):
+        g = torch.Generator().manual_seed(derive_seed(seed, "eval-order", net_name, epoch))
+        perm = torch.randperm(n, generator=g)
+        for b, i in enumerate(range(0, n, ecfg.batch_size)):
+            idx = perm[i : i + ecfg.batch_size]
+            xb, yb = images[idx].to(device), labels[idx].to(device)
+            xb = dsa(xb, derive_seed(seed, "eval-dsa", net_name, epoch, b), dsa_cfg)
+            with autocast(device, ecfg.bf16):
+                loss = F.cross_entropy(net(xb).float(), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+        if epoch % val_every == 0 or epoch == epochs:
+            val_acc = medmnist_acc(ds.val.labels.numpy(), predict(net, ds.val, device, ecfg.bf16))
+            if val_acc > best[0]:
+                prob = predict(net, ds.test, device, ecfg.bf16)
+                y = ds.test.labels.numpy()
+                best = (val_acc, epoch, medmnist_acc(y, prob), medmnist_auc(y, prob))
+    return NetResult(net_name, seed, best[2], best[3], best[0], best[1])
+
+
+def evaluate_images(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    ds: MedDataset,
+    cfg: RunConfig,
+    device: torch.device,
+    lr: float | None = None,
+    epochs: int | None = None,
+    progress: bool = True,
+    desc: str = "eval",
+) -> EvalSummary:
+    """Evaluate an image set with ``cfg.eval.num_nets`` seeds for every net in ``cfg.eval.nets``."""
+    ecfg = cfg.eval
+    lr = ecfg.lr if ecfg.lr > 0 else (lr if lr else ecfg.lr_default)
+    epochs = epochs or ecfg.epochs
+    summary = EvalSummary()
+    jobs = [(net, s) for net in ecfg.nets for s in range(ecfg.num_nets)]
+    for net_name, s in tqdm(jobs, desc=desc, unit="net", disable=not progress):
+        seed = derive_seed(cfg.seed, "eval", s)
+        summary.results.append(train_eval_net(images, labels, ds, cfg, net_name, seed, lr, epochs, device))
+    return summary
+
+
+def evaluate_full(ds: MedDataset, cfg: RunConfig, device: torch.device, progress: bool = True) -> EvalSummary:
+    """Upper bound: the same protocol on the whole real train split."""
+    return evaluate_images(
+        ds.train.images,
+        ds.train.labels,
+        ds,
+        cfg,
+        device,
+        lr=cfg.eval.lr_default,
+        epochs=cfg.eval.full_epochs,
+        progress=progress,
+        desc="eval full",
+    )

@@ -1,0 +1,185 @@
+"""Expert trajectories: N nets trained on the real train split, parameters saved per epoch.
+
+Layout: ``<experts_dir>/<dataset>_<size>/<net tag>-<hash>/expert_<k>.safetensors`` holding
+``trajectory`` (epochs + 1, P) float32 (row 0 is the init), plus ``meta.json`` (dataset,
+net spec, expert config, seed, code version).  The hash keys the folder on everything that
+changes a trajectory, so two profiles never share (or clobber) buffers.
+
+Resumable: after every epoch the partial trajectory is written atomically to
+``expert_<k>.partial.safetensors``; a killed run continues from the last finished epoch and
+produces the same trajectory it would have produced uninterrupted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from meddistill.augment import DSAConfig, dsa, for_dataset
+from meddistill.config import ExpertConfig, RunConfig
+from meddistill.data.loader import MedDataset
+from meddistill.errors import ArtifactError, ConfigError
+from meddistill.nets import FlatParams, create_model, flatten_params, load_flat
+from meddistill.utils import atomic_path, autocast, code_version, config_hash, derive_seed, write_text_atomic
+
+
+def expert_identity(cfg: RunConfig) -> dict:
+    """Everything that determines a trajectory (the folder is keyed on its hash)."""
+    return {
+        "dataset": cfg.dataset,
+        "size": cfg.size,
+        "net": cfg.net.to_dict(),
+        "experts": {k: v for k, v in asdict(cfg.experts).items() if k != "num_experts"},
+        "dsa": asdict(cfg.dsa),
+        "seed": cfg.seed,
+    }
+
+
+def expert_dir(cfg: RunConfig) -> Path:
+    ident = expert_identity(cfg)
+    return Path(cfg.experts_dir) / f"{cfg.dataset}_{cfg.size}" / f"{cfg.net.tag()}-{config_hash(ident, 8)}"
+
+
+def _save(path: Path, traj: torch.Tensor, extra: dict[str, torch.Tensor] | None = None) -> None:
+    tensors = {"trajectory": traj.contiguous()}
+    tensors.update(extra or {})
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "meddistill-expert-v1"})
+
+
+def load_trajectory(path: Path) -> torch.Tensor:
+    try:
+        return load_file(str(path))["trajectory"]
+    except (SafetensorError, OSError, KeyError) as exc:
+        raise ArtifactError(f"expert file {path} is unreadable ({exc}); delete it to retrain") from None
+
+
+def _accuracy(net, x: torch.Tensor, y: torch.Tensor, device, bf16: bool, bs: int = 1024) -> float:
+    net.eval()
+    correct = 0
+    with torch.no_grad(), autocast(device, bf16):
+        for i in range(0, len(x), bs):
+            out = net(x[i : i + bs].to(device))
+            correct += int((out.argmax(1).cpu() == y[i : i + bs]).sum())
+    net.train()
+    return correct / max(1, len(x))
+
+
+def train_one_expert(
+    ds: MedDataset,
+    cfg: RunConfig,
+    k: int,
+    path: Path,
+    device: torch.device,
+    on_epoch: Callable[[int], None] | None = None,
+) -> dict:
+    """Train expert ``k`` (resuming from its partial file) and save its trajectory."""
+    ecfg: ExpertConfig = cfg.experts
+    dsa_cfg: DSAConfig | None = for_dataset(ds.info, cfg.dsa) if ecfg.dsa else None
+    torch.manual_seed(derive_seed(cfg.seed, "expert-init", k))
+    net = create_model(cfg.net, ds.shape, ds.num_classes).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=ecfg.lr, momentum=ecfg.momentum, weight_decay=ecfg.weight_decay)
+    partial = path.with_name(path.stem + ".partial.safetensors")
+    rows = [flatten_params(net).cpu()]
+    val_acc: list[float] = []
+    if partial.exists():
+        try:
+            state = load_file(str(partial))
+            rows = list(state["trajectory"].unbind(0))
+            val_acc = state["val_acc"].tolist()
+            load_flat(net, rows[-1].to(device))
+            if "momentum" in state:
+                spec = FlatParams.of(net).unflatten(state["momentum"].to(device))
+                for name, p in net.named_parameters():
+                    opt.state[p]["momentum_buffer"] = spec[name].clone()
+        except (SafetensorError, OSError, KeyError, RuntimeError):
+            rows, val_acc = [flatten_params(net).cpu()], []  # unreadable partial: start over
+    x, y = ds.train.images, ds.train.labels
+    n = len(x)
+    for epoch in range(len(rows) - 1, ecfg.epochs):
+        g = torch.Generator().manual_seed(derive_seed(cfg.seed, "expert-order", k, epoch))
+        perm = torch.randperm(n, generator=g)
+        for b, i in enumerate(range(0, n, ecfg.batch_size)):
+            idx = perm[i : i + ecfg.batch_size]
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            xb = dsa(xb, derive_seed(cfg.seed, "expert-dsa", k, epoch, b), dsa_cfg)
+            with autocast(device, ecfg.bf16):
+                loss = F.cross_entropy(net(xb), yb)
+            if not torch.isfinite(loss):
+                raise ConfigError(f"expert {k} diverged (loss {loss.item()}) at epoch {epoch}; lower experts.lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        rows.append(flatten_params(net).cpu())
+        val_acc.append(_accuracy(net, ds.val.images, ds.val.labels, device, ecfg.bf16))
+        extra = {"val_acc": torch.tensor(val_acc)}
+        if ecfg.momentum > 0:
+            extra["momentum"] = torch.cat([opt.state[p]["momentum_buffer"].reshape(-1) for p in net.parameters()]).cpu()
+        _save(partial, torch.stack(rows), extra)
+        if on_epoch:
+            on_epoch(epoch)
+    _save(path, torch.stack(rows), {"val_acc": torch.tensor(val_acc)})
+    partial.unlink(missing_ok=True)
+    return {"expert": k, "final_val_acc": val_acc[-1] if val_acc else None}
+
+
+def train_experts(ds: MedDataset, cfg: RunConfig, device: torch.device, progress: bool = True) -> Path:
+    """Train (or finish) ``cfg.experts.num_experts`` experts; return their folder."""
+    if ds.info.multi_label:
+        raise ConfigError(f"{ds.info.name} is multi-label; class-wise distillation supports single-label tasks")
+    out = expert_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path = out / "meta.json"
+    meta = {
+        "identity": expert_identity(cfg),
+        "num_params": FlatParams.of(create_model(cfg.net, ds.shape, ds.num_classes)).total,
+        "code_version": code_version(),
+        "format": "trajectory: (epochs+1, num_params) float32, row 0 = init",
+    }
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        if old.get("identity") != meta["identity"]:
+            raise ArtifactError(f"{meta_path} describes different experts; remove {out} or change experts_dir")
+    write_text_atomic(meta_path, json.dumps(meta, indent=2, sort_keys=True))
+    todo = [k for k in range(cfg.experts.num_experts) if not (out / f"expert_{k}.safetensors").exists()]
+    total = len(todo) * cfg.experts.epochs
+    with tqdm(total=total, desc=f"experts {cfg.dataset}", unit="epoch", disable=not progress) as bar:
+        for k in todo:
+            info = train_one_expert(ds, cfg, k, out / f"expert_{k}.safetensors", device, lambda _e: bar.update(1))
+            bar.set_postfix(val_acc=f"{info['final_val_acc']:.3f}")
+    return out
+
+
+class ExpertBuffer:
+    """Lazy access to a folder of saved trajectories."""
+
+    def __init__(self, folder: Path, num: int | None = None) -> None:
+        self.folder = Path(folder)
+        files = sorted(self.folder.glob("expert_*.safetensors"), key=lambda p: int(p.stem.split("_")[1]))
+        files = [f for f in files if ".partial" not in f.name]
+        if num is not None:
+            files = files[:num]
+        if not files:
+            raise ArtifactError(f"no expert trajectories in {self.folder}; run `meddistill experts` first")
+        self.files = files
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def get(self, k: int) -> torch.Tensor:
+        if k not in self._cache:
+            self._cache[k] = load_trajectory(self.files[k])
+        return self._cache[k]
+
+    @property
+    def num_epochs(self) -> int:
+        return self.get(0).shape[0] - 1

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from meddistill.config import RunConfig, dump_yaml
+from meddistill.data import get_info
 from meddistill.data.loader import MedDataset, load_dataset
 from meddistill.distill import DistillContext, get_method
 from meddistill.errors import ConfigError
@@ -54,10 +55,10 @@ class CellResult:
 
 
 def load_data(cfg: RunConfig) -> MedDataset:
-    ds = load_dataset(cfg.dataset, cfg.size, cfg.data_root or None)
-    if ds.info.multi_label:
-        raise ConfigError(f"{ds.info.name} is multi-label; class-wise distillation supports single-label tasks")
-    return ds
+    info = get_info(cfg.dataset)
+    if info.multi_label:
+        raise ConfigError(f"{info.name} is multi-label; class-wise distillation supports single-label tasks")
+    return load_dataset(info.name, cfg.size, cfg.data_root or None)
 
 
 def distill(

@@ -204,7 +204,7 @@ class TrajectoryMatching:
                 status = "skipped"
             else:
                 status = self._apply(st, grads)
-        if status == "ok":
+        if status != "skipped":
             st.losses.append(value)
         else:
             st.skipped += 1
@@ -232,17 +232,26 @@ class TrajectoryMatching:
                 g_img = g_img * (d.max_grad_norm / norm)
         new_lr_mom = d.momentum * st.lr_mom + g_lr
         new_lr = st.lr.detach() - d.lr_lr * new_lr_mom
-        if not torch.isfinite(new_lr) or new_lr <= 0:
-            return "skipped"  # roll back: a non-positive student lr would make the run meaningless
+        status = "ok"
         with torch.no_grad():
             st.img_mom.mul_(d.momentum).add_(g_img)
             st.images.sub_(d.lr_img * st.img_mom)
-            st.lr_mom.copy_(new_lr_mom)
-            st.lr.copy_(new_lr)
+            if not torch.isfinite(new_lr):
+                st.lr_mom.zero_()
+                status = "lr_held"
+            else:  # trust region: the student lr changes by at most a factor 2 per step (stays > 0)
+                old = st.lr.detach().clone()
+                clamped = new_lr.clamp(old / 2, old * 2)
+                if clamped != new_lr:
+                    st.lr_mom.zero_()
+                    status = "lr_clamped"
+                else:
+                    st.lr_mom.copy_(new_lr_mom)
+                st.lr.copy_(clamped)
             if st.label_logits is not None:
                 st.lab_mom.mul_(d.momentum).add_(grads[2])
                 st.label_logits.sub_(d.lr_label * st.lab_mom)
-        return "ok"
+        return status
 
     # ------------------------------------------------------------------- DOM
     def dom_due(self, it: int) -> bool:

@@ -1,0 +1,64 @@
+"""Shared fixtures: the real MedMNIST files and tiny-profile configs in temporary folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data" / "medmnist"
+if not os.environ.get("MEDDISTILL_DATA") and SHARED.is_dir():
+    os.environ["MEDDISTILL_DATA"] = str(SHARED)
+
+DATA = Path(os.environ.get("MEDDISTILL_DATA", str(SHARED)))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA / "breastmnist.npz").is_file():
+        pytest.fail(f"real MedMNIST files are required: set MEDDISTILL_DATA (looked in {DATA})")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def breast(data_dir):
+    from meddistill.data import load_dataset
+
+    return load_dataset("breastmnist", data_root=data_dir, download_ok=False)
+
+
+@pytest.fixture(scope="session")
+def retina(data_dir):
+    from meddistill.data import load_dataset
+
+    return load_dataset("retinamnist", data_root=data_dir, download_ok=False)
+
+
+@pytest.fixture(scope="session")
+def session_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("md")
+    return {"experts": root / "experts", "runs": root / "runs"}
+
+
+def tiny_config(dataset: str = "breastmnist", out: Path | None = None, experts: Path | None = None, **flags):
+    from meddistill.config import build_config
+
+    base = {"dataset": dataset, "device": "cpu"}
+    if out is not None:
+        base["out_dir"] = str(out)
+    if experts is not None:
+        base["experts_dir"] = str(experts)
+    base.update(flags)
+    return build_config("tiny", **base)
+
+
+@pytest.fixture
+def tiny(session_dirs):
+    """Factory for tiny configs sharing a session expert cache."""
+
+    def make(dataset: str = "breastmnist", **flags):
+        return tiny_config(dataset, session_dirs["runs"], session_dirs["experts"], **flags)
+
+    return make

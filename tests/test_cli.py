@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from meddistill.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tiny_args(tmp_path):
+    return [
+        "--profile",
+        "tiny",
+        "--out",
+        str(tmp_path / "runs"),
+        "--experts-dir",
+        str(tmp_path / "ex"),
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
+
+
+def test_run_prints_an_evaluated_accuracy(tmp_path, capsys):
+    assert main(["run", "breastmnist", "--ipc", "2", *_tiny_args(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    m = re.search(r"test ACC (\d+\.\d+) ± (\d+\.\d+) %\s+AUC (\d+\.\d+)", out)
+    assert m and 0 <= float(m.group(1)) <= 100
+    assert (tmp_path / "runs" / "results.jsonl").exists()
+    # eval on the run folder reuses the cached evaluation
+    run_dir = next((tmp_path / "runs" / "breastmnist_28").iterdir())
+    assert main(["eval", str(run_dir), *_tiny_args(tmp_path)]) == 0
+    assert m.group(1) in capsys.readouterr().out
+
+
+def test_eval_full_baseline(tmp_path, capsys):
+    assert main(["eval", "breastmnist", "--full", *_tiny_args(tmp_path)]) == 0
+    assert "full train split (546 images)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["run", "cifar10"], "unknown dataset 'cifar10'"),
+        (["run", "breastmnist", "--ipc", "500"], "ipc 500 is larger than class 0"),
+        (["run", "breastmnist", "--set", "distill.foo=1"], "unknown config key 'distill.foo'"),
+        (["run", "breastmnist", "--method", "nope"], "unknown method 'nope'"),
+        (["run", "chestmnist"], "multi-label"),
+        (["eval", "/nonexistent/run"], "no synthetic set"),
+    ],
+)
+def test_bad_input_is_one_line_not_a_traceback(tmp_path, capsys, argv, msg, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    code = main([*argv, *_tiny_args(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("meddistill: error: ") and msg in err and err.count("\n") == 1
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-m", "meddistill.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("meddistill ")

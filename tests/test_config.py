@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import pytest
+
+from meddistill.config import build_config, config_from_dict, dump_yaml, parse_override
+from meddistill.errors import ConfigError
+
+
+def test_profile_then_file_then_overrides_then_flags(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("distill:\n  ipc: 5\n  iterations: 7\n")
+    cfg = build_config("tiny", str(f), ["distill.iterations=9", "eval.nets=[convnet,vgg11]"], **{"distill.ipc": 3})
+    assert cfg.profile == "tiny" and cfg.net.width == 16
+    assert cfg.distill.iterations == 9 and cfg.distill.ipc == 3
+    assert cfg.eval.nets == ["convnet", "vgg11"]
+
+
+def test_resolved_config_round_trips_through_yaml():
+    import yaml
+
+    cfg = build_config("cpu", overrides=["distill.dom.every=7"])
+    assert config_from_dict(yaml.safe_load(dump_yaml(cfg))) == cfg
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("distill.ipcc=3", "unknown config key 'distill.ipcc'"),
+        ("distill.ipc=three", "must be an integer"),
+        ("distill.soft_labels=maybe", "must be true or false"),
+        ("novalue", "key.path=value"),
+    ],
+)
+def test_bad_overrides_are_one_line_errors(override, match):
+    with pytest.raises(ConfigError, match=match):
+        build_config("tiny", overrides=[override])
+
+
+def test_unknown_profile():
+    with pytest.raises(ConfigError, match="unknown profile 'huge'"):
+        build_config("huge")
+
+
+def test_override_parsing_types():
+    assert parse_override("a.b=0.5") == {"a": {"b": 0.5}}
+    assert build_config("tiny", overrides=["distill.lr_lr=1e-3"]).distill.lr_lr == 1e-3
+    assert parse_override("x=true") == {"x": True}

@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from meddistill.distill import DistillContext, get_method, list_methods
+from meddistill.distill.schedule import ptm_schedule
+from meddistill.distill.tm import TrajectoryMatching
+from meddistill.errors import ConfigError, RunStopped
+from meddistill.pipeline import distill, distill_identity, run_dir_for
+from meddistill.synset import SynSet
+from meddistill.utils import config_hash, read_jsonl
+
+
+def _ctx(ds, cfg, run_dir, stop_at=None):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return DistillContext(ds, cfg, torch.device("cpu"), run_dir, False, config_hash(distill_identity(cfg)), stop_at)
+
+
+def test_methods_are_registered():
+    assert {"ptm", "ptm_nodom", "mtt", "datm", "random", "herding", "kcenter"} <= set(list_methods())
+    with pytest.raises(ConfigError, match="unknown method 'magic'"):
+        get_method("magic")
+
+
+@pytest.mark.parametrize("method", ["ptm", "mtt", "datm"])
+def test_trajectory_matching_changes_images_and_logs(breast, tiny, tmp_path, method):
+    cfg = tiny(**{"distill.method": method, "distill.ipc": 3})
+    syn = get_method(method)(_ctx(breast, cfg, tmp_path))
+    assert syn.images.shape == (6, 1, 28, 28) and syn.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert torch.isfinite(syn.images).all() and syn.lr > 0
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert rows and all(np.isfinite(r["loss"]) for r in rows)
+    assert (syn.soft_labels is not None) == (method == "datm")
+    if method == "ptm":
+        assert [r["stage"] for r in rows][-1] == cfg.distill.stages - 1
+
+
+def test_resume_is_bit_for_bit(breast, tiny, tmp_path):
+    cfg = tiny(**{"distill.ipc": 3, "distill.batch_syn": 4})
+    full = get_method("ptm")(_ctx(breast, cfg, tmp_path / "full"))
+    with pytest.raises(RunStopped, match="stopped at iteration 5/12"):
+        get_method("ptm")(_ctx(breast, cfg, tmp_path / "cut", stop_at=5))
+    resumed = get_method("ptm")(_ctx(breast, cfg, tmp_path / "cut"))
+    assert torch.equal(full.images, resumed.images) and full.lr == resumed.lr
+    a = read_jsonl(tmp_path / "full" / "metrics.jsonl")
+    b = read_jsonl(tmp_path / "cut" / "metrics.jsonl")
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]  # no duplicate or missing rows
+
+
+def test_nan_and_exploding_steps_are_skipped_not_fatal(breast, tiny, tmp_path, monkeypatch):
+    cfg = tiny(**{"distill.ipc": 2})
+    tm = TrajectoryMatching(_ctx(breast, cfg, tmp_path), ptm_schedule(cfg.distill), True, False)
+    real = tm.matching_loss
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        if calls["n"] in (3, 7):
+            return loss * float("nan")
+        if calls["n"] == 9:
+            return loss * 1e6
+        return loss
+
+    monkeypatch.setattr(tm, "matching_loss", flaky)
+    syn = tm.run()
+    assert syn.meta["skipped"] == 3 and torch.isfinite(syn.images).all()
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert rows[-1]["skipped_total"] == 3
+
+
+def test_dom_replaces_collapsed_images(breast, tiny, tmp_path):
+    cfg = tiny(**{"distill.ipc": 4, "distill.dom.pixel_threshold": -1.0})  # everything overlaps
+    tm = TrajectoryMatching(_ctx(breast, cfg, tmp_path), ptm_schedule(cfg.distill), True, False)
+    st = tm.init_state()
+    before = st.images.detach().clone()
+    n = tm.dom_step(st)
+    assert n == 2 * max(1, int(cfg.distill.dom.max_replace_frac * 4))
+    assert int(st.used.sum()) == 8 + n  # replacements come from unused real images
+    assert (st.images.detach() != before).flatten(1).any(1).sum() == n
+
+
+def test_ipc_larger_than_a_class_is_a_clear_error(breast, tiny, tmp_path):
+    cfg = tiny(**{"distill.ipc": 200, "distill.method": "random"})
+    with pytest.raises(
+        ConfigError, match="ipc 200 is larger than class 0 \\('malignant'\\) of breastmnist, which has 147"
+    ):
+        get_method("random")(_ctx(breast, cfg, tmp_path))
+
+
+@pytest.mark.parametrize("method", ["random", "herding", "kcenter"])
+def test_coresets_pick_distinct_real_images(breast, tiny, tmp_path, method):
+    cfg = tiny(**{"distill.ipc": 5, "distill.method": method})
+    syn = get_method(method)(_ctx(breast, cfg, tmp_path))
+    idx = syn.meta["train_indices"]
+    assert len(set(idx)) == 10
+    assert torch.equal(syn.images, breast.train.images[idx])
+    assert torch.equal(syn.labels, breast.train.labels[idx])
+
+
+def test_pipeline_writes_the_run_folder_and_reuses_it(breast, tiny):
+    cfg = tiny(**{"distill.ipc": 2})
+    run_dir, syn = distill(cfg, breast, progress=False)
+    assert run_dir == run_dir_for(cfg)
+    for f in ("synset.npz", "config.yaml", "metrics.jsonl", "grid.png", "loss.png", "checkpoint.safetensors"):
+        assert (run_dir / f).exists(), f
+    # another lab opens it with numpy alone
+    with np.load(run_dir / "synset.npz", allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        assert z["images"].shape == (4, 1, 28, 28) and meta["method"] == "ptm" and meta["ipc"] == 2
+        px = z["images"] * z["std"].reshape(1, -1, 1, 1) + z["mean"].reshape(1, -1, 1, 1)
+        assert np.isfinite(px).all()
+    again_dir, again = distill(cfg, breast, progress=False)
+    assert again_dir == run_dir and torch.equal(again.images, syn.images)
+    loaded = SynSet.load(run_dir)
+    assert loaded.lr == pytest.approx(syn.lr) and loaded.meta["config_hash"] == syn.meta["config_hash"]

@@ -26,7 +26,7 @@ def test_registry_has_all_12_2d_subsets_with_four_sizes():
 
 
 def test_unknown_dataset_is_a_clear_error():
-    with pytest.raises(ConfigError, match="unknown dataset 'cifar10'.*pneumoniamnist"):
+    with pytest.raises(ConfigError, match=r"unknown dataset 'cifar10'.*pneumoniamnist"):
         get_info("cifar10")
     assert get_info("Pneumonia").name == "pneumoniamnist"
 
@@ -85,7 +85,7 @@ def test_missing_file_names_the_file_and_where_to_put_it(tmp_path, monkeypatch):
 def test_corrupt_and_truncated_files_fail_md5(tmp_path, data_dir):
     raw = (data_dir / "breastmnist.npz").read_bytes()
     (tmp_path / "breastmnist.npz").write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(DataError, match="has MD5 .* expected 750601b1"):
+    with pytest.raises(DataError, match=r"has MD5 .* expected 750601b1"):
         load_dataset("breastmnist", data_root=tmp_path, download_ok=False)
     flipped = bytearray(raw)
     flipped[1000] ^= 0xFF
@@ -113,7 +113,7 @@ def test_unreachable_download_gives_one_line(tmp_path, monkeypatch):
         raise loader.urllib.error.URLError("network unreachable")
 
     monkeypatch.setattr(loader.urllib.request, "urlopen", refuse)
-    with pytest.raises(DataError, match="download failed: network unreachable.*place it at"):
+    with pytest.raises(DataError, match=r"download failed: network unreachable.*place it at"):
         resolve_file("bloodmnist", data_root=tmp_path)
 
 

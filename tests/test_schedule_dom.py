@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -37,7 +39,7 @@ def test_ptm_windows_move_forward_and_stay_in_range(iters, lo, rng, stages, frac
     )
     s = ptm_schedule(d)
     wins = [s.window(i) for i in range(iters)]
-    for a, b in zip(wins, wins[1:]):
+    for a, b in itertools.pairwise(wins):
         assert b.lo >= a.lo and b.hi >= a.hi and b.stage >= a.stage and b.span >= a.span
     for w in wins:
         assert lo <= w.lo < w.hi <= lo + rng

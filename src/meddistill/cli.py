@@ -75,6 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _distill_opts(p)
     p.add_argument("--num-nets", type=int, help="fresh nets (seeds) per evaluation net")
+    p = sub.add_parser("bench", help="run a benchmark grid (cells already in the store are skipped)")
+    p.add_argument("grid", help="grid YAML, e.g. configs/bench/cpu.yaml")
+    p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    p.add_argument("--store", help="results JSON-lines file (default: the grid's store)")
+    p.add_argument("--out", dest="out_dir", help="runs folder (default: the grid's out_dir)")
+    p.add_argument("--experts-dir", help="expert buffer folder (default: the grid's experts_dir)")
+    p.add_argument("--limit", type=int, help="run at most this many missing cells")
+    p.add_argument("--device", help="auto (default), cpu, cuda")
+    p.add_argument("--report", help="write tables and plots to this folder afterwards")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("report", help="tables (md/csv/tex), accuracy-vs-ipc plots, image grids")
+    p.add_argument("store", help="results JSON-lines file written by bench")
+    p.add_argument("--out", default="report", help="output folder (default: report)")
+    p.add_argument("--net", help="evaluation net to report (default: the first of each row)")
+    p.add_argument("--order", help="comma-separated method order for the tables")
     return ap
 
 

@@ -31,6 +31,7 @@ class ExpertConfig:
     batch_size: int = 256
     dsa: bool = True
     bf16: bool = False
+    seed: int = 0  # experts are shared by every run seed; this seeds the experts themselves
 
 
 @dataclass

@@ -37,9 +37,9 @@ def expert_identity(cfg: RunConfig) -> dict:
         "dataset": cfg.dataset,
         "size": cfg.size,
         "net": cfg.net.to_dict(),
-        "experts": {k: v for k, v in asdict(cfg.experts).items() if k != "num_experts"},
+        "experts": {k: v for k, v in asdict(cfg.experts).items() if k not in ("num_experts", "seed")},
         "dsa": asdict(cfg.dsa),
-        "seed": cfg.seed,
+        "seed": cfg.experts.seed,
     }
 
 
@@ -84,7 +84,7 @@ def train_one_expert(
     """Train expert ``k`` (resuming from its partial file) and save its trajectory."""
     ecfg: ExpertConfig = cfg.experts
     dsa_cfg: DSAConfig | None = for_dataset(ds.info, cfg.dsa) if ecfg.dsa else None
-    torch.manual_seed(derive_seed(cfg.seed, "expert-init", k))
+    torch.manual_seed(derive_seed(ecfg.seed, "expert-init", k))
     net = create_model(cfg.net, ds.shape, ds.num_classes).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=ecfg.lr, momentum=ecfg.momentum, weight_decay=ecfg.weight_decay)
     partial = path.with_name(path.stem + ".partial.safetensors")
@@ -105,12 +105,12 @@ def train_one_expert(
     x, y = ds.train.images, ds.train.labels
     n = len(x)
     for epoch in range(len(rows) - 1, ecfg.epochs):
-        g = torch.Generator().manual_seed(derive_seed(cfg.seed, "expert-order", k, epoch))
+        g = torch.Generator().manual_seed(derive_seed(ecfg.seed, "expert-order", k, epoch))
         perm = torch.randperm(n, generator=g)
         for b, i in enumerate(range(0, n, ecfg.batch_size)):
             idx = perm[i : i + ecfg.batch_size]
             xb, yb = x[idx].to(device), y[idx].to(device)
-            xb = dsa(xb, derive_seed(cfg.seed, "expert-dsa", k, epoch, b), dsa_cfg)
+            xb = dsa(xb, derive_seed(ecfg.seed, "expert-dsa", k, epoch, b), dsa_cfg)
             with autocast(device, ecfg.bf16):
                 loss = F.cross_entropy(net(xb), yb)
             if not torch.isfinite(loss):

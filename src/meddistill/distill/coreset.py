@@ -67,7 +67,8 @@ def _select(ctx: DistillContext, pick) -> SynSet:
 
 @register_method("random")
 def random_real(ctx: DistillContext) -> SynSet:
-    gen = torch.Generator().manual_seed(derive_seed(ctx.cfg.seed, "random-coreset"))
+    # the same stream as trajectory matching's init: "random" is exactly the images PTM/MTT start from
+    gen = torch.Generator().manual_seed(derive_seed(ctx.cfg.seed, "distill"))
     images, labels, idx = real_init(ctx, gen)
     return ctx.make_synset(images, labels, train_indices=idx.tolist())
 

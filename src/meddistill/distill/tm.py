@@ -81,7 +81,8 @@ class TrajectoryMatching:
             return call_flat(self.net, self.spec, theta, x.to(self.dev)).float()
 
     def init_state(self) -> TMState:
-        gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "distill", self.d.method))
+        # one stream per seed, shared by all methods: the same seed starts every method from the same real images
+        gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "distill"))
         images, labels, idx = real_init(self.ctx, gen)
         if self.d.init == "noise":
             images = torch.randn(images.shape, generator=gen)

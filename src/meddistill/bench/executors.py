@@ -1,0 +1,102 @@
+"""Run the cells of a grid: locally in this process (default) or fanned out on Ray.
+
+Both executors call the same :func:`run_one` and append the same rows; a cell is
+deterministic given its config, so the executor never changes a number.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from meddistill.bench.grid import FULL, Cell, Grid, done_keys, expand
+from meddistill.errors import ConfigError
+from meddistill.utils import append_jsonl, resolve_device
+
+
+def run_one(cell: Cell, progress: bool = False) -> dict:
+    """Compute one cell's results row (no I/O to the store)."""
+    from meddistill.evaluate import evaluate_full
+    from meddistill.pipeline import eval_identity, load_data, result_row, run_cell
+    from meddistill.utils import config_hash
+
+    t0 = time.monotonic()
+    cfg = cell.cfg
+    if cell.method == FULL:
+        ds = load_data(cfg)
+        summary = evaluate_full(ds, cfg, resolve_device(cfg.device), progress)
+        row = result_row(cfg, summary, "", config_hash(eval_identity(cfg), 10), None, cfg.eval.lr_default)
+        row["train_images"] = len(ds.train)
+    else:
+        row = run_cell(cfg, progress=progress).row
+    row.update(cell_key=cell.key, seconds=round(time.monotonic() - t0, 1))
+    return row
+
+
+def run_local(cells: list[Cell], store: Path, progress: bool, on_row: Callable[[dict], None] | None = None) -> int:
+    n = 0
+    with tqdm(cells, desc="bench", unit="cell", disable=not progress) as bar:
+        for cell in bar:
+            bar.set_postfix_str(cell.label)
+            row = run_one(cell, progress=False)
+            append_jsonl(store, row)
+            n += 1
+            if on_row:
+                on_row(row)
+    return n
+
+
+def run_ray(
+    cells: list[Cell],
+    store: Path,
+    progress: bool,
+    address: str | None = None,
+    on_row: Callable[[dict], None] | None = None,
+) -> int:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("the Ray executor needs ray: pip install 'meddistill[ray]'") from None
+    ray.init(address=address or None, ignore_reinit_error=True, log_to_driver=False)
+    remote = ray.remote(run_one)
+    pending = {remote.remote(c, False): c for c in cells}
+    n = 0
+    with tqdm(total=len(cells), desc="bench (ray)", unit="cell", disable=not progress) as bar:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                pending.pop(ref)
+                row = ray.get(ref)
+                append_jsonl(store, row)  # only the driver writes the store
+                n += 1
+                bar.update(1)
+                if on_row:
+                    on_row(row)
+    return n
+
+
+def run_grid(
+    grid: Grid,
+    executor: str = "local",
+    address: str | None = None,
+    progress: bool = True,
+    limit: int | None = None,
+    **extra,
+) -> tuple[int, int]:
+    """Run the missing cells of ``grid``; returns (cells run now, cells already done)."""
+    store = Path(grid.store)
+    cells = expand(grid, **extra)
+    done = done_keys(store)
+    todo = [c for c in cells if c.key not in done]
+    if limit is not None:
+        todo = todo[:limit]
+    if executor == "local":
+        ran = run_local(todo, store, progress)
+    elif executor == "ray":
+        ran = run_ray(todo, store, progress, address)
+    else:
+        raise ConfigError(f"unknown executor {executor!r}; use local or ray")
+    return ran, len(cells) - len([c for c in cells if c.key not in done])

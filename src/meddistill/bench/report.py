@@ -1,0 +1,201 @@
+"""Tables (Markdown / CSV / LaTeX), accuracy-vs-ipc plots and side-by-side image grids.
+
+Each table cell is mean ± std over seeds of the per-seed test accuracy (itself the mean over
+that seed's evaluation nets); the best mean per column is marked (bold in Markdown/LaTeX, a
+``*`` in CSV).  The full-dataset row is the upper bound and is never marked best.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from meddistill.bench.grid import FULL
+from meddistill.errors import ArtifactError
+from meddistill.utils import read_jsonl
+
+METRICS = {"acc": "acc_mean", "auc": "auc_mean"}
+
+
+@dataclass
+class Stat:
+    mean: float
+    std: float
+    n: int
+
+    def fmt(self) -> str:
+        return f"{100 * self.mean:.1f} ± {100 * self.std:.1f}"
+
+
+def aggregate(rows: list[dict], metric: str = "acc", net: str | None = None) -> dict[tuple, Stat]:
+    """(dataset, ipc, method) → Stat over seeds; ``net`` picks one evaluation net."""
+    key_name = METRICS[metric]
+    groups: dict[tuple, dict[int, float]] = defaultdict(dict)
+    for r in rows:
+        if net is not None:
+            s = r.get("per_net", {}).get(net)
+            if s is None:
+                continue
+            val = s[key_name]
+        else:
+            val = r[key_name]
+        groups[(r["dataset"], int(r["ipc"]), r["method"])][int(r["seed"])] = val  # last row per seed wins
+    out = {}
+    for k, by_seed in groups.items():
+        v = np.array(list(by_seed.values()), dtype=float)
+        out[k] = Stat(float(np.nanmean(v)), float(np.nanstd(v)), len(v))
+    return out
+
+
+def _columns(stats: dict[tuple, Stat]) -> list[tuple[str, int]]:
+    return sorted({(d, i) for d, i, m in stats if m != FULL})
+
+
+def _methods(stats: dict[tuple, Stat], order: list[str] | None) -> list[str]:
+    found = {m for _, _, m in stats if m != FULL}
+    ordered = [m for m in (order or []) if m in found] + sorted(found - set(order or []))
+    return ordered
+
+
+def _best(stats, cols, methods) -> dict[tuple[str, int], str]:
+    best = {}
+    for col in cols:
+        cands = [(stats[(col[0], col[1], m)].mean, m) for m in methods if (col[0], col[1], m) in stats]
+        if cands:
+            best[col] = max(cands)[1]
+    return best
+
+
+def table(stats: dict[tuple, Stat], fmt: str = "md", order: list[str] | None = None) -> str:
+    cols, methods = _columns(stats), _methods(stats, order)
+    best = _best(stats, cols, methods)
+    header = ["method"] + [f"{d} ipc={i}" for d, i in cols]
+    body = []
+    for m in methods:
+        cells = []
+        for col in cols:
+            s = stats.get((col[0], col[1], m))
+            txt = s.fmt() if s else "–"
+            if s and best.get(col) == m:
+                txt = {"md": f"**{txt}**", "tex": f"\\textbf{{{txt}}}", "csv": f"{txt} *"}[fmt]
+            cells.append(txt)
+        body.append([m, *cells])
+    full = [stats.get((d, 0, FULL)) for d, _ in cols]
+    if any(full):
+        body.append(["full dataset", *[f.fmt() if f else "–" for f in full]])
+    if fmt == "md":
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in body]
+        return "\n".join(lines) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(header)
+        w.writerows(body)
+        return buf.getvalue()
+    if fmt == "tex":
+        esc = [[c.replace("±", "$\\pm$").replace("_", "\\_") for c in r] for r in [header, *body]]
+        lines = ["\\begin{tabular}{l" + "c" * len(cols) + "}", "\\toprule", " & ".join(esc[0]) + " \\\\", "\\midrule"]
+        lines += [" & ".join(r) + " \\\\" for r in esc[1:]]
+        lines += ["\\bottomrule", "\\end{tabular}"]
+        return "\n".join(lines) + "\n"
+    raise ValueError(fmt)
+
+
+def plot_vs_ipc(stats: dict[tuple, Stat], out: Path, order: list[str] | None = None, metric: str = "acc") -> list[Path]:
+    from meddistill.plots import plt
+
+    paths = []
+    datasets = sorted({d for d, _, _ in stats})
+    for d in datasets:
+        fig, ax = plt.subplots(figsize=(4.2, 3.0), dpi=120)
+        for m in _methods({k: v for k, v in stats.items() if k[0] == d}, order):
+            pts = sorted((i, s) for (dd, i, mm), s in stats.items() if dd == d and mm == m)
+            if pts:
+                xs = [p[0] for p in pts]
+                ax.errorbar(
+                    xs,
+                    [100 * p[1].mean for p in pts],
+                    yerr=[100 * p[1].std for p in pts],
+                    marker="o",
+                    ms=3,
+                    capsize=2,
+                    lw=1,
+                    label=m,
+                )
+        full = stats.get((d, 0, FULL))
+        if full:
+            ax.axhline(100 * full.mean, ls="--", c="k", lw=0.8, label="full dataset")
+        ax.set_xscale("log")
+        ax.set_xlabel("images per class")
+        ax.set_ylabel(f"test {metric.upper()} (%)")
+        ax.set_title(d, fontsize=9)
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        p = out / f"{metric}_vs_ipc_{d}.png"
+        fig.savefig(p)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def grids_side_by_side(rows: list[dict], out: Path, order: list[str] | None = None) -> list[Path]:
+    """One figure per (dataset, ipc): the seed-0 synthetic set of every method."""
+    from meddistill.plots import grid_array, plt
+    from meddistill.synset import SynSet
+
+    by_cell: dict[tuple, dict[str, str]] = defaultdict(dict)
+    for r in rows:
+        if r.get("run_dir") and r["method"] != FULL and int(r["seed"]) == min(int(x["seed"]) for x in rows):
+            by_cell[(r["dataset"], int(r["ipc"]))][r["method"]] = r["run_dir"]
+    paths = []
+    for (d, ipc), runs in sorted(by_cell.items()):
+        methods = [m for m in _methods({(d, ipc, m): None for m in runs}, order)]
+        arrays = []
+        for m in methods:
+            try:
+                syn = SynSet.load(runs[m])
+            except ArtifactError:
+                continue
+            arrays.append((m, grid_array(syn.pixels(), syn.labels)))
+        if not arrays:
+            continue
+        fig, axes = plt.subplots(1, len(arrays), figsize=(2.2 * len(arrays), 2.4), dpi=120, squeeze=False)
+        for ax, (m, arr) in zip(axes[0], arrays, strict=True):
+            ax.imshow(arr, interpolation="nearest")
+            ax.set_title(m, fontsize=8)
+            ax.axis("off")
+        fig.suptitle(f"{d} ipc={ipc} (rows: classes)", fontsize=9)
+        fig.tight_layout()
+        p = out / f"grids_{d}_ipc{ipc}.png"
+        fig.savefig(p)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def write_report(
+    store: str | Path, out: str | Path, order: list[str] | None = None, net: str | None = None
+) -> dict[str, Path]:
+    rows = read_jsonl(store)
+    if not rows:
+        raise ArtifactError(f"no results in {store}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for metric in METRICS:
+        stats = aggregate(rows, metric, net)
+        for fmt, ext in (("md", "md"), ("csv", "csv"), ("tex", "tex")):
+            p = out / f"table_{metric}.{ext}"
+            p.write_text(table(stats, fmt, order))
+            written[f"{metric}.{ext}"] = p
+        for p in plot_vs_ipc(stats, out, order, metric):
+            written[p.name] = p
+    for p in grids_side_by_side(rows, out, order):
+        written[p.name] = p
+    return written

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meddistill.bench import expand, load_grid, run_grid, write_report
+from meddistill.bench.report import aggregate, table
+from meddistill.cli import main
+from meddistill.errors import ConfigError
+from meddistill.utils import read_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _grid(tmp_path, session_dirs) -> Path:
+    p = tmp_path / "grid.yaml"
+    p.write_text(
+        "profile: tiny\n"
+        "datasets: [breastmnist]\nipc: [1]\nmethods: [random, ptm]\nseeds: [0, 1]\n"
+        f"store: {tmp_path / 'store.jsonl'}\nout_dir: {tmp_path / 'runs'}\n"
+        f"experts_dir: {session_dirs['experts']}\n"
+        "overrides: [eval.epochs=10, device=cpu]\n"
+    )
+    return p
+
+
+def test_grid_runs_once_resumes_and_reports(tmp_path, session_dirs):
+    grid = load_grid(_grid(tmp_path, session_dirs))
+    cells = expand(grid)
+    assert len(cells) == 2 * (1 + 2)  # seeds × (full + 2 methods)
+    assert len({c.key for c in cells}) == len(cells)
+    ran, done = run_grid(grid, progress=False, limit=2)  # a grid killed after two cells ...
+    assert (ran, done) == (2, 0)
+    ran, done = run_grid(grid, progress=False)  # ... picks up where it stopped
+    assert (ran, done) == (4, 2)
+    assert run_grid(grid, progress=False) == (0, 6)
+    rows = read_jsonl(grid.store)
+    assert len(rows) == 6 and all("cell_key" in r and "config" in r for r in rows)
+    written = write_report(grid.store, tmp_path / "rep", ["ptm", "random"])
+    md = written["acc.md"].read_text()
+    assert "| ptm |" in md and "full dataset" in md and "**" in md
+    assert "\\toprule" in written["acc.tex"].read_text()
+    assert (tmp_path / "rep" / "acc_vs_ipc_breastmnist.png").exists()
+    assert (tmp_path / "rep" / "grids_breastmnist_ipc1.png").exists()
+
+
+def test_table_marks_the_best_mean_and_reports_std_over_seeds():
+    rows = [
+        {"dataset": "d", "ipc": 1, "method": m, "seed": s, "acc_mean": a, "auc_mean": a}
+        for m, s, a in [("a", 0, 0.5), ("a", 1, 0.7), ("b", 0, 0.65), ("b", 1, 0.65), ("full", 0, 0.9)]
+    ]
+    for r in rows:
+        if r["method"] == "full":
+            r["ipc"] = 0
+    stats = aggregate(rows)
+    assert stats[("d", 1, "a")].mean == pytest.approx(0.6) and stats[("d", 1, "a")].std == pytest.approx(0.1)
+    md = table(stats, "md", ["a", "b"])
+    assert "**65.0 ± 0.0**" in md and "| full dataset | 90.0 ± 0.0 |" in md
+
+
+def test_shipped_grids_parse():
+    for name in ("cpu", "paper", "tm_cpu"):
+        g = load_grid(REPO / "configs" / "bench" / f"{name}.yaml")
+        assert expand(g)
+
+
+def test_bad_grid_key_and_executor(tmp_path, session_dirs):
+    p = tmp_path / "g.yaml"
+    p.write_text("datasets: [breastmnist]\nmethodz: [ptm]\n")
+    with pytest.raises(ConfigError, match="unknown grid keys \\['methodz'\\]"):
+        load_grid(p)
+    grid = load_grid(_grid(tmp_path, session_dirs))
+    with pytest.raises(ConfigError, match="unknown executor"):
+        run_grid(grid, executor="slurm", progress=False)
+
+
+def test_report_cli_on_missing_store(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "none.jsonl")]) == 2
+    assert "no results in" in capsys.readouterr().err

@@ -200,7 +200,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"datasets": cmd_datasets, "experts": cmd_experts, "distill": cmd_distill, "eval": cmd_eval, "run": cmd_run}
+def cmd_bench(args: argparse.Namespace) -> int:
+    from meddistill.bench import load_grid, run_grid, write_report
+
+    grid = load_grid(args.grid)
+    for key in ("store", "out_dir", "experts_dir"):
+        if getattr(args, key):
+            setattr(grid, key, getattr(args, key))
+    extra = {"device": args.device} if args.device else {}
+    ran, done = run_grid(grid, args.executor, args.address, not args.no_progress, args.limit, **extra)
+    print(f"bench {grid.name}: {ran} cells run now, {done} already in {grid.store}")
+    if args.report:
+        write_report(grid.store, args.report, grid.methods)
+        print(f"report: {args.report}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from meddistill.bench import write_report
+
+    order = args.order.split(",") if args.order else None
+    written = write_report(args.store, args.out, order, args.net)
+    print((Path(args.out) / "table_acc.md").read_text())
+    print(f"{len(written)} files in {args.out}")
+    return 0
+
+
+COMMANDS = {
+    "datasets": cmd_datasets,
+    "experts": cmd_experts,
+    "distill": cmd_distill,
+    "eval": cmd_eval,
+    "run": cmd_run,
+    "bench": cmd_bench,
+    "report": cmd_report,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ def _ctx(ds, cfg, run_dir, stop_at=None):
 
 
 def test_methods_are_registered():
-    assert {"ptm", "ptm_nodom", "mtt", "datm", "random", "herding", "kcenter"} <= set(list_methods())
+    assert {"ptm", "ptm_nodom", "mtt", "datm", "random", "herding", "kcenter", "dm", "dc"} <= set(list_methods())
     with pytest.raises(ConfigError, match="unknown method 'magic'"):
         get_method("magic")
 
@@ -118,3 +118,12 @@ def test_pipeline_writes_the_run_folder_and_reuses_it(breast, tiny):
     assert again_dir == run_dir and torch.equal(again.images, syn.images)
     loaded = SynSet.load(run_dir)
     assert loaded.lr == pytest.approx(syn.lr) and loaded.meta["config_hash"] == syn.meta["config_hash"]
+
+
+@pytest.mark.parametrize("method", ["dm", "dc"])
+def test_dm_and_dc_learn_from_their_real_init(retina, tiny, tmp_path, method):
+    cfg = tiny("retinamnist", **{"distill.ipc": 2, "distill.method": method, "distill.iterations": 3})
+    init = get_method("random")(_ctx(retina, cfg, tmp_path / "init"))
+    syn = get_method(method)(_ctx(retina, cfg, tmp_path / "m"))
+    assert syn.images.shape == (10, 3, 28, 28) and torch.equal(syn.labels, init.labels)
+    assert torch.isfinite(syn.images).all() and not torch.equal(syn.images, init.images)

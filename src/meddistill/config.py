@@ -74,6 +74,9 @@ class DistillConfig:
     log_every: int = 10
     # DM / DC (baselines)
     dm_batch_real: int = 128
+    dm_lr_img: float = 1.0
+    dc_lr_img: float = 0.1
+    dc_lr_net: float = 0.01
     dc_outer: int = 10
     dc_inner: int = 5
     dom: DOMConfig = field(default_factory=DOMConfig)

@@ -1,0 +1,119 @@
+"""Distribution matching (DM, Zhao & Bilen 2023) and gradient matching with DSA (DC/DSA,
+Zhao et al. 2021), on the same data, nets and augmentation as trajectory matching.
+
+Both draw fresh randomly initialised nets; every random choice comes from seeded
+generators, so a seed reproduces a run.  Neither checkpoints mid-run: they are baselines
+that finish in minutes on the CPU profile.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from meddistill.augment import DSAConfig, dsa, for_dataset
+from meddistill.distill.base import DistillContext, real_init, register_method
+from meddistill.nets import create_model
+from meddistill.synset import SynSet
+from meddistill.utils import derive_seed
+
+
+def _fresh_net(ctx: DistillContext, *tag) -> torch.nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(ctx.cfg.seed, *tag))
+        return create_model(ctx.cfg.net, ctx.ds.shape, ctx.ds.num_classes).to(ctx.device)
+
+
+def _siamese_cfg(ctx: DistillContext) -> DSAConfig:
+    cfg = for_dataset(ctx.ds.info, ctx.cfg.dsa)
+    cfg.batch_mode = True  # real and synthetic batches differ in size: one draw per batch
+    return cfg
+
+
+def _real_batch(ctx: DistillContext, cls_idx: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    pick = cls_idx[torch.randperm(len(cls_idx), generator=gen)[:n]]
+    return ctx.ds.train.images[pick].to(ctx.device)
+
+
+def _init(ctx: DistillContext, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels, _ = real_init(ctx, gen)
+    return images.to(ctx.device).requires_grad_(True), labels.to(ctx.device)
+
+
+@register_method("dm")
+def distribution_matching(ctx: DistillContext) -> SynSet:
+    d = ctx.cfg.distill
+    gen = torch.Generator().manual_seed(derive_seed(ctx.cfg.seed, "distill"))
+    images, labels = _init(ctx, gen)
+    opt = torch.optim.SGD([images], lr=d.dm_lr_img, momentum=0.5)
+    aug = _siamese_cfg(ctx)
+    classes = ctx.class_indices()
+    for it in tqdm(range(d.iterations), desc="distill dm", disable=not ctx.progress):
+        net = _fresh_net(ctx, "dm-net", it)
+        for p in net.parameters():
+            p.requires_grad_(False)
+        loss = images.new_zeros(())
+        for c, cls_idx in enumerate(classes):
+            seed = int(torch.randint(2**62, (1,), generator=gen))
+            real = dsa(_real_batch(ctx, cls_idx, d.dm_batch_real, gen), seed, aug)
+            syn = dsa(images[labels == c], seed, aug)
+            fr, fs = net(real, features=True), net(syn, features=True)
+            loss = loss + ((fr.mean(0) - fs.mean(0)) ** 2).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if torch.isfinite(images.grad).all():
+            opt.step()
+    return ctx.make_synset(images, labels)
+
+
+def _match(gr: list[torch.Tensor], gs: list[torch.Tensor]) -> torch.Tensor:
+    """DC's layer-wise distance: sum over output units of (1 - cosine); 1-D params skipped."""
+    total = gs[0].new_zeros(())
+    for a, b in zip(gr, gs, strict=True):
+        if b.dim() == 1:
+            continue
+        a2, b2 = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+        total = total + (1 - F.cosine_similarity(a2, b2, dim=1, eps=1e-6)).sum()
+    return total
+
+
+@register_method("dc")
+def gradient_matching(ctx: DistillContext) -> SynSet:
+    """DC with differentiable siamese augmentation (i.e. DSA)."""
+    d = ctx.cfg.distill
+    gen = torch.Generator().manual_seed(derive_seed(ctx.cfg.seed, "distill"))
+    images, labels = _init(ctx, gen)
+    opt = torch.optim.SGD([images], lr=d.dc_lr_img, momentum=0.5)
+    aug = _siamese_cfg(ctx)
+    classes = ctx.class_indices()
+    for it in tqdm(range(d.iterations), desc="distill dc", disable=not ctx.progress):
+        net = _fresh_net(ctx, "dc-net", it)
+        params = list(net.parameters())
+        net_opt = torch.optim.SGD(params, lr=d.dc_lr_net)
+        for ol in range(d.dc_outer):
+            loss = images.new_zeros(())
+            for c, cls_idx in enumerate(classes):
+                seed = int(torch.randint(2**62, (1,), generator=gen))
+                yr = torch.full((min(d.dm_batch_real, len(cls_idx)),), c, device=ctx.device)
+                real = dsa(_real_batch(ctx, cls_idx, d.dm_batch_real, gen), seed, aug)
+                gr = torch.autograd.grad(F.cross_entropy(net(real), yr), params)
+                gr = [g.detach() for g in gr]
+                syn = dsa(images[labels == c], seed, aug)
+                ys = torch.full((syn.shape[0],), c, device=ctx.device)
+                gs = torch.autograd.grad(F.cross_entropy(net(syn), ys), params, create_graph=True)
+                loss = loss + _match(gr, gs)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if torch.isfinite(images.grad).all():
+                opt.step()
+            if ol == d.dc_outer - 1:
+                break
+            x_syn, y_syn = images.detach(), labels
+            for _ in range(d.dc_inner):
+                seed = int(torch.randint(2**62, (1,), generator=gen))
+                net_loss = F.cross_entropy(net(dsa(x_syn, seed, aug)), y_syn)
+                net_opt.zero_grad(set_to_none=True)
+                net_loss.backward()
+                net_opt.step()
+    return ctx.make_synset(images, labels)

@@ -60,6 +60,7 @@ class DistillConfig:
     stages: int = 3  # PTM: number of progressive stages
     window: float = 0.5  # PTM: each stage's window as a fraction of [min, max)
     span_growth: int = 1  # PTM: M grows by this much per stage
+    anchored: bool = True  # PTM: windows keep their lower end at min_start and grow (False: slide)
     lr_img: float = 1000.0
     lr_lr: float = 1e-5
     lr_label: float = 5.0

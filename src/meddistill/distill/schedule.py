@@ -77,5 +77,12 @@ def ptm_schedule(d: DistillConfig) -> Schedule:
     if not 0 < d.window <= 1:
         raise ConfigError(f"distill.window must be in (0, 1], got {d.window}")
     return Schedule(
-        d.iterations, d.min_start_epoch, d.max_start_epoch, d.expert_epochs, d.stages, d.window, d.span_growth
+        d.iterations,
+        d.min_start_epoch,
+        d.max_start_epoch,
+        d.expert_epochs,
+        d.stages,
+        d.window,
+        d.span_growth,
+        d.anchored,
     )

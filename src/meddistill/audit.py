@@ -94,7 +94,6 @@ def nearest_real(syn: SynSet, ds: MedDataset, features=None) -> dict[str, torch.
 
 def membership_auc(syn: SynSet, ds: MedDataset, cfg: RunConfig, device, n: int = 500) -> tuple[float, int, int]:
     """Loss-threshold attack on a net trained on the synthetic set (members: train, non-members: test)."""
-    from meddistill.evaluate import train_eval_net  # noqa: F401  (same protocol)
     from meddistill.augment import dsa, for_dataset
     from meddistill.nets import NetSpec, create_model
 
@@ -110,6 +109,7 @@ def membership_auc(syn: SynSet, ds: MedDataset, cfg: RunConfig, device, n: int =
         loss.backward()
         opt.step()
     net.eval()
+    n = min(n, len(ds.train), len(ds.test))  # balanced members / non-members
     g = torch.Generator().manual_seed(derive_seed(cfg.seed, "audit-sample"))
     mi = torch.randperm(len(ds.train), generator=g)[:n]
     ni = torch.randperm(len(ds.test), generator=g)[:n]
@@ -121,8 +121,9 @@ def membership_auc(syn: SynSet, ds: MedDataset, cfg: RunConfig, device, n: int =
     return binary_auc(member, scores), len(mi), len(ni)
 
 
-def audit(syn: SynSet, ds: MedDataset, cfg: RunConfig, device, ssim_threshold: float = 0.9,
-          features=None) -> AuditReport:
+def audit(
+    syn: SynSet, ds: MedDataset, cfg: RunConfig, device, ssim_threshold: float = 0.9, features=None
+) -> AuditReport:
     near = nearest_real(syn, ds, features)
     max_ssim, arg = near["ssim"].max(1)
     mia, nm, nn_ = membership_auc(syn, ds, cfg, device)
@@ -172,8 +173,9 @@ def audit_figure(syn: SynSet, ds: MedDataset, near_ssim: torch.Tensor, path: Pat
     plt.close(fig)
 
 
-def run_audit(run_dir: Path, syn: SynSet, ds: MedDataset, cfg: RunConfig, device, ssim_threshold: float = 0.9,
-              features=None) -> AuditReport:
+def run_audit(
+    run_dir: Path, syn: SynSet, ds: MedDataset, cfg: RunConfig, device, ssim_threshold: float = 0.9, features=None
+) -> AuditReport:
     rep = audit(syn, ds, cfg, device, ssim_threshold, features)
     write_text_atomic(run_dir / "audit.json", rep.to_json())
     near = ssim_matrix(syn.pixels(), ds.denormalize(ds.train.images).clamp(0, 1))

@@ -87,6 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="write tables and plots to this folder afterwards")
     p.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser("audit", help="privacy audit of a run: nearest real images, membership inference")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--ssim-threshold", type=float, default=0.9, help="flag images above this SSIM (default 0.9)")
+    p.add_argument(
+        "--reference",
+        action="store_true",
+        help="also audit a random-real-subset coreset of the same size (leaks by construction)",
+    )
+    _common(p, dataset=False)
+
+    p = sub.add_parser("export", help="a self-contained folder another lab can use without meddistill")
+    p.add_argument("run", help="run folder")
+    p.add_argument("out", help="output folder (new or empty)")
+
     p = sub.add_parser("report", help="tables (md/csv/tex), accuracy-vs-ipc plots, image grids")
     p.add_argument("store", help="results JSON-lines file written by bench")
     p.add_argument("--out", default="report", help="output folder (default: report)")
@@ -226,7 +240,59 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_config(run_dir: Path, args: argparse.Namespace) -> RunConfig:
+    if not (run_dir / "config.yaml").exists():
+        raise MeddistillError(f"{run_dir} is not a run folder (no config.yaml)")
+    base = config_from_dict(read_yaml(run_dir / "config.yaml"))
+    for key in ("device", "data_root"):
+        if getattr(args, key, None):
+            setattr(base, key, getattr(args, key))
+    return base
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from meddistill.audit import run_audit
+    from meddistill.distill import DistillContext, get_method
+    from meddistill.distill.coreset import expert_features
+    from meddistill.pipeline import load_data
+    from meddistill.synset import SynSet
+    from meddistill.utils import resolve_device
+
+    run_dir = Path(args.run)
+    cfg = _run_config(run_dir, args)
+    syn = SynSet.load(run_dir)
+    ds = load_data(cfg)
+    device = resolve_device(cfg.device)
+    ctx = DistillContext(ds, cfg, device, run_dir, not args.no_progress)
+    rep = run_audit(run_dir, syn, ds, cfg, device, args.ssim_threshold, lambda x: expert_features(ctx, x))
+    s = rep.summary
+    print(
+        f"{run_dir}: mean max-SSIM to real {s['mean_max_ssim']:.3f}; flagged {len(rep.flagged)}/{rep.n_synthetic}; "
+        f"membership-inference AUC {s['mia_auc']:.3f}  (audit.json, audit.png)"
+    )
+    if args.reference:
+        ref_dir = run_dir / "audit_reference_random"
+        ref_dir.mkdir(exist_ok=True)
+        ref = get_method("random")(DistillContext(ds, cfg, device, ref_dir, False))
+        rr = run_audit(ref_dir, ref, ds, cfg, device, args.ssim_threshold, lambda x: expert_features(ctx, x))
+        print(
+            f"reference (random real images): mean max-SSIM {rr.summary['mean_max_ssim']:.3f}; flagged "
+            f"{len(rr.flagged)}/{rr.n_synthetic}; membership-inference AUC {rr.summary['mia_auc']:.3f}"
+        )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from meddistill.export import export_run
+
+    out = export_run(args.run, args.out)
+    print(f"exported to {out}: synset.npz, card.md, train_example.py")
+    return 0
+
+
 COMMANDS = {
+    "audit": cmd_audit,
+    "export": cmd_export,
     "datasets": cmd_datasets,
     "experts": cmd_experts,
     "distill": cmd_distill,

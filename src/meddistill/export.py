@@ -1,0 +1,139 @@
+"""Export a run as a self-contained folder another lab can use without meddistill.
+
+Contents: ``synset.npz`` in MedMNIST layout (``train_images`` uint8 (N, H, W[, 3]) and
+``train_labels`` (N, 1) like the official files, plus ``train_images_float`` in the
+normalised space with ``mean``/``std``, optional ``train_soft_labels``, ``lr``), ``card.md``
+(source dataset and licence, method, config, measured accuracy/AUC, audit figures),
+``meta.json``, the run's figures, and ``train_example.py``: plain PyTorch, about 20 lines.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from meddistill.data import get_info
+from meddistill.errors import ArtifactError
+from meddistill.synset import SynSet
+from meddistill.utils import atomic_path, write_text_atomic
+
+EXAMPLE = '''"""Train a small CNN on the exported synthetic set with plain PyTorch (no meddistill)."""
+import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
+
+z = np.load("synset.npz", allow_pickle=False)
+x = torch.tensor(z["train_images"], dtype=torch.float32) / 255.0          # (N, H, W[, C]) uint8 -> [0, 1]
+x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)              # -> (N, C, H, W)
+mean, std = torch.tensor(z["mean"]).view(1, -1, 1, 1), torch.tensor(z["std"]).view(1, -1, 1, 1)
+x, y = (x - mean) / std, torch.tensor(z["train_labels"][:, 0], dtype=torch.long)
+lr = float(z["lr"]) if np.isfinite(z["lr"]) else 0.01
+c, k = x.shape[1], int(y.max()) + 1
+net = nn.Sequential(nn.Conv2d(c, 32, 3, padding=1), nn.GroupNorm(32, 32), nn.ReLU(), nn.AvgPool2d(2),
+                    nn.Conv2d(32, 32, 3, padding=1), nn.GroupNorm(32, 32), nn.ReLU(), nn.AvgPool2d(2),
+                    nn.Flatten(), nn.LazyLinear(k))
+net(x[:1])
+opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+for epoch in range(300):
+    loss = F.cross_entropy(net(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+print(f"final training loss {loss.item():.4f}; evaluate on your own real test images, normalised with mean/std")
+'''
+
+
+def to_uint8(syn: SynSet) -> np.ndarray:
+    px = (syn.pixels().numpy() * 255.0).round().clip(0, 255).astype(np.uint8)  # (N, C, H, W)
+    return px[:, 0] if px.shape[1] == 1 else px.transpose(0, 2, 3, 1)
+
+
+def _card(syn: SynSet, config: dict | None, evals: list[dict], audit: dict | None) -> str:
+    m = syn.meta
+    info = get_info(m["dataset"])
+    lines = [
+        f"# Synthetic {info.name} ({m.get('method')}, {m.get('ipc')} images per class)",
+        "",
+        f"- Source dataset: MedMNIST `{info.name}` ({info.modality}, {info.task}), image size {m.get('size')}.",
+        f"- Licence of the source data: **{info.license}** (this derived set carries the same terms); "
+        "not for clinical use. Cite Yang et al., MedMNIST v2, Sci. Data 10, 41 (2023).",
+        f"- Classes: {', '.join(f'{i} = {n}' for i, n in enumerate(info.labels))}.",
+        f"- Method: `{m.get('method')}`; seed {m.get('seed')}; config hash `{m.get('config_hash')}`; "
+        f"meddistill {m.get('code_version')}.",
+        f"- Learned student learning rate: {syn.lr if syn.lr is not None else 'n/a'}.",
+        "",
+        "## Measured accuracy (fresh nets trained on this set, real test split)",
+        "",
+    ]
+    if evals:
+        lines += ["| net | test ACC (%) | test AUC (%) | seeds |", "|---|---|---|---|"]
+        for ev in evals:
+            for net, s in ev["per_net"].items():
+                lines.append(
+                    f"| {net} | {100 * s['acc_mean']:.2f} ± {100 * s['acc_std']:.2f} | "
+                    f"{100 * s['auc_mean']:.2f} ± {100 * s['auc_std']:.2f} | {s['n']} |"
+                )
+    else:
+        lines.append("Not evaluated yet (run `meddistill eval <run>` before exporting).")
+    lines += ["", "## Privacy audit", ""]
+    if audit:
+        s = audit["summary"]
+        lines += [
+            f"- Mean over synthetic images of the highest SSIM to any real training image: {s['mean_max_ssim']:.3f}.",
+            f"- Flagged as near-copies (SSIM > {audit['ssim_threshold']}): {len(audit['flagged'])} of "
+            f"{audit['n_synthetic']}.",
+            f"- Membership-inference AUC (loss attack; 0.5 = no leak): {s['mia_auc']:.3f}.",
+            "- Nearest real images: `audit.png`.",
+        ]
+    else:
+        lines.append("Not audited (run `meddistill audit <run>` before exporting).")
+    lines += [
+        "",
+        "## Files",
+        "",
+        "- `synset.npz`: `train_images` (uint8, MedMNIST layout), `train_labels` (N, 1), "
+        "`train_images_float` (normalised), `mean`, `std`, `lr`, optional `train_soft_labels`.",
+        "- `train_example.py`: plain PyTorch training on the set.",
+        "- `config.yaml`: the full resolved config.",
+    ]
+    if config:
+        lines += [
+            "",
+            "## Config (distillation)",
+            "",
+            "```yaml",
+            yaml.safe_dump(config.get("distill", {})).strip(),
+            "```",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def export_run(run_dir: str | Path, out: str | Path) -> Path:
+    run_dir, out = Path(run_dir), Path(out)
+    syn = SynSet.load(run_dir)
+    if out.exists() and any(out.iterdir()):
+        raise ArtifactError(f"export folder {out} is not empty")
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "train_images": to_uint8(syn),
+        "train_labels": syn.labels.numpy().astype(np.int64).reshape(-1, 1),
+        "train_images_float": syn.images.numpy(),
+        "mean": syn.mean.numpy(),
+        "std": syn.std.numpy(),
+        "lr": np.array(float("nan") if syn.lr is None else syn.lr),
+        "meta": np.array(json.dumps(syn.meta, sort_keys=True)),
+    }
+    if syn.soft_labels is not None:
+        arrays["train_soft_labels"] = syn.soft_labels.numpy()
+    with atomic_path(out / "synset.npz") as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else None
+    evals = [json.loads(p.read_text()) for p in sorted(run_dir.glob("eval_*.json"))]
+    audit = json.loads((run_dir / "audit.json").read_text()) if (run_dir / "audit.json").exists() else None
+    write_text_atomic(out / "card.md", _card(syn, config, evals, audit))
+    write_text_atomic(out / "meta.json", json.dumps(syn.meta, indent=2, sort_keys=True))
+    write_text_atomic(out / "train_example.py", EXAMPLE)
+    for name in ("config.yaml", "grid.png", "loss.png", "audit.png", "audit.json"):
+        if (run_dir / name).exists():
+            shutil.copy(run_dir / name, out / name)
+    return out

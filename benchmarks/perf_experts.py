@@ -1,0 +1,97 @@
+"""Expert-training throughput on this machine: fp32 vs bf16 autocast, vs the matmul peak.
+
+Prints one table from one run (ratios within the run are what matter; absolute numbers
+depend on the machine and on what else runs).  Also checks that bf16 keeps accuracy: the
+full-train-split evaluation of BreastMNIST with and without bf16, 3 seeds each.
+
+    MEDDISTILL_DATA=../shared/data/medmnist python benchmarks/perf_experts.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from meddistill.nets import NetSpec, create_model
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def train_step_flops(net, x, y) -> int:
+    with FlopCounterMode(display=False) as fc:
+        F.cross_entropy(net(x), y).backward()
+    net.zero_grad(set_to_none=True)
+    return fc.get_total_flops()
+
+
+def throughput(width: int, bf16: bool, batch: int = 256, steps: int = 15, shape=(1, 28, 28)) -> tuple[float, float]:
+    torch.manual_seed(0)
+    net = create_model(NetSpec(width=width), shape, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    x, y = torch.randn(batch, *shape), torch.randint(0, 2, (batch,))
+    flops = train_step_flops(net, x, y)
+    for i in range(steps + 3):
+        if i == 3:
+            t = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(net(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    dt = (time.perf_counter() - t) / steps
+    return batch / dt, flops / dt
+
+
+def accuracy_check(seeds: int = 3) -> None:
+    from meddistill.config import build_config
+    from meddistill.evaluate import evaluate_full
+    from meddistill.pipeline import load_data
+
+    for bf16 in (False, True):
+        cfg = build_config(
+            "cpu", dataset="breastmnist", overrides=[f"eval.bf16={str(bf16).lower()}", f"eval.num_nets={seeds}"]
+        )
+        ds = load_data(cfg)
+        t = time.perf_counter()
+        s = evaluate_full(ds, cfg, torch.device("cpu"), progress=False).stats()
+        print(
+            f"breastmnist full-split eval bf16={bf16}: ACC {100 * s['acc_mean']:.2f} ± {100 * s['acc_std']:.2f} "
+            f"AUC {100 * s['auc_mean']:.2f} ± {100 * s['auc_std']:.2f} (n={s['n']}, {time.perf_counter() - t:.0f}s)"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="skip the accuracy check")
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    p32, p16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    print(f"matmul peak: fp32 {p32 / 1e12:.3f} TFLOP/s, bf16 {p16 / 1e12:.3f} TFLOP/s")
+    print(
+        "| width | fp32 img/s | fp32 TFLOP/s (% of fp32 peak) | bf16 img/s | bf16 TFLOP/s (% of bf16 peak) | speed-up |"
+    )
+    print("|---|---|---|---|---|---|")
+    for w in (32, 64, 128):
+        i32, f32 = throughput(w, False)
+        i16, f16 = throughput(w, True)
+        print(
+            f"| {w} | {i32:.0f} | {f32 / 1e12:.3f} ({100 * f32 / p32:.0f}%) | {i16:.0f} | "
+            f"{f16 / 1e12:.3f} ({100 * f16 / p16:.0f}%) | {i16 / i32:.2f}x |"
+        )
+    if not args.quick:
+        accuracy_check()
+
+
+if __name__ == "__main__":
+    main()

@@ -78,3 +78,21 @@ def test_bad_grid_key_and_executor(tmp_path, session_dirs):
 def test_report_cli_on_missing_store(tmp_path, capsys):
     assert main(["report", str(tmp_path / "none.jsonl")]) == 2
     assert "no results in" in capsys.readouterr().err
+
+
+def test_ray_executor_gives_the_same_rows_as_local(tmp_path, session_dirs):
+    pytest.importorskip("ray")
+    grid = load_grid(_grid(tmp_path, session_dirs))
+    grid.seeds = [0]
+    run_grid(grid, progress=False)
+    local = {r["cell_key"]: r for r in read_jsonl(grid.store)}
+    grid.store, grid.out_dir = str(tmp_path / "ray.jsonl"), str(tmp_path / "runs_ray")
+    assert run_grid(grid, executor="ray", progress=False) == (3, 0)
+    remote = {r["cell_key"]: r for r in read_jsonl(grid.store)}
+    assert set(local) == set(remote)
+    for key, row in local.items():
+        other = remote[key]
+        for r in (row, other):
+            r.pop("seconds")
+            r.pop("run_dir")
+        assert row == other

@@ -36,6 +36,23 @@ def run_one(cell: Cell, progress: bool = False) -> dict:
     return row
 
 
+def _distinct_experts(cells: list[Cell]) -> list[Cell]:
+    from meddistill.experts import expert_dir
+
+    seen: dict[str, Cell] = {}
+    for c in cells:
+        if c.method not in (FULL, "random"):
+            seen.setdefault(str(expert_dir(c.cfg)), c)
+    return list(seen.values())
+
+
+def _prepare_experts(cell: Cell) -> str:
+    from meddistill.experts import train_experts
+    from meddistill.pipeline import load_data
+
+    return str(train_experts(load_data(cell.cfg), cell.cfg, resolve_device(cell.cfg.device), progress=False))
+
+
 def run_local(cells: list[Cell], store: Path, progress: bool, on_row: Callable[[dict], None] | None = None) -> int:
     n = 0
     with tqdm(cells, desc="bench", unit="cell", disable=not progress) as bar:
@@ -61,6 +78,8 @@ def run_ray(
     except ImportError:
         raise ConfigError("the Ray executor needs ray: pip install 'meddistill[ray]'") from None
     ray.init(address=address or None, ignore_reinit_error=True, log_to_driver=False)
+    # experts first, one task per distinct buffer, so cells never train the same experts twice
+    ray.get([ray.remote(_prepare_experts).remote(c) for c in _distinct_experts(cells)])
     remote = ray.remote(run_one)
     pending = {remote.remote(c, False): c for c in cells}
     n = 0

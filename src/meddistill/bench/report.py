@@ -107,6 +107,15 @@ def table(stats: dict[tuple, Stat], fmt: str = "md", order: list[str] | None = N
     raise ValueError(fmt)
 
 
+def _save(fig, path: Path) -> Path:
+    from meddistill.plots import plt
+
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_vs_ipc(stats: dict[tuple, Stat], out: Path, order: list[str] | None = None, metric: str = "acc") -> list[Path]:
     from meddistill.plots import plt
 
@@ -136,11 +145,7 @@ def plot_vs_ipc(stats: dict[tuple, Stat], out: Path, order: list[str] | None = N
         ax.set_ylabel(f"test {metric.upper()} (%)")
         ax.set_title(d, fontsize=9)
         ax.legend(fontsize=6)
-        fig.tight_layout()
-        p = out / f"{metric}_vs_ipc_{d}.png"
-        fig.savefig(p)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(_save(fig, out / f"{metric}_vs_ipc_{d}.png"))
     return paths
 
 
@@ -171,11 +176,7 @@ def grids_side_by_side(rows: list[dict], out: Path, order: list[str] | None = No
             ax.set_title(m, fontsize=8)
             ax.axis("off")
         fig.suptitle(f"{d} ipc={ipc} (rows: classes)", fontsize=9)
-        fig.tight_layout()
-        p = out / f"grids_{d}_ipc{ipc}.png"
-        fig.savefig(p)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(_save(fig, out / f"grids_{d}_ipc{ipc}.png"))
     return paths
 
 

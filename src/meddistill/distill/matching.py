@@ -36,19 +36,19 @@ def _real_batch(ctx: DistillContext, cls_idx: torch.Tensor, n: int, gen: torch.G
     return ctx.ds.train.images[pick].to(ctx.device)
 
 
-def _init(ctx: DistillContext, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _setup(ctx: DistillContext, lr_img: float):
+    """Shared start of DM and DC: seeded stream, real init, image optimizer, siamese DSA, class indices."""
+    gen = torch.Generator().manual_seed(derive_seed(ctx.cfg.seed, "distill"))
     images, labels, _ = real_init(ctx, gen)
-    return images.to(ctx.device).requires_grad_(True), labels.to(ctx.device)
+    images = images.to(ctx.device).requires_grad_(True)
+    opt = torch.optim.SGD([images], lr=lr_img, momentum=0.5)
+    return gen, images, labels.to(ctx.device), opt, _siamese_cfg(ctx), ctx.class_indices()
 
 
 @register_method("dm")
 def distribution_matching(ctx: DistillContext) -> SynSet:
     d = ctx.cfg.distill
-    gen = torch.Generator().manual_seed(derive_seed(ctx.cfg.seed, "distill"))
-    images, labels = _init(ctx, gen)
-    opt = torch.optim.SGD([images], lr=d.dm_lr_img, momentum=0.5)
-    aug = _siamese_cfg(ctx)
-    classes = ctx.class_indices()
+    gen, images, labels, opt, aug, classes = _setup(ctx, d.dm_lr_img)
     for it in tqdm(range(d.iterations), desc="distill dm", disable=not ctx.progress):
         net = _fresh_net(ctx, "dm-net", it)
         for p in net.parameters():
@@ -82,11 +82,7 @@ def _match(gr: list[torch.Tensor], gs: list[torch.Tensor]) -> torch.Tensor:
 def gradient_matching(ctx: DistillContext) -> SynSet:
     """DC with differentiable siamese augmentation (i.e. DSA)."""
     d = ctx.cfg.distill
-    gen = torch.Generator().manual_seed(derive_seed(ctx.cfg.seed, "distill"))
-    images, labels = _init(ctx, gen)
-    opt = torch.optim.SGD([images], lr=d.dc_lr_img, momentum=0.5)
-    aug = _siamese_cfg(ctx)
-    classes = ctx.class_indices()
+    gen, images, labels, opt, aug, classes = _setup(ctx, d.dc_lr_img)
     for it in tqdm(range(d.iterations), desc="distill dc", disable=not ctx.progress):
         net = _fresh_net(ctx, "dc-net", it)
         params = list(net.parameters())

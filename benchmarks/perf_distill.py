@@ -1,75 +1,74 @@
-"""Distillation iteration time and peak memory vs syn_steps and ipc (trajectory matching).
+"""Distillation iteration time and peak memory vs syn_steps and ipc, for the plain unrolled
+trajectory-matching step and the memory-saving (step-by-step recomputation) mode.
 
-Each configuration runs in a fresh subprocess so its peak RSS is its own.  Prints a
-Markdown table.
+Each configuration runs the real ``TrajectoryMatching.step`` in a fresh subprocess, so its
+peak RSS is its own. Experts come from the CPU profile's cache (trained on first use).
+Prints a Markdown table.
 
-    python benchmarks/perf_distill.py
+    MEDDISTILL_DATA=../shared/data/medmnist python benchmarks/perf_distill.py [--experts-dir experts]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 
 CHILD = r"""
-import json, resource, sys, time, torch, torch.nn.functional as F
-from meddistill.augment import DSAConfig, dsa
-from meddistill.nets import FlatParams, NetSpec, call_flat, create_model, flatten_params
-width, n, steps, bf16 = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
-torch.manual_seed(0)
-net = create_model(NetSpec(width=width), (1, 28, 28), 2)
-spec, start = FlatParams.of(net), flatten_params(net)
-imgs = torch.randn(n, 1, 28, 28, requires_grad=True)
-y = torch.arange(n) % 2
-lr = torch.tensor(0.01, requires_grad=True)
+import json, resource, sys, time, torch
+from pathlib import Path
+from meddistill.config import build_config
+from meddistill.distill import DistillContext
+from meddistill.distill.schedule import mtt_schedule
+from meddistill.distill.tm import TrajectoryMatching
+from meddistill.pipeline import load_data
+dataset, experts = sys.argv[1], sys.argv[5]
+ipc, steps, mem, reps = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", int(sys.argv[6])
+cfg = build_config("cpu", dataset=dataset, experts_dir=experts,
+                   **{"distill.ipc": ipc, "distill.syn_steps": steps, "distill.memory_saving": mem, "device": "cpu"})
+ds = load_data(cfg)
+ctx = DistillContext(ds, cfg, torch.device("cpu"), Path("/tmp/perf_distill_run"), False)
+tm = TrajectoryMatching(ctx, mtt_schedule(cfg.distill), use_dom=False, soft_labels=False)
+st = tm.init_state()
+tm.step(st)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 times = []
-for rep in range(4):
+for _ in range(reps):
     t = time.perf_counter()
-    theta = start.clone().requires_grad_(True)
-    for s in range(steps):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = call_flat(net, spec, theta, dsa(imgs, s, DSAConfig()))
-        g, = torch.autograd.grad(F.cross_entropy(out.float(), y), theta, create_graph=True)
-        theta = theta - lr * g
-    loss = ((theta - start - 1e-3) ** 2).sum()
-    gi, gl = torch.autograd.grad(loss, [imgs, lr])
+    tm.step(st)
     times.append(time.perf_counter() - t)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"s_per_it": min(times[1:]), "peak_mb": peak / 1024, "delta_mb": (peak - base) / 1024,
-                  "grad_norm": float(gi.norm())}))
+med = sorted(times)[len(times) // 2]
+print(json.dumps({"s_per_it": med, "delta_mb": (peak - base) / 1024, "peak_mb": peak / 1024}))
 """
 
 
-def run(width: int, n: int, steps: int, bf16: bool) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(width), str(n), str(steps), "1" if bf16 else "0"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+def run(dataset: str, ipc: int, steps: int, mem: bool, experts: str, reps: int) -> dict:
+    args = [sys.executable, "-c", CHILD, dataset, str(ipc), str(steps), "1" if mem else "0", experts, str(reps)]
+    out = subprocess.run(args, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    print(
-        "| width | images (ipc × classes) | syn_steps | fp32 s/it | fp32 peak MB | bf16 s/it "
-        "| bf16/fp32 grad-norm ratio |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for width, n, steps in [(32, 2, 10), (32, 20, 10), (32, 20, 20), (32, 20, 40), (32, 100, 10), (64, 20, 10)]:
-        a = run(width, n, steps, False)
-        b = run(width, n, steps, True)
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", default="breastmnist")
+    ap.add_argument("--experts-dir", default="experts")
+    ap.add_argument("--reps", type=int, default=5)
+    args = ap.parse_args()
+    print(f"dataset {args.dataset}, CPU profile net; median of {args.reps} iterations after one warm-up")
+    print("| ipc | syn_steps | unrolled s/it | unrolled peak RSS MB | memory-saving s/it | memory-saving peak RSS MB |")
+    print("|---|---|---|---|---|---|")
+    for ipc, steps in [(1, 10), (10, 10), (10, 20), (10, 40), (10, 80), (50, 20)]:
+        a = run(args.dataset, ipc, steps, False, args.experts_dir, args.reps)
+        b = run(args.dataset, ipc, steps, True, args.experts_dir, args.reps)
         print(
-            f"| {width} | {n} | {steps} | {a['s_per_it']:.3f} | {a['delta_mb']:.0f} | {b['s_per_it']:.3f} | "
-            f"{b['grad_norm'] / a['grad_norm']:.3f} |"
+            f"| {ipc} | {steps} | {a['s_per_it']:.3f} | {a['peak_mb']:.0f} | {b['s_per_it']:.3f} | {b['peak_mb']:.0f} |"
         )
 
 
 if __name__ == "__main__":
     t = time.time()
     main()
-    print(f"({time.time() - t:.0f}s, maxrss of parent {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB)")
+    print(f"({time.time() - t:.0f}s)")

@@ -69,6 +69,7 @@ class DistillConfig:
     batch_syn: int = 0  # 0: the whole synthetic set in every student step
     init: str = "real"  # real | noise
     soft_labels: bool = False
+    memory_saving: bool = False  # recompute the unroll step by step: memory flat in syn_steps, same gradients
     max_grad_norm: float = 0.0  # 0: no clipping of the image gradient
     explode_factor: float = 20.0  # skip a step whose loss exceeds this × running median
     checkpoint_every_s: float = 120.0

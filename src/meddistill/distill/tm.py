@@ -174,6 +174,54 @@ class TrajectoryMatching:
             theta = theta - st.lr * g
         return ((theta - target) ** 2).sum() / ((start - target) ** 2).sum().clamp_min(1e-12)
 
+    def _student_step(self, st: TMState, theta: torch.Tensor, i: int, seed: int, batches, graph: bool):
+        """One student SGD step; with ``graph`` the result is differentiable w.r.t. theta and the leaves."""
+        idx = batches[i] if batches is not None else slice(None)
+        images = st.images if graph else st.images.detach()
+        if st.label_logits is None:
+            y = st.labels[idx]
+        else:
+            y = F.softmax(st.label_logits if graph else st.label_logits.detach(), 1)[idx]
+        x = dsa(images[idx], seed, self.dsa_cfg)
+        ce = F.cross_entropy(call_flat(self.net, self.spec, theta, x), y)
+        (g,) = torch.autograd.grad(ce, theta, create_graph=graph)
+        return theta - (st.lr if graph else st.lr.detach()) * g
+
+    def leaves(self, st: TMState) -> list[torch.Tensor]:
+        return [st.images, st.lr] + ([st.label_logits] if st.label_logits is not None else [])
+
+    def matching_checkpointed(self, st: TMState, k: int, t: int, span: int, seeds: list[int], batches):
+        """Memory-saving mode: the same loss and gradients as :meth:`matching_loss` + backprop,
+        but the unroll is never held in memory at once.  The forward pass keeps only the flat
+        student parameters of every step (P floats each); the backward pass recomputes one
+        step at a time with its graph and pushes the adjoint ``dL/dθ_i`` back through it.
+        Peak activation memory is that of a single step, whatever ``syn_steps`` is, for about
+        one extra forward/backward per step.  Returns (loss value, gradients of the leaves)."""
+        traj = self.buffer.get(k)
+        start = traj[t].to(self.dev)
+        target = traj[t + span].to(self.dev)
+        thetas = [start]
+        for i, seed in enumerate(seeds):
+            th = thetas[-1].detach().requires_grad_(True)
+            thetas.append(self._student_step(st, th, i, seed, batches, graph=False).detach())
+        denom = ((start - target) ** 2).sum().clamp_min(1e-12)
+        diff = thetas[-1] - target
+        value = float((diff**2).sum() / denom)
+        if not math.isfinite(value) or self._exploding(st, value):
+            return value, None
+        leaves = self.leaves(st)
+        grads = [torch.zeros_like(x) for x in leaves]
+        adj = 2 * diff / denom
+        for i in reversed(range(len(seeds))):
+            th = thetas[i].detach().requires_grad_(True)
+            nxt = self._student_step(st, th, i, seeds[i], batches, graph=True)
+            outs = torch.autograd.grad(nxt, [th, *leaves], grad_outputs=adj, allow_unused=True)
+            adj = outs[0]
+            for acc, g in zip(grads, outs[1:], strict=True):
+                if g is not None:
+                    acc.add_(g)
+        return value, tuple(grads)
+
     def _exploding(self, st: TMState, value: float) -> bool:
         if not math.isfinite(value):
             return True
@@ -193,14 +241,17 @@ class TrajectoryMatching:
         batches = None
         if bs < n:
             batches = [torch.randperm(n, generator=st.gen)[:bs].to(self.dev) for _ in range(self.d.syn_steps)]
-        loss = self.matching_loss(st, k, t, win.span, seeds, batches)
-        value = float(loss.detach())
+        if self.d.memory_saving:
+            value, grads = self.matching_checkpointed(st, k, t, win.span, seeds, batches)
+        else:
+            loss = self.matching_loss(st, k, t, win.span, seeds, batches)
+            value, grads = float(loss.detach()), None
         status = "ok"
         if self._exploding(st, value):
             status = "skipped"
         else:
-            leaves = [st.images, st.lr] + ([st.label_logits] if st.label_logits is not None else [])
-            grads = torch.autograd.grad(loss, leaves)
+            if grads is None:
+                grads = torch.autograd.grad(loss, self.leaves(st))
             if not all(torch.isfinite(g).all() for g in grads):
                 status = "skipped"
             else:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from meddistill.cli import main
+from meddistill.utils import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,3 +66,26 @@ def test_bad_input_is_one_line_not_a_traceback(tmp_path, capsys, argv, msg, monk
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "meddistill.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("meddistill ")
+
+
+def test_killed_run_resumes_with_resume_flag(tmp_path, capsys, monkeypatch):
+    import meddistill.distill.tm as tm
+
+    args = ["distill", "breastmnist", "--ipc", "2", *_tiny_args(tmp_path)]
+    assert main([*args, "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    real_step = tm.TrajectoryMatching.step
+
+    def killed(self, st):
+        if st.it == 5:
+            raise KeyboardInterrupt
+        return real_step(self, st)
+
+    monkeypatch.setattr(tm.TrajectoryMatching, "step", killed)
+    assert main(args) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    monkeypatch.setattr(tm.TrajectoryMatching, "step", real_step)
+    assert main([*args, "--resume"]) == 0
+    run_dir = next((tmp_path / "runs" / "breastmnist_28").iterdir())
+    rows = [r["it"] for r in read_jsonl(run_dir / "metrics.jsonl")]
+    assert rows == sorted(set(rows)) and rows[-1] == 11

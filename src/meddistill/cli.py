@@ -43,6 +43,11 @@ def _distill_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", help="ptm (default), ptm_nodom, mtt, datm, random, herding, kcenter, dm, dc")
     p.add_argument("--iterations", type=int, help="distillation iterations")
     p.add_argument("--restart", action="store_true", help="discard this cell's checkpoint and start over")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="require a checkpoint of this exact config and continue it (resuming is also automatic)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,10 +160,22 @@ def cmd_experts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_resume(args: argparse.Namespace, cfg: RunConfig) -> None:
+    from meddistill.distill.tm import CKPT_META
+    from meddistill.pipeline import run_dir_for
+
+    run_dir = run_dir_for(cfg)
+    if args.resume and not ((run_dir / CKPT_META).exists() or (run_dir / "synset.npz").exists()):
+        raise MeddistillError(f"nothing to resume: no checkpoint in {run_dir} for this config")
+    if args.resume and args.restart:
+        raise MeddistillError("--resume and --restart contradict each other")
+
+
 def cmd_distill(args: argparse.Namespace) -> int:
     from meddistill.pipeline import distill
 
     cfg = config_from_args(args)
+    _check_resume(args, cfg)
     run_dir, syn = distill(cfg, progress=not args.no_progress, restart=args.restart)
     print(f"synthetic set: {run_dir / 'synset.npz'} ({len(syn.labels)} images)")
     return 0
@@ -208,6 +225,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from meddistill.pipeline import run_cell
 
     cfg = config_from_args(args)
+    _check_resume(args, cfg)
     res = run_cell(cfg, progress=not args.no_progress, restart=args.restart)
     print(f"run folder: {res.run_dir}")
     _print_summary(f"{cfg.dataset} {cfg.distill.method} ipc={cfg.distill.ipc} ({cfg.profile} profile)", res.row)

@@ -68,7 +68,7 @@ class DistillConfig:
     momentum: float = 0.5
     batch_syn: int = 0  # 0: the whole synthetic set in every student step
     init: str = "real"  # real | noise
-    soft_labels: bool = False
+    soft_labels: bool = False  # learnable soft labels from expert logits (datm always uses them)
     memory_saving: bool = False  # recompute the unroll step by step: memory flat in syn_steps, same gradients
     max_grad_norm: float = 0.0  # 0: no clipping of the image gradient
     explode_factor: float = 20.0  # skip a step whose loss exceeds this × running median

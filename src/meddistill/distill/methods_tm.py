@@ -13,19 +13,22 @@ from meddistill.synset import SynSet
 @register_method("mtt")
 def mtt(ctx: DistillContext) -> SynSet:
     """Cazenavette et al. 2022: uniform start epoch over the whole run, hard labels, no DOM."""
-    return TrajectoryMatching(ctx, mtt_schedule(ctx.cfg.distill), use_dom=False, soft_labels=False).run()
+    d = ctx.cfg.distill
+    return TrajectoryMatching(ctx, mtt_schedule(d), use_dom=False, soft_labels=d.soft_labels).run()
 
 
 @register_method("ptm")
 def ptm(ctx: DistillContext) -> SynSet:
     """Progressive Trajectory Matching with Dynamic Overlap Mitigation (the project's method)."""
-    return TrajectoryMatching(ctx, ptm_schedule(ctx.cfg.distill), use_dom=True, soft_labels=False).run()
+    d = ctx.cfg.distill
+    return TrajectoryMatching(ctx, ptm_schedule(d), use_dom=True, soft_labels=d.soft_labels).run()
 
 
 @register_method("ptm_nodom")
 def ptm_nodom(ctx: DistillContext) -> SynSet:
     """Ablation: the progressive schedule alone."""
-    return TrajectoryMatching(ctx, ptm_schedule(ctx.cfg.distill), use_dom=False, soft_labels=False).run()
+    d = ctx.cfg.distill
+    return TrajectoryMatching(ctx, ptm_schedule(d), use_dom=False, soft_labels=d.soft_labels).run()
 
 
 @register_method("datm")

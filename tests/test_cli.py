@@ -89,3 +89,17 @@ def test_killed_run_resumes_with_resume_flag(tmp_path, capsys, monkeypatch):
     run_dir = next((tmp_path / "runs" / "breastmnist_28").iterdir())
     rows = [r["it"] for r in read_jsonl(run_dir / "metrics.jsonl")]
     assert rows == sorted(set(rows)) and rows[-1] == 11
+
+
+def test_datasets_lists_all_subsets_and_local_files(capsys):
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("mnist") >= 12 and "CC BY-NC 4.0" in out and "breastmnist.npz" in out
+
+
+def test_64px_and_rgb_images_run_end_to_end(tmp_path, capsys):
+    assert main(["run", "breastmnist", "--size", "64", "--ipc", "1", *_tiny_args(tmp_path)]) == 0
+    assert main(["run", "retinamnist", "--ipc", "1", "--method", "mtt", *_tiny_args(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("test ACC") == 2
+    assert (tmp_path / "runs" / "breastmnist_64").is_dir()

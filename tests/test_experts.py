@@ -59,3 +59,23 @@ def test_a_different_expert_config_gets_a_different_folder(tiny):
     b2 = tiny()
     b2.experts.num_experts = 7  # more experts extend the same buffer
     assert expert_dir(a) == expert_dir(b2)
+
+
+def test_buffer_cache_is_bounded_and_reloads_identically(breast, tiny, tmp_path):
+    cfg = tiny(experts_dir=str(tmp_path / "ex"))
+    folder = train_experts(breast, cfg, torch.device("cpu"), progress=False)
+    buf = ExpertBuffer(folder, max_cached=1)
+    first = buf.get(0).clone()
+    buf.get(1)
+    assert list(buf._cache) == [1]
+    assert torch.equal(buf.get(0), first)
+
+
+def test_corrupt_expert_file_is_a_clear_error(breast, tiny, tmp_path):
+    from meddistill.errors import ArtifactError
+
+    cfg = tiny(experts_dir=str(tmp_path / "ex"))
+    folder = train_experts(breast, cfg, torch.device("cpu"), progress=False)
+    (folder / "expert_0.safetensors").write_bytes(b"truncated")
+    with pytest.raises(ArtifactError, match=r"expert_0\.safetensors is unreadable"):
+        ExpertBuffer(folder).get(0)

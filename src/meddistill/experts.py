@@ -161,7 +161,7 @@ def train_experts(ds: MedDataset, cfg: RunConfig, device: torch.device, progress
 class ExpertBuffer:
     """Lazy access to a folder of saved trajectories."""
 
-    def __init__(self, folder: Path, num: int | None = None) -> None:
+    def __init__(self, folder: Path, num: int | None = None, max_cached: int = 16) -> None:
         self.folder = Path(folder)
         files = sorted(self.folder.glob("expert_*.safetensors"), key=lambda p: int(p.stem.split("_")[1]))
         files = [f for f in files if ".partial" not in f.name]
@@ -170,13 +170,18 @@ class ExpertBuffer:
         if not files:
             raise ArtifactError(f"no expert trajectories in {self.folder}; run `meddistill experts` first")
         self.files = files
+        self.max_cached = max_cached  # paper-scale buffers do not fit in RAM all at once
         self._cache: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.files)
 
     def get(self, k: int) -> torch.Tensor:
-        if k not in self._cache:
+        if k in self._cache:
+            self._cache[k] = self._cache.pop(k)  # most recently used goes last
+        else:
+            if len(self._cache) >= self.max_cached:
+                self._cache.pop(next(iter(self._cache)))
             self._cache[k] = load_trajectory(self.files[k])
         return self._cache[k]
 

@@ -3,8 +3,8 @@
     meddistill bench configs/bench/tm_cpu.yaml           # computes (or resumes) every cell
     python benchmarks/tm_results.py results/tm_cpu.jsonl docs/results.md
 
-Everything between the ``<!-- measured:begin -->`` and ``<!-- measured:end -->`` markers of
-the output file is regenerated; text outside them (notes) is kept.
+Everything between the ``<!-- <marker>:begin -->`` and ``<!-- <marker>:end -->`` markers of
+the output file is regenerated (``--marker``, default ``measured``); text outside is kept.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import numpy as np
 from meddistill.bench.report import aggregate, table
 from meddistill.utils import read_jsonl
 
-BEGIN, END = "<!-- measured:begin -->", "<!-- measured:end -->"
 ORDER = ["ptm", "ptm_nodom", "mtt"]
 
 
@@ -82,11 +81,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("store")
     ap.add_argument("out")
+    ap.add_argument("--marker", default="measured", help="name of the block to (re)write")
     args = ap.parse_args()
+    BEGIN, END = f"<!-- {args.marker}:begin -->", f"<!-- {args.marker}:end -->"
     rows = read_jsonl(args.store)
     block = f"{BEGIN}\n{measured(rows, args.store)}\n{END}"
     out = Path(args.out)
-    text = out.read_text() if out.exists() else f"# Results\n\n{BEGIN}\n{END}\n"
+    text = out.read_text() if out.exists() else "# Results\n"
+    if BEGIN not in text:
+        text += f"\n{BEGIN}\n{END}\n"
     text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _m: block, text, flags=re.S)
     out.write_text(text)
     print(block)

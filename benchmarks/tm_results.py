@@ -70,7 +70,7 @@ def measured(rows: list[dict], store: str) -> str:
             lrs[r["method"]].append(r["eval_lr"])
     lines += [
         "",
-        "Learned student lr used for evaluation (mean over cells): "
+        "Student lr used for evaluation (mean over cells; the learned lr unless eval.lr is fixed): "
         + ", ".join(f"`{m}` {np.mean(v):.4f}" for m, v in lrs.items()),
         "",
     ]

@@ -33,9 +33,9 @@ def test_run_prints_an_evaluated_accuracy(tmp_path, capsys):
     m = re.search(r"test ACC (\d+\.\d+) ± (\d+\.\d+) %\s+AUC (\d+\.\d+)", out)
     assert m and 0 <= float(m.group(1)) <= 100
     assert (tmp_path / "runs" / "results.jsonl").exists()
-    # eval on the run folder reuses the cached evaluation
+    # eval on the run folder (its own profile by default) reuses the cached evaluation
     run_dir = next((tmp_path / "runs" / "breastmnist_28").iterdir())
-    assert main(["eval", str(run_dir), *_tiny_args(tmp_path)]) == 0
+    assert main(["eval", str(run_dir), "--out", str(tmp_path / "runs"), "--device", "cpu", "--no-progress"]) == 0
     assert m.group(1) in capsys.readouterr().out
 
 

@@ -19,7 +19,7 @@ from meddistill.errors import MeddistillError
 def _common(p: argparse.ArgumentParser, dataset: bool = True) -> None:
     if dataset:
         p.add_argument("dataset", help="MedMNIST subset, e.g. pneumoniamnist")
-    p.add_argument("--profile", choices=PROFILES, default="cpu", help="size profile (default: cpu)")
+    p.add_argument("--profile", choices=PROFILES, help="size profile (default: cpu; for a run folder, its own)")
     p.add_argument("--config", help="YAML file merged over the profile")
     p.add_argument(
         "--set",
@@ -131,7 +131,7 @@ def config_from_args(args: argparse.Namespace, dataset: str | None = None) -> Ru
         "eval.num_nets": getattr(args, "num_nets", None),
         "eval.nets": args.nets.split(",") if getattr(args, "nets", None) else None,
     }
-    return build_config(args.profile, args.config, args.overrides, **flags)
+    return build_config(args.profile or "cpu", args.config, args.overrides, **flags)
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
@@ -209,6 +209,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run_dir = target if target.is_dir() else target.parent
     base = config_from_dict(read_yaml(run_dir / "config.yaml")) if (run_dir / "config.yaml").exists() else None
     syn = SynSet.load(target)
+    if base is not None and args.profile is None:
+        args.profile = base.profile  # evaluate with the run's own profile unless told otherwise
     if base is None:
         cfg = config_from_args(args, dataset=syn.meta.get("dataset"))
     else:

@@ -45,6 +45,21 @@ def _setup(ctx: DistillContext, lr_img: float):
     return gen, images, labels.to(ctx.device), opt, _siamese_cfg(ctx), ctx.class_indices()
 
 
+def _siamese_pair(ctx: DistillContext, gen, aug, cls_idx, syn_c, n_real: int):
+    """A real batch of one class and that class's synthetic images, augmented with one shared seed."""
+    seed = int(torch.randint(2**62, (1,), generator=gen))
+    real = dsa(_real_batch(ctx, cls_idx, n_real, gen), seed, aug)
+    return real, dsa(syn_c, seed, aug)
+
+
+def _image_step(opt: torch.optim.Optimizer, loss: torch.Tensor, images: torch.Tensor) -> None:
+    """One optimizer step on the images, skipped when the gradient is not finite."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if torch.isfinite(images.grad).all():
+        opt.step()
+
+
 @register_method("dm")
 def distribution_matching(ctx: DistillContext) -> SynSet:
     d = ctx.cfg.distill
@@ -55,15 +70,10 @@ def distribution_matching(ctx: DistillContext) -> SynSet:
             p.requires_grad_(False)
         loss = images.new_zeros(())
         for c, cls_idx in enumerate(classes):
-            seed = int(torch.randint(2**62, (1,), generator=gen))
-            real = dsa(_real_batch(ctx, cls_idx, d.dm_batch_real, gen), seed, aug)
-            syn = dsa(images[labels == c], seed, aug)
+            real, syn = _siamese_pair(ctx, gen, aug, cls_idx, images[labels == c], d.dm_batch_real)
             fr, fs = net(real, features=True), net(syn, features=True)
             loss = loss + ((fr.mean(0) - fs.mean(0)) ** 2).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if torch.isfinite(images.grad).all():
-            opt.step()
+        _image_step(opt, loss, images)
     return ctx.make_synset(images, labels)
 
 
@@ -90,19 +100,13 @@ def gradient_matching(ctx: DistillContext) -> SynSet:
         for ol in range(d.dc_outer):
             loss = images.new_zeros(())
             for c, cls_idx in enumerate(classes):
-                seed = int(torch.randint(2**62, (1,), generator=gen))
-                yr = torch.full((min(d.dm_batch_real, len(cls_idx)),), c, device=ctx.device)
-                real = dsa(_real_batch(ctx, cls_idx, d.dm_batch_real, gen), seed, aug)
-                gr = torch.autograd.grad(F.cross_entropy(net(real), yr), params)
-                gr = [g.detach() for g in gr]
-                syn = dsa(images[labels == c], seed, aug)
+                real, syn = _siamese_pair(ctx, gen, aug, cls_idx, images[labels == c], d.dm_batch_real)
+                yr = torch.full((real.shape[0],), c, device=ctx.device)
+                gr = [g.detach() for g in torch.autograd.grad(F.cross_entropy(net(real), yr), params)]
                 ys = torch.full((syn.shape[0],), c, device=ctx.device)
                 gs = torch.autograd.grad(F.cross_entropy(net(syn), ys), params, create_graph=True)
                 loss = loss + _match(gr, gs)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if torch.isfinite(images.grad).all():
-                opt.step()
+            _image_step(opt, loss, images)
             if ol == d.dc_outer - 1:
                 break
             x_syn, y_syn = images.detach(), labels

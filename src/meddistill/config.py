@@ -185,12 +185,15 @@ def parse_override(text: str) -> dict[str, Any]:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         value = raw
-    out: dict[str, Any] = {}
-    node = out
-    parts = key.strip().split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
+    return nest(key.strip(), value)
+
+
+def nest(dotted: str, value: Any) -> dict[str, Any]:
+    """``("a.b", 1)`` → ``{"a": {"b": 1}}``."""
+    *parents, last = dotted.split(".")
+    out: dict[str, Any] = {last: value}
+    for p in reversed(parents):
+        out = {p: out}
     return out
 
 
@@ -232,15 +235,8 @@ def build_config(
     for ov in overrides or []:
         merge(cfg, parse_override(ov))
     for key, value in flags.items():
-        if value is None:
-            continue
-        node: dict[str, Any] = {}
-        cur = node
-        parts = key.split(".")
-        for p in parts[:-1]:
-            cur = cur.setdefault(p, {})
-        cur[parts[-1]] = value
-        merge(cfg, node)
+        if value is not None:
+            merge(cfg, nest(key, value))
     return cfg
 
 

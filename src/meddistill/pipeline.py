@@ -100,7 +100,7 @@ def distill(
 
 def evaluate_run(
     cfg: RunConfig, run_dir: Path, syn: SynSet, ds: MedDataset, progress: bool = True
-) -> tuple[EvalSummary, dict]:
+) -> tuple[EvalSummary | None, dict]:
     """Evaluate a synthetic set with the shared protocol; cached in ``eval_<hash>.json``."""
     device = resolve_device(cfg.device)
     ehash = config_hash(eval_identity(cfg), 10)

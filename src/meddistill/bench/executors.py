@@ -1,7 +1,9 @@
 """Run the cells of a grid: locally in this process (default) or fanned out on Ray.
 
-Both executors call the same :func:`run_one` and append the same rows; a cell is
-deterministic given its config, so the executor never changes a number.
+Both executors call the same :func:`run_one` and append the same rows: a cell is
+deterministic given its config, and Ray workers use the driver's torch thread count, so on
+the same hardware the executor never changes a number (machines with other CPUs may differ
+in the last float bits).
 """
 
 from __future__ import annotations
@@ -46,6 +48,19 @@ def _distinct_experts(cells: list[Cell]) -> list[Cell]:
     return list(seen.values())
 
 
+def _with_threads(fn, threads: int):
+    """Run ``fn`` in a Ray worker with the driver's torch thread count (Ray workers default to 1
+    thread, and a different count changes float reduction order, hence the last bits of results)."""
+
+    def call(*args):
+        import torch
+
+        torch.set_num_threads(threads)
+        return fn(*args)
+
+    return call
+
+
 def _prepare_experts(cell: Cell) -> str:
     from meddistill.experts import train_experts
     from meddistill.pipeline import load_data
@@ -79,8 +94,12 @@ def run_ray(
         raise ConfigError("the Ray executor needs ray: pip install 'meddistill[ray]'") from None
     ray.init(address=address or None, ignore_reinit_error=True, log_to_driver=False)
     # experts first, one task per distinct buffer, so cells never train the same experts twice
-    ray.get([ray.remote(_prepare_experts).remote(c) for c in _distinct_experts(cells)])
-    remote = ray.remote(run_one)
+    import torch
+
+    threads = torch.get_num_threads()
+    prepare = ray.remote(num_cpus=threads)(_with_threads(_prepare_experts, threads))
+    ray.get([prepare.remote(c) for c in _distinct_experts(cells)])
+    remote = ray.remote(num_cpus=threads)(_with_threads(run_one, threads))
     pending = {remote.remote(c, False): c for c in cells}
     n = 0
     with tqdm(total=len(cells), desc="bench (ray)", unit="cell", disable=not progress) as bar:

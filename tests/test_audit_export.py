@@ -78,3 +78,14 @@ def test_export_refuses_a_folder_without_synset(tmp_path, capsys):
     assert main(["export", str(tmp_path), str(tmp_path / "o")]) == 2
     assert "no synthetic set" in capsys.readouterr().err
     _ = distill  # imported for the public API check
+
+
+def test_audit_figure_shows_every_synthetic_image(breast, tiny, tmp_path):
+    from meddistill.audit import audit_figure
+    from tests.test_distill import _ctx
+
+    cfg = tiny(**{"distill.ipc": 3})
+    syn = get_method("random")(_ctx(breast, cfg, tmp_path / "r"))
+    near = ssim_matrix(syn.pixels(), breast.denormalize(breast.train.images).clamp(0, 1))
+    pages = audit_figure(syn, breast, near, tmp_path / "audit.png", per_page=4)
+    assert [p.name for p in pages] == ["audit.png", "audit_2.png"] and all(p.exists() for p in pages)

@@ -148,13 +148,16 @@ def audit(
     )
 
 
-def audit_figure(syn: SynSet, ds: MedDataset, near_ssim: torch.Tensor, path: Path, k: int = 3, max_rows: int = 12):
-    """Each synthetic image (left) beside its k nearest real training images by SSIM."""
+def audit_figure(
+    syn: SynSet, ds: MedDataset, near_ssim: torch.Tensor, path: Path, k: int = 3, per_page: int = 25
+) -> list[Path]:
+    """Every synthetic image (left) beside its k nearest real training images by SSIM.
+
+    Pages of ``per_page`` rows: ``audit.png``, then ``audit_2.png``, ``audit_3.png`` ...
+    """
     from meddistill.plots import plt
 
-    rows = min(max_rows, len(syn.labels))
     top = near_ssim.topk(k, dim=1)
-    fig, axes = plt.subplots(rows, k + 1, figsize=(1.3 * (k + 1), 1.3 * rows), dpi=110, squeeze=False)
     px_syn, px_real = syn.pixels(), ds.denormalize(ds.train.images).clamp(0, 1)
 
     def show(ax, im, title):
@@ -163,14 +166,22 @@ def audit_figure(syn: SynSet, ds: MedDataset, near_ssim: torch.Tensor, path: Pat
         ax.set_title(title, fontsize=6)
         ax.axis("off")
 
-    for r in range(rows):
-        show(axes[r][0], px_syn[r], f"syn {r} (c{int(syn.labels[r])})")
-        for j in range(k):
-            idx = int(top.indices[r, j])
-            show(axes[r][j + 1], px_real[idx], f"real {idx} ssim {float(top.values[r, j]):.2f}")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    paths = []
+    n = len(syn.labels)
+    for page, first in enumerate(range(0, n, per_page), start=1):
+        rows = list(range(first, min(n, first + per_page)))
+        fig, axes = plt.subplots(len(rows), k + 1, figsize=(1.3 * (k + 1), 1.3 * len(rows)), dpi=110, squeeze=False)
+        for a, r in enumerate(rows):
+            show(axes[a][0], px_syn[r], f"syn {r} (c{int(syn.labels[r])})")
+            for j in range(k):
+                idx = int(top.indices[r, j])
+                show(axes[a][j + 1], px_real[idx], f"real {idx} ssim {float(top.values[r, j]):.2f}")
+        fig.tight_layout()
+        out = path if page == 1 else path.with_name(f"{path.stem}_{page}{path.suffix}")
+        fig.savefig(out)
+        plt.close(fig)
+        paths.append(out)
+    return paths
 
 
 def run_audit(

@@ -83,7 +83,7 @@ def _card(syn: SynSet, config: dict | None, evals: list[dict], audit: dict | Non
             f"- Flagged as near-copies (SSIM > {audit['ssim_threshold']}): {len(audit['flagged'])} of "
             f"{audit['n_synthetic']}.",
             f"- Membership-inference AUC (loss attack; 0.5 = no leak): {s['mia_auc']:.3f}.",
-            "- Nearest real images: `audit.png`.",
+            "- Nearest real images: `audit.png` (and `audit_2.png`, ... for sets of more than 25 images).",
         ]
     else:
         lines.append("Not audited (run `meddistill audit <run>` before exporting).")
@@ -133,7 +133,8 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     write_text_atomic(out / "card.md", _card(syn, config, evals, audit))
     write_text_atomic(out / "meta.json", json.dumps(syn.meta, indent=2, sort_keys=True))
     write_text_atomic(out / "train_example.py", EXAMPLE)
-    for name in ("config.yaml", "grid.png", "loss.png", "audit.png", "audit.json"):
-        if (run_dir / name).exists():
-            shutil.copy(run_dir / name, out / name)
+    figures = [run_dir / n for n in ("config.yaml", "grid.png", "loss.png", "audit.json")]
+    for src in [*figures, *sorted(run_dir.glob("audit*.png"))]:
+        if src.exists():
+            shutil.copy(src, out / src.name)
     return out

@@ -12,7 +12,7 @@ from meddistill.config import RunConfig
 from meddistill.data.loader import MedDataset, class_indices
 from meddistill.errors import ConfigError
 from meddistill.synset import SynSet
-from meddistill.utils import code_version
+from meddistill.utils import code_version, derive_seed
 
 
 @dataclass
@@ -104,6 +104,12 @@ def get_method(name: str) -> MethodFn:
     if name not in _METHODS:
         raise ConfigError(f"unknown method {name!r}; registered methods: {', '.join(list_methods())}")
     return _METHODS[name]
+
+
+def distill_generator(ctx: DistillContext) -> torch.Generator:
+    """The run's random stream. Every method draws its real initial images first from this same
+    stream, so at a given seed all methods start from the same images ("random" *is* that start)."""
+    return torch.Generator().manual_seed(derive_seed(ctx.cfg.seed, "distill"))
 
 
 def real_init(ctx: DistillContext, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from meddistill.distill.base import DistillContext, real_init, register_method
+from meddistill.distill.base import DistillContext, distill_generator, real_init, register_method
 from meddistill.experts import ExpertBuffer
 from meddistill.nets import FlatParams, call_flat, create_model
 from meddistill.synset import SynSet
-from meddistill.utils import derive_seed
 
 
 def expert_features(ctx: DistillContext, x: torch.Tensor, bs: int = 1024) -> torch.Tensor:
@@ -67,9 +66,7 @@ def _select(ctx: DistillContext, pick) -> SynSet:
 
 @register_method("random")
 def random_real(ctx: DistillContext) -> SynSet:
-    # the same stream as trajectory matching's init: "random" is exactly the images PTM/MTT start from
-    gen = torch.Generator().manual_seed(derive_seed(ctx.cfg.seed, "distill"))
-    images, labels, idx = real_init(ctx, gen)
+    images, labels, idx = real_init(ctx, distill_generator(ctx))
     return ctx.make_synset(images, labels, train_indices=idx.tolist())
 
 

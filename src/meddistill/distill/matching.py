@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from meddistill.augment import DSAConfig, dsa, for_dataset
-from meddistill.distill.base import DistillContext, real_init, register_method
+from meddistill.distill.base import DistillContext, distill_generator, real_init, register_method
 from meddistill.nets import create_model
 from meddistill.synset import SynSet
 from meddistill.utils import derive_seed
@@ -38,7 +38,7 @@ def _real_batch(ctx: DistillContext, cls_idx: torch.Tensor, n: int, gen: torch.G
 
 def _setup(ctx: DistillContext, lr_img: float):
     """Shared start of DM and DC: seeded stream, real init, image optimizer, siamese DSA, class indices."""
-    gen = torch.Generator().manual_seed(derive_seed(ctx.cfg.seed, "distill"))
+    gen = distill_generator(ctx)
     images, labels, _ = real_init(ctx, gen)
     images = images.to(ctx.device).requires_grad_(True)
     opt = torch.optim.SGD([images], lr=lr_img, momentum=0.5)

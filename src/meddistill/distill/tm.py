@@ -24,14 +24,14 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from meddistill.augment import dsa, for_dataset
-from meddistill.distill.base import DistillContext, real_init
+from meddistill.distill.base import DistillContext, distill_generator, real_init
 from meddistill.distill.dom import class_diversity, cosine_matrix, max_overlap, select_overlapping
 from meddistill.distill.schedule import Schedule
 from meddistill.errors import ArtifactError, RunStopped
 from meddistill.experts import ExpertBuffer
 from meddistill.nets import FlatParams, call_flat, create_model
 from meddistill.synset import SynSet
-from meddistill.utils import append_jsonl, atomic_path, derive_seed, read_jsonl, write_text_atomic
+from meddistill.utils import append_jsonl, atomic_path, read_jsonl, write_text_atomic
 
 CKPT = "checkpoint.safetensors"
 CKPT_META = "checkpoint.json"
@@ -81,8 +81,7 @@ class TrajectoryMatching:
             return call_flat(self.net, self.spec, theta, x.to(self.dev)).float()
 
     def init_state(self) -> TMState:
-        # one stream per seed, shared by all methods: the same seed starts every method from the same real images
-        gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "distill"))
+        gen = distill_generator(self.ctx)
         images, labels, idx = real_init(self.ctx, gen)
         if self.d.init == "noise":
             images = torch.randn(images.shape, generator=gen)

@@ -158,68 +158,78 @@ class TrajectoryMatching:
         return st
 
     # ------------------------------------------------------------------ core
-    def matching_loss(self, st: TMState, k: int, t: int, span: int, seeds: list[int], batches) -> torch.Tensor:
-        """Unroll ``syn_steps`` student steps from expert ``k`` epoch ``t``; normalised distance."""
+    def _endpoints(self, k: int, t: int, span: int) -> tuple[torch.Tensor, torch.Tensor]:
         traj = self.buffer.get(k)
-        start = traj[t].to(self.dev)
-        target = traj[t + span].to(self.dev)
-        y = F.softmax(st.label_logits, 1) if st.label_logits is not None else st.labels
-        theta = start.clone().requires_grad_(True)
-        for i, seed in enumerate(seeds):
-            idx = batches[i] if batches is not None else slice(None)
-            x = dsa(st.images[idx], seed, self.dsa_cfg)
-            ce = F.cross_entropy(call_flat(self.net, self.spec, theta, x), y[idx])
-            (g,) = torch.autograd.grad(ce, theta, create_graph=True)
-            theta = theta - st.lr * g
-        return ((theta - target) ** 2).sum() / ((start - target) ** 2).sum().clamp_min(1e-12)
+        return traj[t].to(self.dev), traj[t + span].to(self.dev)
 
-    def _student_step(self, st: TMState, theta: torch.Tensor, i: int, seed: int, batches, graph: bool):
-        """One student SGD step; with ``graph`` the result is differentiable w.r.t. theta and the leaves."""
-        idx = batches[i] if batches is not None else slice(None)
-        images = st.images if graph else st.images.detach()
+    def _targets(self, st: TMState, graph: bool) -> torch.Tensor:
+        """Class ids, or the soft-label distributions (differentiable w.r.t. the logits with ``graph``)."""
         if st.label_logits is None:
-            y = st.labels[idx]
-        else:
-            y = F.softmax(st.label_logits if graph else st.label_logits.detach(), 1)[idx]
+            return st.labels
+        return F.softmax(st.label_logits if graph else st.label_logits.detach(), 1)
+
+    def _student_step(self, st: TMState, theta: torch.Tensor, idx, seed: int, y: torch.Tensor, graph: bool):
+        """One student SGD step on the synthetic images ``idx``; with ``graph`` the result is
+        differentiable w.r.t. theta and the leaves (images, lr, and the logits through ``y``)."""
+        images = st.images if graph else st.images.detach()
         x = dsa(images[idx], seed, self.dsa_cfg)
-        ce = F.cross_entropy(call_flat(self.net, self.spec, theta, x), y)
+        ce = F.cross_entropy(call_flat(self.net, self.spec, theta, x), y[idx])
         (g,) = torch.autograd.grad(ce, theta, create_graph=graph)
         return theta - (st.lr if graph else st.lr.detach()) * g
+
+    @staticmethod
+    def _batch(batches, i: int):
+        return batches[i] if batches is not None else slice(None)
+
+    def matching_loss(self, st: TMState, k: int, t: int, span: int, seeds: list[int], batches) -> torch.Tensor:
+        """Unroll ``syn_steps`` student steps from expert ``k`` epoch ``t``; normalised distance."""
+        start, target = self._endpoints(k, t, span)
+        y = self._targets(st, graph=True)
+        theta = start.clone().requires_grad_(True)
+        for i, seed in enumerate(seeds):
+            theta = self._student_step(st, theta, self._batch(batches, i), seed, y, graph=True)
+        return ((theta - target) ** 2).sum() / ((start - target) ** 2).sum().clamp_min(1e-12)
 
     def leaves(self, st: TMState) -> list[torch.Tensor]:
         return [st.images, st.lr] + ([st.label_logits] if st.label_logits is not None else [])
 
-    def matching_checkpointed(self, st: TMState, k: int, t: int, span: int, seeds: list[int], batches):
-        """Memory-saving mode: the same loss and gradients as :meth:`matching_loss` + backprop,
-        but the unroll is never held in memory at once.  The forward pass keeps only the flat
-        student parameters of every step (P floats each); the backward pass recomputes one
-        step at a time with its graph and pushes the adjoint ``dL/dθ_i`` back through it.
-        Peak activation memory is that of a single step, whatever ``syn_steps`` is, for about
-        one extra forward/backward per step.  Returns (loss value, gradients of the leaves)."""
-        traj = self.buffer.get(k)
-        start = traj[t].to(self.dev)
-        target = traj[t + span].to(self.dev)
+    def _unroll_detached(self, st: TMState, k: int, t: int, span: int, seeds: list[int], batches):
+        """Memory-saving forward pass: only the flat student parameters of every step are kept
+        (P floats each), no graph.  Returns (loss value, state for :meth:`_backward_stepwise`)."""
+        start, target = self._endpoints(k, t, span)
+        y = self._targets(st, graph=False)
         thetas = [start]
         for i, seed in enumerate(seeds):
             th = thetas[-1].detach().requires_grad_(True)
-            thetas.append(self._student_step(st, th, i, seed, batches, graph=False).detach())
+            thetas.append(self._student_step(st, th, self._batch(batches, i), seed, y, graph=False).detach())
         denom = ((start - target) ** 2).sum().clamp_min(1e-12)
         diff = thetas[-1] - target
-        value = float((diff**2).sum() / denom)
-        if not math.isfinite(value) or self._exploding(st, value):
-            return value, None
+        return float((diff**2).sum() / denom), (thetas, 2 * diff / denom)
+
+    def _backward_stepwise(self, st: TMState, fwd, seeds: list[int], batches) -> tuple[torch.Tensor, ...]:
+        """Memory-saving backward pass: recompute one step at a time with its graph and push the
+        adjoint ``dL/dθ_i`` back through it, accumulating the leaves' gradients."""
+        thetas, adj = fwd
         leaves = self.leaves(st)
         grads = [torch.zeros_like(x) for x in leaves]
-        adj = 2 * diff / denom
         for i in reversed(range(len(seeds))):
             th = thetas[i].detach().requires_grad_(True)
-            nxt = self._student_step(st, th, i, seeds[i], batches, graph=True)
+            y = self._targets(st, graph=True)
+            nxt = self._student_step(st, th, self._batch(batches, i), seeds[i], y, graph=True)
             outs = torch.autograd.grad(nxt, [th, *leaves], grad_outputs=adj, allow_unused=True)
             adj = outs[0]
             for acc, g in zip(grads, outs[1:], strict=True):
                 if g is not None:
                     acc.add_(g)
-        return value, tuple(grads)
+        return tuple(grads)
+
+    def matching_checkpointed(self, st: TMState, k: int, t: int, span: int, seeds: list[int], batches):
+        """Memory-saving mode: the same loss and gradients as :meth:`matching_loss` + backprop,
+        but the unroll is never held in memory at once; peak activation memory is that of one
+        step, whatever ``syn_steps`` is, for about one extra forward/backward per step.
+        Returns (loss value, gradients of the leaves)."""
+        value, fwd = self._unroll_detached(st, k, t, span, seeds, batches)
+        return value, self._backward_stepwise(st, fwd, seeds, batches)
 
     def _exploding(self, st: TMState, value: float) -> bool:
         if not math.isfinite(value):
@@ -241,15 +251,17 @@ class TrajectoryMatching:
         if bs < n:
             batches = [torch.randperm(n, generator=st.gen)[:bs].to(self.dev) for _ in range(self.d.syn_steps)]
         if self.d.memory_saving:
-            value, grads = self.matching_checkpointed(st, k, t, win.span, seeds, batches)
+            value, fwd = self._unroll_detached(st, k, t, win.span, seeds, batches)
         else:
             loss = self.matching_loss(st, k, t, win.span, seeds, batches)
-            value, grads = float(loss.detach()), None
+            value = float(loss.detach())
         status = "ok"
         if self._exploding(st, value):
-            status = "skipped"
+            status = "skipped"  # the backward pass (either mode) is never run for such a step
         else:
-            if grads is None:
+            if self.d.memory_saving:
+                grads = self._backward_stepwise(st, fwd, seeds, batches)
+            else:
                 grads = torch.autograd.grad(loss, self.leaves(st))
             if not all(torch.isfinite(g).all() for g in grads):
                 status = "skipped"

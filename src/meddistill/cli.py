@@ -190,24 +190,20 @@ def _print_summary(prefix: str, row: dict) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from meddistill.evaluate import evaluate_full
-    from meddistill.pipeline import eval_identity, evaluate_run, load_data, result_row
+    from meddistill.pipeline import evaluate_run, full_row, load_data
     from meddistill.synset import SynSet
-    from meddistill.utils import append_jsonl, config_hash, resolve_device
+    from meddistill.utils import append_jsonl
 
     if args.full:
         cfg = config_from_args(args, dataset=args.target)
         cfg.distill.method, cfg.distill.ipc = "full", 0
-        ds = load_data(cfg)
-        summary = evaluate_full(ds, cfg, resolve_device(cfg.device), not args.no_progress)
-        row = result_row(cfg, summary, "", config_hash(eval_identity(cfg), 10), None, cfg.eval.lr_default)
-        row["train_images"] = len(ds.train)
+        row = full_row(cfg, not args.no_progress)
         append_jsonl(args.results or Path(cfg.out_dir) / "results.jsonl", row)
-        _print_summary(f"{cfg.dataset} full train split ({len(ds.train)} images)", row)
+        _print_summary(f"{cfg.dataset} full train split ({row['train_images']} images)", row)
         return 0
     target = Path(args.target)
     run_dir = target if target.is_dir() else target.parent
-    base = config_from_dict(read_yaml(run_dir / "config.yaml")) if (run_dir / "config.yaml").exists() else None
+    base = _saved_config(run_dir)
     syn = SynSet.load(target)
     if base is not None and args.profile is None:
         args.profile = base.profile  # evaluate with the run's own profile unless told otherwise
@@ -216,7 +212,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         cfg = config_from_args(args, dataset=base.dataset)
         cfg.net, cfg.distill, cfg.size = base.net, base.distill, base.size
-    summary, row = evaluate_run(cfg, run_dir, syn, load_data(cfg), progress=not args.no_progress)
+    _, row = evaluate_run(cfg, run_dir, syn, load_data(cfg), progress=not args.no_progress)
     if args.results:
         append_jsonl(args.results, row)
     _print_summary(f"{cfg.dataset} {syn.meta.get('method')} ipc={syn.meta.get('ipc')}", row)
@@ -260,10 +256,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _saved_config(run_dir: Path) -> RunConfig | None:
+    """The resolved config a run folder was made with, or None if it has none."""
+    path = run_dir / "config.yaml"
+    return config_from_dict(read_yaml(path)) if path.exists() else None
+
+
 def _run_config(run_dir: Path, args: argparse.Namespace) -> RunConfig:
-    if not (run_dir / "config.yaml").exists():
+    base = _saved_config(run_dir)
+    if base is None:
         raise MeddistillError(f"{run_dir} is not a run folder (no config.yaml)")
-    base = config_from_dict(read_yaml(run_dir / "config.yaml"))
     for key in ("device", "data_root"):
         if getattr(args, key, None):
             setattr(base, key, getattr(args, key))
@@ -284,21 +286,21 @@ def cmd_audit(args: argparse.Namespace) -> int:
     ds = load_data(cfg)
     device = resolve_device(cfg.device)
     ctx = DistillContext(ds, cfg, device, run_dir, not args.no_progress)
-    rep = run_audit(run_dir, syn, ds, cfg, device, args.ssim_threshold, lambda x: expert_features(ctx, x))
-    s = rep.summary
-    print(
-        f"{run_dir}: mean max-SSIM to real {s['mean_max_ssim']:.3f}; flagged {len(rep.flagged)}/{rep.n_synthetic}; "
-        f"membership-inference AUC {s['mia_auc']:.3f}  (audit.json, audit.png)"
-    )
+
+    def audit_and_print(folder: Path, synset: SynSet, label: str) -> None:
+        rep = run_audit(folder, synset, ds, cfg, device, args.ssim_threshold, lambda x: expert_features(ctx, x))
+        s = rep.summary
+        print(
+            f"{label}: mean max-SSIM to real {s['mean_max_ssim']:.3f}; flagged {len(rep.flagged)}/"
+            f"{rep.n_synthetic}; membership-inference AUC {s['mia_auc']:.3f}  ({folder / 'audit.json'})"
+        )
+
+    audit_and_print(run_dir, syn, str(run_dir))
     if args.reference:
         ref_dir = run_dir / "audit_reference_random"
         ref_dir.mkdir(exist_ok=True)
         ref = get_method("random")(DistillContext(ds, cfg, device, ref_dir, False))
-        rr = run_audit(ref_dir, ref, ds, cfg, device, args.ssim_threshold, lambda x: expert_features(ctx, x))
-        print(
-            f"reference (random real images): mean max-SSIM {rr.summary['mean_max_ssim']:.3f}; flagged "
-            f"{len(rr.flagged)}/{rr.n_synthetic}; membership-inference AUC {rr.summary['mia_auc']:.3f}"
-        )
+        audit_and_print(ref_dir, ref, "reference (random real images)")
     return 0
 
 

@@ -150,3 +150,14 @@ def run_cell(cfg: RunConfig, progress: bool = True, restart: bool = False, evalu
         return CellResult(run_dir, syn, None, None)
     summary, row = evaluate_run(cfg, run_dir, syn, ds, progress=progress)
     return CellResult(run_dir, syn, summary, row)
+
+
+def full_row(cfg: RunConfig, progress: bool = True) -> dict:
+    """The upper-bound row: the shared evaluation protocol trained on the whole real train split."""
+    from meddistill.evaluate import evaluate_full
+
+    ds = load_data(cfg)
+    summary = evaluate_full(ds, cfg, resolve_device(cfg.device), progress)
+    row = result_row(cfg, summary, "", config_hash(eval_identity(cfg), 10), None, cfg.eval.lr_default)
+    row["train_images"] = len(ds.train)
+    return row

@@ -21,19 +21,11 @@ from meddistill.utils import append_jsonl, resolve_device
 
 def run_one(cell: Cell, progress: bool = False) -> dict:
     """Compute one cell's results row (no I/O to the store)."""
-    from meddistill.evaluate import evaluate_full
-    from meddistill.pipeline import eval_identity, load_data, result_row, run_cell
-    from meddistill.utils import config_hash
+    from meddistill.pipeline import full_row, run_cell
 
     t0 = time.monotonic()
     cfg = cell.cfg
-    if cell.method == FULL:
-        ds = load_data(cfg)
-        summary = evaluate_full(ds, cfg, resolve_device(cfg.device), progress)
-        row = result_row(cfg, summary, "", config_hash(eval_identity(cfg), 10), None, cfg.eval.lr_default)
-        row["train_images"] = len(ds.train)
-    else:
-        row = run_cell(cfg, progress=progress).row
+    row = full_row(cfg, progress) if cell.method == FULL else run_cell(cfg, progress=progress).row
     row.update(cell_key=cell.key, seconds=round(time.monotonic() - t0, 1))
     return row
 

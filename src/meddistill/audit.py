@@ -122,9 +122,16 @@ def membership_auc(syn: SynSet, ds: MedDataset, cfg: RunConfig, device, n: int =
 
 
 def audit(
-    syn: SynSet, ds: MedDataset, cfg: RunConfig, device, ssim_threshold: float = 0.9, features=None
+    syn: SynSet,
+    ds: MedDataset,
+    cfg: RunConfig,
+    device,
+    ssim_threshold: float = 0.9,
+    features=None,
+    near: dict[str, torch.Tensor] | None = None,
 ) -> AuditReport:
-    near = nearest_real(syn, ds, features)
+    """``near``: the output of :func:`nearest_real`, when the caller already computed it."""
+    near = near if near is not None else nearest_real(syn, ds, features)
     max_ssim, arg = near["ssim"].max(1)
     mia, nm, nn_ = membership_auc(syn, ds, cfg, device)
     flagged = [int(i) for i in torch.nonzero(max_ssim > ssim_threshold).view(-1)]
@@ -187,8 +194,8 @@ def audit_figure(
 def run_audit(
     run_dir: Path, syn: SynSet, ds: MedDataset, cfg: RunConfig, device, ssim_threshold: float = 0.9, features=None
 ) -> AuditReport:
-    rep = audit(syn, ds, cfg, device, ssim_threshold, features)
+    near = nearest_real(syn, ds, features)  # the SSIM matrix serves the report and the figure
+    rep = audit(syn, ds, cfg, device, ssim_threshold, features, near)
     write_text_atomic(run_dir / "audit.json", rep.to_json())
-    near = ssim_matrix(syn.pixels(), ds.denormalize(ds.train.images).clamp(0, 1))
-    audit_figure(syn, ds, near, run_dir / "audit.png")
+    audit_figure(syn, ds, near["ssim"], run_dir / "audit.png")
     return rep

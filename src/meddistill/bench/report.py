@@ -155,8 +155,9 @@ def grids_side_by_side(rows: list[dict], out: Path, order: list[str] | None = No
     from meddistill.synset import SynSet
 
     by_cell: dict[tuple, dict[str, str]] = defaultdict(dict)
+    first_seed = min(int(r["seed"]) for r in rows)
     for r in rows:
-        if r.get("run_dir") and r["method"] != FULL and int(r["seed"]) == min(int(x["seed"]) for x in rows):
+        if r.get("run_dir") and r["method"] != FULL and int(r["seed"]) == first_seed:
             by_cell[(r["dataset"], int(r["ipc"]))][r["method"]] = r["run_dir"]
     paths = []
     for (d, ipc), runs in sorted(by_cell.items()):

@@ -144,3 +144,24 @@ def test_memory_saving_mode_gives_the_same_loss_and_gradients(breast, tiny, tmp_
     assert len(grads) == (3 if soft else 2)
     for a, b in zip(ref, grads, strict=True):
         assert float((a - b).norm() / a.norm()) < 1e-4
+
+
+def test_datm_starts_only_from_images_its_expert_classifies_correctly(breast, tiny, tmp_path):
+    cfg = tiny(**{"distill.method": "datm", "distill.ipc": 3, "distill.iterations": 1})
+    tm = TrajectoryMatching(_ctx(breast, cfg, tmp_path), ptm_schedule(cfg.distill), False, True)
+    correct = tm._expert_correct()
+    assert 0 < int(correct.sum()) < len(correct)
+    st = tm.init_state()
+    train = breast.train.images
+    picked = [int(torch.nonzero((train == img.cpu()).flatten(1).all(1))[0]) for img in st.images.detach()]
+    labels = breast.train.labels
+    for c in range(2):  # correctly classified images first; the rest only to top a class up to ipc
+        n_correct = int((correct & (labels == c)).sum())
+        got = [bool(correct[i]) for i in picked if labels[i] == c]
+        assert got == [True] * min(3, n_correct) + [False] * max(0, 3 - n_correct)
+    ok = torch.tensor([bool(correct[i]) for i in picked])
+    assert (st.label_logits.argmax(1) == st.labels)[ok].all()
+    # without the filter the same seed may start from misclassified images; the draw is still per class
+    cfg2 = tiny(**{"distill.method": "datm", "distill.ipc": 3, "distill.soft_filter": False})
+    st2 = TrajectoryMatching(_ctx(breast, cfg2, tmp_path / "b"), ptm_schedule(cfg2.distill), False, True).init_state()
+    assert st2.labels.tolist() == st.labels.tolist()

@@ -46,3 +46,13 @@ def test_soft_labels_and_cross_architecture(breast, tiny):
     soft = torch.nn.functional.one_hot(y, 2).float() * 0.8 + 0.1
     summary = evaluate_images(x, soft, breast, cfg, torch.device("cpu"), progress=False)
     assert set(summary.by_net()) == {"convnet", "vgg11"}
+
+
+def test_full_split_uses_its_own_batch_size_and_val_checks(breast, tiny, monkeypatch):
+    import meddistill.evaluate as ev
+
+    seen = []
+    monkeypatch.setattr(ev, "train_eval_net", lambda *a, **k: seen.append(a[9:]) or ev.NetResult("convnet", 0, 0.5, 0.5, 0.5, 1))
+    cfg = tiny(**{"eval.full_batch_size": 32, "eval.full_val_every": 2})
+    ev.evaluate_full(breast, cfg, torch.device("cpu"), progress=False)
+    assert seen == [(32, 2)] * cfg.eval.num_nets

@@ -59,3 +59,14 @@ def test_convnet_any_configuration(depth, width, channels, size, norm, pooling):
 def test_bad_norm_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown norm"):
         create_model(NetSpec(norm="layer"), (1, 28, 28), 2)
+
+
+@pytest.mark.parametrize("name", ["convnet", "resnet18", "vgg11"])
+@pytest.mark.parametrize("norm", ["instance", "group", "batch"])
+@pytest.mark.parametrize("size", [28, 32, 64])
+def test_features_depend_on_the_input(name, norm, size):
+    """A per-sample norm on a 1x1 map outputs a constant: VGG-11 at 28x28 once learned nothing."""
+    torch.manual_seed(0)
+    net = create_model(NetSpec(name=name, width=8, norm=norm), (1, size, size), 2).train()
+    f = net(torch.randn(4, 1, size, size), features=True)
+    assert f.std(0).max() > 1e-4

@@ -69,6 +69,8 @@ class DistillConfig:
     batch_syn: int = 0  # 0: the whole synthetic set in every student step
     init: str = "real"  # real | noise
     soft_labels: bool = False  # learnable soft labels from expert logits (datm always uses them)
+    soft_filter: bool = True  # with soft labels, start only from real images the expert classifies right
+    soft_temperature: float = 1.0  # soft labels = softmax(expert logits / T) at the start
     memory_saving: bool = False  # recompute the unroll step by step: memory flat in syn_steps, same gradients
     max_grad_norm: float = 0.0  # 0: no clipping of the image gradient
     explode_factor: float = 20.0  # skip a step whose loss exceeds this × running median
@@ -89,6 +91,8 @@ class EvalConfig:
     num_nets: int = 3  # fresh nets (seeds) per evaluation net
     epochs: int = 300
     full_epochs: int = 30  # epochs when training on the full real train split
+    full_batch_size: int = 64  # the full split needs many steps: deeper nets stay at the prior with 256
+    full_val_every: int = 5  # val checks on the full split (epochs)
     lr: float = 0.0  # 0: the learned lr of the synthetic set if it has one, else lr_default
     lr_default: float = 0.01
     momentum: float = 0.9

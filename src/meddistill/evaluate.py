@@ -85,9 +85,13 @@ def train_eval_net(
     lr: float,
     epochs: int,
     device: torch.device,
+    batch_size: int | None = None,
+    val_every: int | None = None,
 ) -> NetResult:
-    """Train one fresh net on (images, labels); labels are class ids or soft (N, C) targets."""
+    """Train one fresh net on (images, labels); labels are class ids or soft (N, C) targets.
+    ``batch_size`` and ``val_every`` default to ``cfg.eval``'s (the synthetic-set protocol)."""
     ecfg = cfg.eval
+    batch_size = batch_size or ecfg.batch_size
     spec = NetSpec(**{**cfg.net.to_dict(), "name": net_name})
     torch.manual_seed(derive_seed(seed, "eval-init", net_name))
     net = create_model(spec, ds.shape, ds.num_classes).to(device)
@@ -95,13 +99,13 @@ def train_eval_net(
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, epochs // 2)], gamma=0.1)
     dsa_cfg = for_dataset(ds.info, cfg.dsa) if ecfg.dsa else None
     n = len(images)
-    val_every = max(1, min(ecfg.val_every, epochs))
+    val_every = max(1, min(val_every or ecfg.val_every, epochs))
     best = (-1.0, 0, math.nan, math.nan)  # val_acc, epoch, test_acc, test_auc
     for epoch in range(1, epochs + 1):
         g = torch.Generator().manual_seed(derive_seed(seed, "eval-order", net_name, epoch))
         perm = torch.randperm(n, generator=g)
-        for b, i in enumerate(range(0, n, ecfg.batch_size)):
-            idx = perm[i : i + ecfg.batch_size]
+        for b, i in enumerate(range(0, n, batch_size)):
+            idx = perm[i : i + batch_size]
             xb, yb = images[idx].to(device), labels[idx].to(device)
             xb = dsa(xb, derive_seed(seed, "eval-dsa", net_name, epoch, b), dsa_cfg)
             with autocast(device, ecfg.bf16):
@@ -129,6 +133,8 @@ def evaluate_images(
     epochs: int | None = None,
     progress: bool = True,
     desc: str = "eval",
+    batch_size: int | None = None,
+    val_every: int | None = None,
 ) -> EvalSummary:
     """Evaluate an image set with ``cfg.eval.num_nets`` seeds for every net in ``cfg.eval.nets``."""
     ecfg = cfg.eval
@@ -138,7 +144,9 @@ def evaluate_images(
     jobs = [(net, s) for net in ecfg.nets for s in range(ecfg.num_nets)]
     for net_name, s in tqdm(jobs, desc=desc, unit="net", disable=not progress):
         seed = derive_seed(cfg.seed, "eval", s)
-        summary.results.append(train_eval_net(images, labels, ds, cfg, net_name, seed, lr, epochs, device))
+        summary.results.append(
+            train_eval_net(images, labels, ds, cfg, net_name, seed, lr, epochs, device, batch_size, val_every)
+        )
     return summary
 
 
@@ -154,4 +162,6 @@ def evaluate_full(ds: MedDataset, cfg: RunConfig, device: torch.device, progress
         epochs=cfg.eval.full_epochs,
         progress=progress,
         desc="eval full",
+        batch_size=cfg.eval.full_batch_size,
+        val_every=cfg.eval.full_val_every,
     )

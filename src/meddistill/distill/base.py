@@ -112,13 +112,25 @@ def distill_generator(ctx: DistillContext) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(ctx.cfg.seed, "distill"))
 
 
-def real_init(ctx: DistillContext, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``ipc`` random real images per class: (images, labels, train indices)."""
+def real_init(
+    ctx: DistillContext, gen: torch.Generator, eligible: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``ipc`` random real images per class: (images, labels, train indices).
+
+    ``eligible`` (a bool mask over the train split) makes the draw prefer, per class, the
+    eligible images, topped up at random from the others when a class has fewer than ``ipc``
+    of them (DATM's filter: images the expert classifies correctly)."""
     ctx.check_ipc()
     ipc = ctx.cfg.distill.ipc
     idx = []
     for cls_idx in ctx.class_indices():
-        perm = torch.randperm(len(cls_idx), generator=gen)[:ipc]
-        idx.append(cls_idx[perm])
+        if eligible is None:
+            idx.append(cls_idx[torch.randperm(len(cls_idx), generator=gen)[:ipc]])
+            continue
+        parts = []
+        for mask in (eligible[cls_idx], ~eligible[cls_idx]):
+            sub = cls_idx[mask]
+            parts.append(sub[torch.randperm(len(sub), generator=gen)])
+        idx.append(torch.cat(parts)[:ipc])
     idx_t = torch.cat(idx)
     return ctx.ds.train.images[idx_t].clone(), ctx.ds.train.labels[idx_t].clone(), idx_t

@@ -80,9 +80,16 @@ class TrajectoryMatching:
         with torch.no_grad():
             return call_flat(self.net, self.spec, theta, x.to(self.dev)).float()
 
+    def _expert_correct(self) -> torch.Tensor:
+        """Which train images the soft-label expert classifies correctly (DATM's init filter)."""
+        train = self.ctx.ds.train
+        pred = torch.cat([self._expert_logits(train.images[i : i + 1024]).argmax(1).cpu() for i in range(0, len(train), 1024)])
+        return pred == train.labels
+
     def init_state(self) -> TMState:
         gen = distill_generator(self.ctx)
-        images, labels, idx = real_init(self.ctx, gen)
+        eligible = self._expert_correct() if self.soft and self.d.soft_filter else None
+        images, labels, idx = real_init(self.ctx, gen, eligible)
         if self.d.init == "noise":
             images = torch.randn(images.shape, generator=gen)
         used = torch.zeros(len(self.ctx.ds.train), dtype=torch.bool)
@@ -90,7 +97,7 @@ class TrajectoryMatching:
         images = images.to(self.dev).requires_grad_(True)
         logits = None
         if self.soft:
-            logits = self._expert_logits(images.detach()).requires_grad_(True)
+            logits = (self._expert_logits(images.detach()) / self.d.soft_temperature).requires_grad_(True)
         lr = torch.tensor(self.d.lr_init, device=self.dev).requires_grad_(True)
         return TMState(
             images,

@@ -1,4 +1,5 @@
-"""VGG-11 for small images: a pool is skipped once the feature map is 1x1 (28x28 works)."""
+"""VGG-11 for small images: a pool is skipped once the feature map is 1x1 (28x28 works), and a
+per-sample norm (instance/group) is left out on 1x1 maps, where it would output a constant."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ class VGG11Small(nn.Module):
                     h //= 2
                 continue
             cout = width * int(v)
-            layers += [nn.Conv2d(c, cout, 3, padding=1), make_norm(norm, cout), nn.ReLU()]
+            # instance norm of a 1x1 map is x - x = 0: the net could never learn past it
+            layer_norm = "none" if h * h == 1 and norm in ("instance", "group") else norm
+            layers += [nn.Conv2d(c, cout, 3, padding=1), make_norm(layer_norm, cout), nn.ReLU()]
             c = cout
         self.features = nn.Sequential(*layers)
         self.feature_dim = c

@@ -52,7 +52,8 @@ def test_full_split_uses_its_own_batch_size_and_val_checks(breast, tiny, monkeyp
     import meddistill.evaluate as ev
 
     seen = []
-    monkeypatch.setattr(ev, "train_eval_net", lambda *a, **k: seen.append(a[9:]) or ev.NetResult("convnet", 0, 0.5, 0.5, 0.5, 1))
+    fake = ev.NetResult("convnet", 0, 0.5, 0.5, 0.5, 1)
+    monkeypatch.setattr(ev, "train_eval_net", lambda *a, **k: seen.append(a[9:]) or fake)
     cfg = tiny(**{"eval.full_batch_size": 32, "eval.full_val_every": 2})
     ev.evaluate_full(breast, cfg, torch.device("cpu"), progress=False)
     assert seen == [(32, 2)] * cfg.eval.num_nets

@@ -83,7 +83,8 @@ class TrajectoryMatching:
     def _expert_correct(self) -> torch.Tensor:
         """Which train images the soft-label expert classifies correctly (DATM's init filter)."""
         train = self.ctx.ds.train
-        pred = torch.cat([self._expert_logits(train.images[i : i + 1024]).argmax(1).cpu() for i in range(0, len(train), 1024)])
+        chunks = [train.images[i : i + 1024] for i in range(0, len(train), 1024)]
+        pred = torch.cat([self._expert_logits(x).argmax(1).cpu() for x in chunks])
         return pred == train.labels
 
     def init_state(self) -> TMState:

@@ -102,6 +102,7 @@ class EvalConfig:
     nets: list[str] = field(default_factory=lambda: ["convnet"])
     dsa: bool = True
     bf16: bool = False
+    batched: bool = False  # train the num_nets seeds of an architecture together (vmap); slower on CPU here
 
 
 @dataclass

@@ -36,8 +36,12 @@ def distill_identity(cfg: RunConfig) -> dict:
     return d
 
 
+VOLATILE_EVAL = {"batched"}  # how the nets are scheduled, not what they compute
+
+
 def eval_identity(cfg: RunConfig) -> dict:
-    return {"eval": asdict(cfg.eval), "dsa": asdict(cfg.dsa), "net": cfg.net.to_dict(), "seed": cfg.seed}
+    ev = {k: v for k, v in asdict(cfg.eval).items() if k not in VOLATILE_EVAL}
+    return {"eval": ev, "dsa": asdict(cfg.dsa), "net": cfg.net.to_dict(), "seed": cfg.seed}
 
 
 def run_dir_for(cfg: RunConfig) -> Path:

@@ -1,9 +1,11 @@
 """Distillation iteration time and peak memory vs syn_steps and ipc, for the plain unrolled
-trajectory-matching step and the memory-saving (step-by-step recomputation) mode.
+trajectory-matching step, the memory-saving (step-by-step recomputation) mode, and the
+unrolled step under bf16 autocast (with its gradient error against fp32).
 
 Each configuration runs the real ``TrajectoryMatching.step`` in a fresh subprocess, so its
-peak RSS is its own. Experts come from the CPU profile's cache (trained on first use).
-Prints a Markdown table.
+peak RSS is its own. Experts come from the CPU profile's fp32 cache (trained on first use).
+Prints a Markdown table, then where the time of one fp32 iteration goes (per aten op class,
+timed at the dispatcher), which bounds what bf16 (faster convolutions only) can give.
 
     MEDDISTILL_DATA=../shared/data/medmnist python benchmarks/perf_distill.py [--experts-dir experts]
 """
@@ -25,28 +27,77 @@ from meddistill.distill.schedule import mtt_schedule
 from meddistill.distill.tm import TrajectoryMatching
 from meddistill.pipeline import load_data
 dataset, experts = sys.argv[1], sys.argv[5]
-ipc, steps, mem, reps = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", int(sys.argv[6])
+ipc, steps, mode, reps = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[6])
+mem, bf16 = mode == "memory_saving", mode == "bf16"
 cfg = build_config("cpu", dataset=dataset, experts_dir=experts,
-                   **{"distill.ipc": ipc, "distill.syn_steps": steps, "distill.memory_saving": mem, "device": "cpu"})
+                   **{"distill.ipc": ipc, "distill.syn_steps": steps, "distill.memory_saving": mem, "device": "cpu",
+                      "experts.bf16": False})
 ds = load_data(cfg)
 ctx = DistillContext(ds, cfg, torch.device("cpu"), Path("/tmp/perf_distill_run"), False)
 tm = TrajectoryMatching(ctx, mtt_schedule(cfg.distill), use_dom=False, soft_labels=False)
 st = tm.init_state()
-tm.step(st)
+amp = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+err = None
+if bf16:  # gradient error of the bf16 unroll against fp32 on one fixed segment
+    seeds = list(range(steps))
+    def grads(on):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=on):
+            loss = tm.matching_loss(st, 0, 2, cfg.distill.expert_epochs, seeds, None)
+        return torch.autograd.grad(loss.float(), [st.images, st.lr])
+    g32, g16 = grads(False), grads(True)
+    err = [float((a - b).norm() / a.norm()) for a, b in zip(g32, g16)]
+with amp():
+    tm.step(st)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 times = []
 for _ in range(reps):
     t = time.perf_counter()
-    tm.step(st)
+    with amp():
+        tm.step(st)
     times.append(time.perf_counter() - t)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 med = sorted(times)[len(times) // 2]
-print(json.dumps({"s_per_it": med, "delta_mb": (peak - base) / 1024, "peak_mb": peak / 1024}))
+print(json.dumps({"s_per_it": med, "delta_mb": (peak - base) / 1024, "peak_mb": peak / 1024, "err": err}))
+"""
+
+PROFILE = r"""
+import collections, sys, time, torch
+from pathlib import Path
+from torch.utils._python_dispatch import TorchDispatchMode
+from meddistill.config import build_config
+from meddistill.distill import DistillContext
+from meddistill.distill.schedule import mtt_schedule
+from meddistill.distill.tm import TrajectoryMatching
+from meddistill.pipeline import load_data
+cfg = build_config("cpu", dataset=sys.argv[1], experts_dir=sys.argv[2],
+                   **{"distill.ipc": 10, "device": "cpu", "experts.bf16": False})
+ds = load_data(cfg)
+tm = TrajectoryMatching(DistillContext(ds, cfg, torch.device("cpu"), Path("/tmp/perf_distill_run"), False),
+                        mtt_schedule(cfg.distill), use_dom=False, soft_labels=False)
+st = tm.init_state()
+tm.step(st)
+acc = collections.Counter()
+class Timer(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        t = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        name = str(func.overloadpacket).split(".")[-1]
+        kind = "convolution (fwd, bwd, double bwd)" if "convolution" in name else (
+            "group norm (fwd, bwd)" if "group_norm" in name else (
+            "pooling (fwd, bwd)" if "pool" in name else "elementwise / reductions / copies"))
+        acc[kind] += time.perf_counter() - t
+        return out
+with Timer():
+    for _ in range(3):
+        tm.step(st)
+tot = sum(acc.values())
+for k, v in acc.most_common():
+    print(f"| {k} | {1000 * v / 3:.1f} | {100 * v / tot:.0f}% |")
 """
 
 
-def run(dataset: str, ipc: int, steps: int, mem: bool, experts: str, reps: int) -> dict:
-    args = [sys.executable, "-c", CHILD, dataset, str(ipc), str(steps), "1" if mem else "0", experts, str(reps)]
+def run(dataset: str, ipc: int, steps: int, mode: str, experts: str, reps: int) -> dict:
+    args = [sys.executable, "-c", CHILD, dataset, str(ipc), str(steps), mode, experts, str(reps)]
     out = subprocess.run(args, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -58,14 +109,28 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
     print(f"dataset {args.dataset}, CPU profile net; median of {args.reps} iterations after one warm-up")
-    print("| ipc | syn_steps | unrolled s/it | unrolled peak RSS MB | memory-saving s/it | memory-saving peak RSS MB |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| ipc | syn_steps | unrolled s/it | unrolled peak RSS MB | memory-saving s/it | memory-saving peak RSS MB "
+        "| bf16 unrolled s/it | bf16 speed-up | bf16 grad rel. error (images, lr) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for ipc, steps in [(1, 10), (10, 10), (10, 20), (10, 40), (10, 80), (50, 20)]:
-        a = run(args.dataset, ipc, steps, False, args.experts_dir, args.reps)
-        b = run(args.dataset, ipc, steps, True, args.experts_dir, args.reps)
+        a = run(args.dataset, ipc, steps, "unrolled", args.experts_dir, args.reps)
+        b = run(args.dataset, ipc, steps, "memory_saving", args.experts_dir, args.reps)
+        c = run(args.dataset, ipc, steps, "bf16", args.experts_dir, args.reps)
+        e = c["err"]
         print(
-            f"| {ipc} | {steps} | {a['s_per_it']:.3f} | {a['peak_mb']:.0f} | {b['s_per_it']:.3f} | {b['peak_mb']:.0f} |"
+            f"| {ipc} | {steps} | {a['s_per_it']:.3f} | {a['peak_mb']:.0f} | {b['s_per_it']:.3f} | {b['peak_mb']:.0f} "
+            f"| {c['s_per_it']:.3f} | {a['s_per_it'] / c['s_per_it']:.2f}x | {e[0]:.1e}, {e[1]:.1e} |",
+            flush=True,
         )
+    print("\nwhere one fp32 iteration's time goes (ipc 10, syn_steps 10; op time at the dispatcher):")
+    print("| op class | ms per iteration | share |")
+    print("|---|---|---|")
+    out = subprocess.run(
+        [sys.executable, "-c", PROFILE, args.dataset, args.experts_dir], capture_output=True, text=True
+    )
+    print(out.stdout.strip() or out.stderr[-2000:])
 
 
 if __name__ == "__main__":

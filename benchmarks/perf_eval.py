@@ -53,7 +53,8 @@ def main() -> None:
                     out[batched] = (evaluate_images(x, y, ds, c, dev, progress=False), time.perf_counter() - t)
                 (a, ta), (b, tb) = out[False], out[True]
                 dacc = max(abs(p.test_acc - q.test_acc) for p, q in zip(a.results, b.results, strict=True))
-                print(f"| {name} | {ipc} | {net} | {ta:.1f} | {tb:.1f} | {ta / tb:.2f}x | {100 * dacc:.2f} |", flush=True)
+                row = f"| {name} | {ipc} | {net} | {ta:.1f} | {tb:.1f} | {ta / tb:.2f}x | {100 * dacc:.2f} |"
+                print(row, flush=True)
 
 
 if __name__ == "__main__":

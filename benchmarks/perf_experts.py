@@ -53,6 +53,47 @@ def throughput(width: int, bf16: bool, batch: int = 256, steps: int = 15, shape=
     return batch / dt, flops / dt
 
 
+def several_at_once(k: int, width: int, batch: int = 64, steps: int = 15, shape=(1, 28, 28)) -> tuple[float, float]:
+    """img/s of k experts trained one after another vs stacked with ``torch.func.vmap``
+    (the expert protocol's batch of 64; every expert sees its own batch)."""
+    import copy
+
+    from torch.func import functional_call, stack_module_state, vmap
+
+    torch.manual_seed(0)
+    nets = [create_model(NetSpec(width=width), shape, 2) for _ in range(k)]
+    x, y = torch.randn(k, batch, *shape), torch.randint(0, 2, (k, batch))
+    opts = [torch.optim.SGD(n.parameters(), lr=0.01) for n in nets]
+    params, _ = stack_module_state(nets)
+    base = copy.deepcopy(nets[0]).to("meta")
+    fwd = vmap(lambda p, xb: functional_call(base, p, (xb,)))
+    vopt = torch.optim.SGD(params.values(), lr=0.01)
+
+    def seq() -> None:
+        for j, (n, o) in enumerate(zip(nets, opts, strict=True)):
+            loss = F.cross_entropy(n(x[j]), y[j])
+            o.zero_grad(set_to_none=True)
+            loss.backward()
+            o.step()
+
+    def stacked() -> None:
+        out = fwd(params, x)
+        loss = sum(F.cross_entropy(out[j], y[j]) for j in range(k))
+        vopt.zero_grad(set_to_none=True)
+        loss.backward()
+        vopt.step()
+
+    rates = []
+    for fn in (seq, stacked):
+        for _ in range(3):
+            fn()
+        t = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        rates.append(k * batch * steps / (time.perf_counter() - t))
+    return rates[0], rates[1]
+
+
 def accuracy_check(seeds: int = 3) -> None:
     from meddistill.config import build_config
     from meddistill.evaluate import evaluate_full
@@ -89,6 +130,12 @@ def main() -> None:
             f"| {w} | {i32:.0f} | {f32 / 1e12:.3f} ({100 * f32 / p32:.0f}%) | {i16:.0f} | "
             f"{f16 / 1e12:.3f} ({100 * f16 / p16:.0f}%) | {i16 / i32:.2f}x |"
         )
+    print("\nSeveral experts at once (fp32, batch 64 each):")
+    print("| experts | width | one after another img/s | vmap-stacked img/s | speed-up |")
+    print("|---|---|---|---|---|")
+    for k, w in ((4, 32), (4, 64)):
+        a, b = several_at_once(k, w)
+        print(f"| {k} | {w} | {a:.0f} | {b:.0f} | {b / a:.2f}x |")
     if not args.quick:
         accuracy_check()
 

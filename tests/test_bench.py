@@ -43,6 +43,8 @@ def test_grid_runs_once_resumes_and_reports(tmp_path, session_dirs):
     assert "\\toprule" in written["acc.tex"].read_text()
     assert (tmp_path / "rep" / "acc_vs_ipc_breastmnist.png").exists()
     assert (tmp_path / "rep" / "grids_breastmnist_ipc1.png").exists()
+    per_net = write_report(grid.store, tmp_path / "nets", None, "all")
+    assert "convnet/acc.md" in per_net and (tmp_path / "nets" / "convnet" / "table_acc.md").exists()
 
 
 def test_table_marks_the_best_mean_and_reports_std_over_seeds():
@@ -56,7 +58,10 @@ def test_table_marks_the_best_mean_and_reports_std_over_seeds():
     stats = aggregate(rows)
     assert stats[("d", 1, "a")].mean == pytest.approx(0.6) and stats[("d", 1, "a")].std == pytest.approx(0.1)
     md = table(stats, "md", ["a", "b"])
-    assert "**65.0 ± 0.0**" in md and "| full dataset | 90.0 ± 0.0 |" in md
+    assert "**65.0 ± 0.0**" in md and "| full dataset | 90.0 ± 0.0 (n=1) |" in md
+    # a cell with fewer seeds than the rest (an unfinished grid) says so
+    md = table(aggregate(rows[:-2] + rows[-1:]), "md", ["a", "b"])
+    assert "| b | **65.0 ± 0.0 (n=1)** |" in md and "| a | 60.0 ± 10.0 |" in md
 
 
 def test_shipped_grids_parse():

@@ -45,3 +45,28 @@ def test_override_parsing_types():
     assert parse_override("a.b=0.5") == {"a": {"b": 0.5}}
     assert build_config("tiny", overrides=["distill.lr_lr=1e-3"]).distill.lr_lr == 1e-3
     assert parse_override("x=true") == {"x": True}
+
+
+def test_every_method_has_a_yaml_config_that_only_sets_its_own_keys():
+    from pathlib import Path
+
+    import yaml
+
+    from meddistill.distill import list_methods
+
+    folder = Path(__file__).resolve().parents[1] / "configs" / "methods"
+    files = {p.stem: p for p in folder.glob("*.yaml")}
+    assert set(files) == set(list_methods())
+    base = build_config("cpu").to_dict()
+    for name, path in files.items():
+        cfg = build_config("cpu", config_file=str(path)).to_dict()
+        assert cfg["distill"]["method"] == name
+
+        def leaves(d, prefix=()):
+            for k, v in d.items():
+                yield from leaves(v, (*prefix, k)) if isinstance(v, dict) else [((*prefix, k), v)]
+
+        set_here = dict(leaves(yaml.safe_load(path.read_text())))
+        for key, value in leaves(cfg):
+            expected = set_here.get(key, dict(leaves(base))[key])
+            assert value == expected, (name, key)

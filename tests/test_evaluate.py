@@ -63,8 +63,14 @@ def test_batched_evaluation_equals_one_net_at_a_time(breast, tiny):
     """vmap over the seeds changes only the float summation order, not what each net learns."""
     x, y = _subset(breast, 4)
     cfg = tiny(**{"eval.num_nets": 3, "eval.epochs": 12, "eval.val_every": 3, "eval.nets": ["convnet", "vgg11"]})
-    one = evaluate_images(x, y, breast, dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, batched=False)),
-                          torch.device("cpu"), progress=False)
+    one = evaluate_images(
+        x,
+        y,
+        breast,
+        dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, batched=False)),
+        torch.device("cpu"),
+        progress=False,
+    )
     many = evaluate_images(x, y, breast, cfg, torch.device("cpu"), progress=False)
     assert [(r.net, r.seed) for r in one.results] == [(r.net, r.seed) for r in many.results]
     for a, b in zip(one.results, many.results, strict=True):

@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="tables (md/csv/tex), accuracy-vs-ipc plots, image grids")
     p.add_argument("store", help="results JSON-lines file written by bench")
     p.add_argument("--out", default="report", help="output folder (default: report)")
-    p.add_argument("--net", help="evaluation net to report (default: the first of each row)")
+    p.add_argument("--net", help="evaluation net to report; 'all': one sub-folder per net (default: the row's mean)")
     p.add_argument("--order", help="comma-separated method order for the tables")
     return ap
 

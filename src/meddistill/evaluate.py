@@ -185,8 +185,10 @@ def train_eval_nets_batched(
         ]
         for b, i in enumerate(range(0, n, batch_size)):
             xb = torch.stack(
-                [dsa(images[p[i : i + batch_size]], derive_seed(s, "eval-dsa", net_name, epoch, b), dsa_cfg)
-                 for s, p in zip(seeds, perms, strict=True)]
+                [
+                    dsa(images[p[i : i + batch_size]], derive_seed(s, "eval-dsa", net_name, epoch, b), dsa_cfg)
+                    for s, p in zip(seeds, perms, strict=True)
+                ]
             )
             yb = torch.stack([labels[p[i : i + batch_size]] for p in perms])
             with autocast(device, ecfg.bf16):
@@ -231,8 +233,8 @@ def evaluate_images(
     # one job per net, or (batched) one job per architecture training all its seeds at once
     jobs = [(net, [s]) for net in ecfg.nets for s in seeds]
     if ecfg.batched and ecfg.num_nets > 1:
-        probe = {n: create_model(NetSpec(**{**cfg.net.to_dict(), "name": n}), ds.shape, ds.num_classes) for n in ecfg.nets}
-        jobs = [j for j in jobs if not _batchable(probe[j[0]])] + [(n, seeds) for n in ecfg.nets if _batchable(probe[n])]
+        ok = {n: _batchable(create_model(NetSpec(**{**cfg.net.to_dict(), "name": n}), ds.shape, 2)) for n in ecfg.nets}
+        jobs = [j for j in jobs if not ok[j[0]]] + [(n, seeds) for n in ecfg.nets if ok[n]]
     done: dict[tuple[str, int], NetResult] = {}
     bar = tqdm(total=len(ecfg.nets) * len(seeds), desc=desc, unit="net", disable=not progress)
     for net_name, job_seeds in jobs:

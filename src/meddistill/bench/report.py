@@ -75,19 +75,22 @@ def table(stats: dict[tuple, Stat], fmt: str = "md", order: list[str] | None = N
     cols, methods = _columns(stats), _methods(stats, order)
     best = _best(stats, cols, methods)
     header = ["method"] + [f"{d} ipc={i}" for d, i in cols]
+    n_max = max((st.n for st in stats.values()), default=0)
     body = []
     for m in methods:
         cells = []
         for col in cols:
             s = stats.get((col[0], col[1], m))
             txt = s.fmt() if s else "–"
+            if s and s.n < n_max:
+                txt += f" (n={s.n})"  # fewer seeds than the rest of the table (an unfinished grid)
             if s and best.get(col) == m:
                 txt = {"md": f"**{txt}**", "tex": f"\\textbf{{{txt}}}", "csv": f"{txt} *"}[fmt]
             cells.append(txt)
         body.append([m, *cells])
     full = [stats.get((d, 0, FULL)) for d, _ in cols]
     if any(full):
-        body.append(["full dataset", *[f.fmt() if f else "–" for f in full]])
+        body.append(["full dataset", *[(f.fmt() + (f" (n={f.n})" if f.n < n_max else "")) if f else "–" for f in full]])
     if fmt == "md":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in body]
@@ -188,6 +191,12 @@ def write_report(
     if not rows:
         raise ArtifactError(f"no results in {store}")
     out = Path(out)
+    if net == "all":  # one sub-folder per evaluation architecture found in the rows
+        nets = list(dict.fromkeys(n for r in rows for n in r.get("per_net", {})))
+        written = {}
+        for n in nets:
+            written.update({f"{n}/{k}": v for k, v in write_report(store, out / n, order, n).items()})
+        return written
     out.mkdir(parents=True, exist_ok=True)
     written = {}
     for metric in METRICS:

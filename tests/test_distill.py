@@ -165,3 +165,13 @@ def test_datm_starts_only_from_images_its_expert_classifies_correctly(breast, ti
     cfg2 = tiny(**{"distill.method": "datm", "distill.ipc": 3, "distill.soft_filter": False})
     st2 = TrajectoryMatching(_ctx(breast, cfg2, tmp_path / "b"), ptm_schedule(cfg2.distill), False, True).init_state()
     assert st2.labels.tolist() == st.labels.tolist()
+
+
+def test_soft_label_keys_only_key_runs_that_use_soft_labels(tiny):
+    """A key a run cannot read must not change its folder (old runs stay valid when keys are added)."""
+    for method, matters in [("ptm", False), ("mtt", False), ("datm", True)]:
+        a = run_dir_for(tiny(**{"distill.method": method}))
+        b = run_dir_for(tiny(**{"distill.method": method, "distill.soft_temperature": 0.5}))
+        assert (a != b) == matters, method
+    a = run_dir_for(tiny(**{"distill.soft_labels": True}))
+    assert a != run_dir_for(tiny(**{"distill.soft_labels": True, "distill.soft_filter": False}))

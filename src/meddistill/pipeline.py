@@ -26,13 +26,21 @@ VOLATILE = {"device", "out_dir", "experts_dir", "data_root", "profile"}
 VOLATILE_DISTILL = {"checkpoint_every_s", "log_every"}
 
 
+SOFT_LABEL_KEYS = {"soft_filter", "soft_temperature"}  # read only when labels are soft
+
+
 def distill_identity(cfg: RunConfig) -> dict:
-    """The parts of a config that determine the synthetic set (not where or how it is evaluated)."""
+    """The parts of a config that determine the synthetic set (not where or how it is evaluated).
+    Keys that cannot affect this run's set are left out, so adding such a key to the config
+    keeps existing run folders (and the benchmarks measured with them) valid."""
     d = cfg.to_dict()
     for k in VOLATILE | {"eval"}:
         d.pop(k, None)
     for k in VOLATILE_DISTILL:
         d["distill"].pop(k, None)
+    if not (cfg.distill.soft_labels or cfg.distill.method == "datm"):
+        for k in SOFT_LABEL_KEYS:
+            d["distill"].pop(k, None)
     return d
 
 

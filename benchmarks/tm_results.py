@@ -10,13 +10,11 @@ the output file is regenerated (``--marker``, default ``measured``); text outsid
 from __future__ import annotations
 
 import argparse
-import re
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 
-from meddistill.bench.report import aggregate, table
+from meddistill.bench.report import aggregate, table, write_block
 from meddistill.utils import read_jsonl
 
 ORDER = ["ptm", "ptm_nodom", "mtt"]
@@ -83,15 +81,8 @@ def main() -> None:
     ap.add_argument("out")
     ap.add_argument("--marker", default="measured", help="name of the block to (re)write")
     args = ap.parse_args()
-    BEGIN, END = f"<!-- {args.marker}:begin -->", f"<!-- {args.marker}:end -->"
-    rows = read_jsonl(args.store)
-    block = f"{BEGIN}\n{measured(rows, args.store)}\n{END}"
-    out = Path(args.out)
-    text = out.read_text() if out.exists() else "# Results\n"
-    if BEGIN not in text:
-        text += f"\n{BEGIN}\n{END}\n"
-    text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _m: block, text, flags=re.S)
-    out.write_text(text)
+    block = measured(read_jsonl(args.store), args.store)
+    write_block(args.out, args.marker, block)
     print(block)
 
 

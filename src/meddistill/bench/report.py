@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,3 +211,15 @@ def write_report(
     for p in grids_side_by_side(rows, out, order):
         written[p.name] = p
     return written
+
+
+def write_block(path: str | Path, marker: str, block: str) -> None:
+    """Replace the text between ``<!-- marker:begin -->`` and ``<!-- marker:end -->`` in a
+    Markdown file (appending the markers if missing); everything else is kept."""
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    path = Path(path)
+    text = path.read_text() if path.exists() else "# Results\n"
+    if begin not in text:
+        text += f"\n{begin}\n{end}\n"
+    full = f"{begin}\n{block}\n{end}"
+    path.write_text(re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _m: full, text, flags=re.S))

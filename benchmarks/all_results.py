@@ -1,0 +1,128 @@
+"""Write the all-methods part of docs/results.md from the issue-4 grid's results store.
+
+    meddistill bench configs/bench/cpu.yaml                       # computes (or resumes) every cell
+    meddistill report results/cpu.jsonl --out docs/results_all --net all --order <ORDER>
+    python benchmarks/all_results.py results/cpu.jsonl docs/results.md
+
+Regenerates the block between ``<!-- all:begin -->`` and ``<!-- all:end -->``: one test-ACC
+table per evaluation architecture (mean ± std over seeds; a cell with fewer seeds than the rest
+says ``(n=…)``), the ConvNet AUC table, each method's mean over the finished cells per
+architecture, and PTM vs MTT paired by seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+
+import numpy as np
+
+from meddistill.bench.grid import FULL
+from meddistill.bench.report import aggregate, table, write_block
+from meddistill.utils import read_jsonl
+
+ORDER = ["random", "herding", "kcenter", "dm", "dc", "mtt", "datm", "ptm_nodom", "ptm"]
+NETS = {"convnet": "ConvNet-D3 (the distillation architecture)", "resnet18": "ResNet-18", "vgg11": "VGG-11"}
+
+
+def per_seed(rows: list[dict], net: str) -> dict[tuple[str, int, str], dict[int, float]]:
+    out: dict[tuple[str, int, str], dict[int, float]] = defaultdict(dict)
+    for r in rows:
+        s = r.get("per_net", {}).get(net)
+        if s is not None:
+            out[(r["dataset"], int(r["ipc"]), r["method"])][int(r["seed"])] = s["acc_mean"]
+    return out
+
+
+def summary(rows: list[dict], nets: list[str]) -> list[str]:
+    """Each method's mean ACC over the (dataset, ipc) cells every method has finished."""
+    lines = [
+        "| method | " + " | ".join(f"{n} mean ACC" for n in nets) + " |",
+        "|---|" + "---|" * len(nets),
+    ]
+    means: dict[str, dict[str, float]] = defaultdict(dict)
+    ncells = {}
+    for net in nets:
+        stats = aggregate(rows, "acc", net)
+        cells = {(d, i) for d, i, m in stats if m != FULL}
+        common = [c for c in sorted(cells) if all((c[0], c[1], m) in stats for m in ORDER)]
+        ncells[net] = len(common)
+        for m in ORDER:
+            if common:
+                means[m][net] = float(np.mean([stats[(d, i, m)].mean for d, i in common]))
+    top = {n: max((means[m][n] for m in ORDER if n in means[m]), default=None) for n in nets}
+    for m in ORDER:
+        cells = []
+        for n in nets:
+            v = means[m].get(n)
+            txt = "–" if v is None else f"{100 * v:.2f}"
+            cells.append(f"**{txt}**" if v is not None and v == top[n] else txt)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    counts = ", ".join(f"{n} {ncells[n]}" for n in nets)
+    lines += ["", f"Cells averaged: {counts} (those every method has finished)."]
+    return lines
+
+
+def paired_lines(rows: list[dict], nets: list[str]) -> list[str]:
+    lines = [
+        "| net | cells | PTM > MTT (mean over seeds) | mean PTM − MTT (points) | PTM > all 7 baselines |",
+        "|---|---|---|---|---|",
+    ]
+    for net in nets:
+        ps = per_seed(rows, net)
+        diffs, beat_best, n = [], 0, 0
+        for (d, i, m), by in ps.items():
+            if m != "ptm" or (d, i, "mtt") not in ps:
+                continue
+            common = sorted(set(by) & set(ps[(d, i, "mtt")]))
+            if not common:
+                continue
+            n += 1
+            diffs.append(np.mean([by[s] - ps[(d, i, "mtt")][s] for s in common]))
+            others = [
+                np.mean(list(ps[(d, i, o)].values()))
+                for o in ORDER
+                if o not in ("ptm", "ptm_nodom") and (d, i, o) in ps
+            ]
+            beat_best += bool(others) and np.mean(list(by.values())) > max(others)
+        if n:
+            wins = sum(x > 0 for x in diffs)
+            lines.append(f"| {net} | {n} | {wins} of {n} | {100 * np.mean(diffs):+.2f} | {beat_best} of {n} |")
+    return lines
+
+
+def block(rows: list[dict], store: str) -> str:
+    nets = [n for n in NETS if any(n in r.get("per_net", {}) for r in rows)]
+    seeds = sorted({int(r["seed"]) for r in rows})
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    lines = [
+        f"Source: `{store}` ({len(rows)} rows; datasets so far: {', '.join(datasets)}; seeds {seeds}).",
+        "Each cell: mean ± std over seeds of the test ACC (%) of ONE fresh net of that architecture",
+        "trained on the set (val-only model selection); `(n=k)` marks a cell with fewer seeds than",
+        "the rest. Best mean per column in bold; the full-dataset row is the upper bound.",
+        "",
+    ]
+    for net in nets:
+        lines += [f"### {NETS[net]}: test accuracy (%)", "", table(aggregate(rows, "acc", net), "md", ORDER)]
+    if "convnet" in nets:
+        lines += ["### ConvNet-D3: test AUC (%)", "", table(aggregate(rows, "auc", "convnet"), "md", ORDER)]
+    lines += ["### Mean test ACC (%) over the finished cells, per architecture", ""]
+    lines += summary(rows, nets)
+    lines += ["", "### PTM vs MTT, paired by seed", ""]
+    lines += paired_lines(rows, nets)
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("store")
+    ap.add_argument("out")
+    ap.add_argument("--marker", default="all")
+    args = ap.parse_args()
+    text = block(read_jsonl(args.store), args.store)
+    write_block(args.out, args.marker, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -146,8 +146,10 @@ def train_eval_nets_batched(
     """:func:`train_eval_net` for several seeds at once: the K nets' parameters are stacked and
     trained with one ``vmap``-ed forward/backward per step. Every net keeps its own init, data
     order, DSA draws, SGD state and val-based checkpoint choice, so the results equal K separate
-    :func:`train_eval_net` calls up to float summation order. Small tiny-batch steps are
-    overhead-bound on a CPU; batching the nets amortises that overhead."""
+    :func:`train_eval_net` calls up to float summation order (over hundreds of epochs on a
+    tiny set those differences can grow into different runs). Meant for devices where small
+    kernels are launch-bound; on the 2-core CPU here it is faster only at ipc 1
+    (docs/performance.md), hence ``eval.batched`` is off by default."""
     ecfg = cfg.eval
     batch_size = batch_size or ecfg.batch_size
     spec = NetSpec(**{**cfg.net.to_dict(), "name": net_name})

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,8 @@ def test_grid_runs_once_resumes_and_reports(tmp_path, session_dirs):
     assert (tmp_path / "rep" / "grids_breastmnist_ipc1.png").exists()
     per_net = write_report(grid.store, tmp_path / "nets", None, "all")
     assert "convnet/acc.md" in per_net and (tmp_path / "nets" / "convnet" / "table_acc.md").exists()
+    assert (tmp_path / "nets" / "grids_breastmnist_ipc1.png").exists()  # once, not per net
+    assert not (tmp_path / "nets" / "convnet" / "grids_breastmnist_ipc1.png").exists()
 
 
 def test_table_marks_the_best_mean_and_reports_std_over_seeds():
@@ -78,6 +81,20 @@ def test_bad_grid_key_and_executor(tmp_path, session_dirs):
     grid = load_grid(_grid(tmp_path, session_dirs))
     with pytest.raises(ConfigError, match="unknown executor"):
         run_grid(grid, executor="slurm", progress=False)
+
+
+def test_report_cli_writes_one_table_per_net(tmp_path, capsys):
+    store = tmp_path / "s.jsonl"
+    rows = []
+    for m, s, a in [("a", 0, 0.5), ("a", 1, 0.7), ("b", 0, 0.65)]:
+        nets = {n: {"acc_mean": a + d, "auc_mean": a} for n, d in (("convnet", 0.0), ("vgg11", 0.1))}
+        rows.append({"dataset": "d", "ipc": 1, "method": m, "seed": s, "acc_mean": a, "auc_mean": a, "per_net": nets})
+    store.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["report", str(store), "--out", str(tmp_path / "rep"), "--net", "all", "--order", "a,b"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| method | d ipc=1 |") == 2
+    assert "| a | 60.0 ± 10.0 |" in out and "| a | 70.0 ± 10.0 |" in out
+    assert (tmp_path / "rep" / "vgg11" / "table_acc.tex").exists()
 
 
 def test_report_cli_on_missing_store(tmp_path, capsys):

@@ -251,7 +251,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     order = args.order.split(",") if args.order else None
     written = write_report(args.store, args.out, order, args.net)
-    print((Path(args.out) / "table_acc.md").read_text())
+    for key, path in written.items():  # one ACC table, or one per net with --net all
+        if key.endswith("acc.md"):
+            print(f"{path}:\n{path.read_text()}")
     print(f"{len(written)} files in {args.out}")
     return 0
 

@@ -186,19 +186,29 @@ def grids_side_by_side(rows: list[dict], out: Path, order: list[str] | None = No
 
 
 def write_report(
-    store: str | Path, out: str | Path, order: list[str] | None = None, net: str | None = None
+    store: str | Path,
+    out: str | Path,
+    order: list[str] | None = None,
+    net: str | None = None,
+    grids: bool = True,
 ) -> dict[str, Path]:
+    """Tables (md/csv/tex) and plots per metric, plus image grids side by side per method.
+
+    ``net="all"``: one sub-folder of tables and plots per evaluation architecture found in the
+    rows; the image grids (the same sets whichever net evaluates them) go once into ``out``."""
     rows = read_jsonl(store)
     if not rows:
         raise ArtifactError(f"no results in {store}")
     out = Path(out)
-    if net == "all":  # one sub-folder per evaluation architecture found in the rows
+    out.mkdir(parents=True, exist_ok=True)
+    if net == "all":
         nets = list(dict.fromkeys(n for r in rows for n in r.get("per_net", {})))
         written = {}
         for n in nets:
-            written.update({f"{n}/{k}": v for k, v in write_report(store, out / n, order, n).items()})
+            written.update({f"{n}/{k}": v for k, v in write_report(store, out / n, order, n, False).items()})
+        if grids:
+            written.update({p.name: p for p in grids_side_by_side(rows, out, order)})
         return written
-    out.mkdir(parents=True, exist_ok=True)
     written = {}
     for metric in METRICS:
         stats = aggregate(rows, metric, net)
@@ -208,8 +218,8 @@ def write_report(
             written[f"{metric}.{ext}"] = p
         for p in plot_vs_ipc(stats, out, order, metric):
             written[p.name] = p
-    for p in grids_side_by_side(rows, out, order):
-        written[p.name] = p
+    if grids:
+        written.update({p.name: p for p in grids_side_by_side(rows, out, order)})
     return written
 
 

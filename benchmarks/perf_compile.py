@@ -68,6 +68,35 @@ def measure(fn, reps: int) -> tuple[float, float, tuple[torch.Tensor, ...]]:
     return first, sorted(times)[len(times) // 2], out
 
 
+def one_case(dataset: str, experts: str, ipc: int, steps: int, reps: int) -> str:
+    tm, st, span = engine(dataset, experts, ipc, steps)
+    seeds = list(range(1000, 1000 + steps))
+
+    def ce(theta, x, y):
+        return F.cross_entropy(call_flat(tm.net, tm.spec, theta, x), y)
+
+    def step(theta, x, y, lr):
+        return theta - lr * grad(ce)(theta, x, y)
+
+    def run(loss_fn):
+        def go():
+            loss = loss_fn()
+            return (loss.detach(), *torch.autograd.grad(loss, [st.images, st.lr]))
+
+        return go
+
+    compiled = torch.compile(step, dynamic=False)
+    _, t_eager, ref = measure(run(lambda: tm.matching_loss(st, 0, 2, span, seeds, None)), reps)
+    _, t_func, _ = measure(run(lambda: func_loss(tm, st, span, seeds, step)), reps)
+    t_first, t_comp, out = measure(run(lambda: func_loss(tm, st, span, seeds, compiled)), reps)
+    torch._dynamo.reset()
+    diff = max(float((a - b).norm() / a.norm().clamp_min(1e-30)) for a, b in zip(ref, out, strict=True))
+    return (
+        f"| {ipc} | {steps} | {1e3 * t_eager:.1f} | {1e3 * t_func:.1f} | {1e3 * t_comp:.1f} | "
+        f"{t_first - t_comp:.1f} | {t_eager / t_comp:.2f}x | {diff:.1e} |"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dataset", default="breastmnist")
@@ -76,37 +105,11 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| ipc | syn_steps | eager ms/it | func ms/it | compiled ms/it | compile s | speed-up vs eager | max rel. diff |")
-    print("|---|---|---|---|---|---|---|---|")
+    cols = ["ipc", "syn_steps", "eager ms/it", "func ms/it", "compiled ms/it", "compile s", "speed-up", "max rel. diff"]
+    print("| " + " | ".join(cols) + " |\n" + "|---" * len(cols) + "|")
     for case in args.cases.split(","):
         ipc, steps = (int(v) for v in case.split("x"))
-        tm, st, span = engine(args.dataset, args.experts_dir, ipc, steps)
-        seeds = list(range(1000, 1000 + steps))
-
-        def ce(theta, x, y):
-            return F.cross_entropy(call_flat(tm.net, tm.spec, theta, x), y)
-
-        def step(theta, x, y, lr):
-            return theta - lr * grad(ce)(theta, x, y)
-
-        compiled = torch.compile(step, dynamic=False)
-
-        def run(loss_fn):
-            def go():
-                loss = loss_fn()
-                return (loss.detach(), *torch.autograd.grad(loss, [st.images, st.lr]))
-
-            return go
-
-        _, t_eager, ref = measure(run(lambda: tm.matching_loss(st, 0, 2, span, seeds, None)), args.reps)
-        _, t_func, _ = measure(run(lambda: func_loss(tm, st, span, seeds, step)), args.reps)
-        t_first, t_comp, out = measure(run(lambda: func_loss(tm, st, span, seeds, compiled)), args.reps)
-        diff = max(float((a - b).norm() / a.norm().clamp_min(1e-30)) for a, b in zip(ref, out))
-        print(
-            f"| {ipc} | {steps} | {1e3 * t_eager:.1f} | {1e3 * t_func:.1f} | {1e3 * t_comp:.1f} | "
-            f"{t_first - t_comp:.1f} | {t_eager / t_comp:.2f}x | {diff:.1e} |"
-        )
-        torch._dynamo.reset()
+        print(one_case(args.dataset, args.experts_dir, ipc, steps, args.reps), flush=True)
 
 
 if __name__ == "__main__":

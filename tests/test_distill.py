@@ -175,3 +175,13 @@ def test_soft_label_keys_only_key_runs_that_use_soft_labels(tiny):
         assert (a != b) == matters, method
     a = run_dir_for(tiny(**{"distill.soft_labels": True}))
     assert a != run_dir_for(tiny(**{"distill.soft_labels": True, "distill.soft_filter": False}))
+
+
+def test_image_lr_only_keys_trajectory_matching_runs(tiny):
+    """``distill.lr_img`` is read by the trajectory-matching methods only (DM and DC have their own)."""
+    for method, matters in [("mtt", True), ("ptm", True), ("ptm_nodom", True), ("datm", True)] + [
+        (m, False) for m in ("random", "herding", "kcenter", "dm", "dc")
+    ]:
+        a = run_dir_for(tiny(**{"distill.method": method}))
+        b = run_dir_for(tiny(**{"distill.method": method, "distill.lr_img": 7.0}))
+        assert (a != b) == matters, method

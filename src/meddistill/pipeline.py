@@ -15,7 +15,7 @@ from pathlib import Path
 from meddistill.config import RunConfig, dump_yaml
 from meddistill.data import get_info
 from meddistill.data.loader import MedDataset, load_dataset
-from meddistill.distill import DistillContext, get_method
+from meddistill.distill import DistillContext, get_method, is_trajectory_method
 from meddistill.errors import ConfigError
 from meddistill.evaluate import EvalSummary, evaluate_images
 from meddistill.plots import save_curves, save_grid
@@ -27,6 +27,7 @@ VOLATILE_DISTILL = {"checkpoint_every_s", "log_every"}
 
 
 SOFT_LABEL_KEYS = {"soft_filter", "soft_temperature"}  # read only when labels are soft
+TRAJECTORY_KEYS = {"lr_img"}  # read only by trajectory-matching methods (DM and DC have their own)
 
 
 def distill_identity(cfg: RunConfig) -> dict:
@@ -40,6 +41,9 @@ def distill_identity(cfg: RunConfig) -> dict:
         d["distill"].pop(k, None)
     if not (cfg.distill.soft_labels or cfg.distill.method == "datm"):
         for k in SOFT_LABEL_KEYS:
+            d["distill"].pop(k, None)
+    if not is_trajectory_method(cfg.distill.method):
+        for k in TRAJECTORY_KEYS:
             d["distill"].pop(k, None)
     return d
 

@@ -84,16 +84,26 @@ class DistillContext:
 
 MethodFn = Callable[[DistillContext], SynSet]
 _METHODS: dict[str, MethodFn] = {}
+_TRAJECTORY: set[str] = set()
 
 
-def register_method(name: str) -> Callable[[MethodFn], MethodFn]:
+def register_method(name: str, *, trajectory: bool = False) -> Callable[[MethodFn], MethodFn]:
+    """Register a distillation method; ``trajectory``: it is a trajectory-matching method, the
+    only kind that reads ``distill.lr_img`` (see :func:`meddistill.pipeline.distill_identity`)."""
+
     def deco(fn: MethodFn) -> MethodFn:
         if name in _METHODS:
             raise ValueError(f"method {name!r} registered twice")
         _METHODS[name] = fn
+        if trajectory:
+            _TRAJECTORY.add(name)
         return fn
 
     return deco
+
+
+def is_trajectory_method(name: str) -> bool:
+    return name in _TRAJECTORY
 
 
 def list_methods() -> list[str]:

@@ -10,28 +10,28 @@ from meddistill.distill.tm import TrajectoryMatching
 from meddistill.synset import SynSet
 
 
-@register_method("mtt")
+@register_method("mtt", trajectory=True)
 def mtt(ctx: DistillContext) -> SynSet:
     """Cazenavette et al. 2022: uniform start epoch over the whole run, hard labels, no DOM."""
     d = ctx.cfg.distill
     return TrajectoryMatching(ctx, mtt_schedule(d), use_dom=False, soft_labels=d.soft_labels).run()
 
 
-@register_method("ptm")
+@register_method("ptm", trajectory=True)
 def ptm(ctx: DistillContext) -> SynSet:
     """Progressive Trajectory Matching with Dynamic Overlap Mitigation (the project's method)."""
     d = ctx.cfg.distill
     return TrajectoryMatching(ctx, ptm_schedule(d), use_dom=True, soft_labels=d.soft_labels).run()
 
 
-@register_method("ptm_nodom")
+@register_method("ptm_nodom", trajectory=True)
 def ptm_nodom(ctx: DistillContext) -> SynSet:
     """Ablation: the progressive schedule alone."""
     d = ctx.cfg.distill
     return TrajectoryMatching(ctx, ptm_schedule(d), use_dom=False, soft_labels=d.soft_labels).run()
 
 
-@register_method("datm")
+@register_method("datm", trajectory=True)
 def datm(ctx: DistillContext) -> SynSet:
     """DATM-style (Guo et al. 2024): difficulty-aligned window whose upper bound grows from
     the early epochs to ``max_start_epoch`` over the run, with learnable soft labels

@@ -1,0 +1,72 @@
+"""Choose the trajectory-matching image lr on VALIDATION accuracy (session 3).
+
+Runs (or resumes) one grid per image lr — MTT, DATM-style and PTM on the three CPU datasets,
+ipc 2 and 10, seeds 0–1, 2 ConvNet-D3 evaluations per set, fp32 experts as in
+``configs/bench/cpu.yaml`` — and prints each method's mean validation ACC per lr, over all
+cells and per dataset. Test accuracy is stored in the rows but not used here.
+
+    MEDDISTILL_DATA=../shared/data/medmnist python benchmarks/lr_img_sweep.py [--experts-dir experts]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections import defaultdict
+
+from meddistill.bench import run_grid
+from meddistill.bench.grid import Grid
+from meddistill.utils import read_jsonl
+
+METHODS = ["mtt", "datm", "ptm"]
+
+
+def grid(lr: float, args: argparse.Namespace) -> Grid:
+    return Grid(
+        name=f"lr_img_{lr:g}",
+        profile="cpu",
+        datasets=["breastmnist", "pneumoniamnist", "retinamnist"],
+        ipc=[2, 10],
+        methods=METHODS,
+        seeds=[0, 1],
+        eval_nets=["convnet"],
+        full=False,
+        overrides=["experts.bf16=false", "eval.num_nets=2", f"distill.lr_img={lr:g}"],
+        method_overrides={"datm": ["distill.lr_label=0"]},
+        store=f"{args.results}/lr_img_val_{lr:g}.jsonl",
+        out_dir=args.out_dir,
+        experts_dir=args.experts_dir,
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--lrs", default="100,300,1000")
+    ap.add_argument("--results", default="results")
+    ap.add_argument("--out-dir", default="runs")
+    ap.add_argument("--experts-dir", default="experts")
+    args = ap.parse_args()
+    lrs = [float(v) for v in args.lrs.split(",")]
+    val: dict[tuple, float] = {}
+    for lr in lrs:
+        g = grid(lr, args)
+        run_grid(g, progress=True)
+        for r in read_jsonl(g.store):
+            val[(r["method"], lr, r["dataset"], r["ipc"], r["seed"])] = statistics.mean(x["val_acc"] for x in r["runs"])
+    head = "| method | cells | " + " | ".join(f"lr_img {lr:g}" for lr in lrs) + " |"
+    print(head + "\n" + "|---" * (len(lrs) + 2) + "|")
+    for m in METHODS:
+        by_ds: dict[str, list[tuple]] = defaultdict(list)
+        for key in val:
+            if key[0] == m and key[1] == lrs[0]:
+                by_ds[key[2]].append(key[2:])
+        for ds in [None, *sorted(by_ds)]:
+            cells = [c for d, cs in by_ds.items() if ds in (None, d) for c in cs]
+            means = [100 * statistics.mean(val[(m, lr, *c)] for c in cells) for lr in lrs]
+            best = max(means)
+            txt = " | ".join(f"**{v:.2f}**" if v == best else f"{v:.2f}" for v in means)
+            print(f"| {m if ds is None else f'{m}, {ds}'} | {len(cells)} | {txt} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Choose DOM's overlap thresholds on VALIDATION accuracy (session 3).
+
+The same cells as ``benchmarks/lr_img_sweep.py`` (3 CPU datasets, ipc 2 and 10, seeds 0–1, 2
+ConvNet-D3 evaluations per set, fp32 experts, image lr 100) for PTM only, one grid per
+(pixel, feature) cosine threshold pair; the current pair (0.9, 0.95) is read from the image-lr
+sweep's store, whose PTM cells are the same runs. Prints mean validation ACC and the number of
+images DOM replaced per run. Test accuracy is stored in the rows but not used here.
+
+    MEDDISTILL_DATA=../shared/data/medmnist python benchmarks/dom_sweep.py [--experts-dir experts]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from meddistill.bench import run_grid
+from meddistill.bench.grid import Grid
+from meddistill.utils import read_jsonl
+
+CURRENT = (0.9, 0.95)
+
+
+def grid(pixel: float, feature: float, args: argparse.Namespace) -> Grid:
+    overrides = ["experts.bf16=false", "eval.num_nets=2", "distill.lr_img=100"]
+    if (pixel, feature) != CURRENT:
+        overrides += [f"distill.dom.pixel_threshold={pixel:g}", f"distill.dom.feature_threshold={feature:g}"]
+    store = (
+        f"{args.results}/lr_img_val_100.jsonl"
+        if (pixel, feature) == CURRENT
+        else f"{args.results}/dom_val_{pixel:g}_{feature:g}.jsonl"
+    )
+    return Grid(
+        name=f"dom_{pixel:g}_{feature:g}",
+        profile="cpu",
+        datasets=["breastmnist", "pneumoniamnist", "retinamnist"],
+        ipc=[2, 10],
+        methods=["ptm"],
+        seeds=[0, 1],
+        eval_nets=["convnet"],
+        full=False,
+        overrides=overrides,
+        store=store,
+        out_dir=args.out_dir,
+        experts_dir=args.experts_dir,
+    )
+
+
+def replaced(run_dir: str, out_dir: str) -> int:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():  # rows record run_dir relative to where the grid ran
+        path = Path(out_dir).parent / run_dir / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return int(rows[-1].get("replaced_total", 0)) if rows else 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--pairs", default="0.9:0.95,0.8:0.9,0.7:0.85", help="pixel:feature thresholds")
+    ap.add_argument("--results", default="results")
+    ap.add_argument("--out-dir", default="runs")
+    ap.add_argument("--experts-dir", default="experts")
+    args = ap.parse_args()
+    pairs = [tuple(float(v) for v in p.split(":")) for p in args.pairs.split(",")]
+    cols = ["pixel / feature threshold", "cells", "mean val ACC", "BreastMNIST", "PneumoniaMNIST", "RetinaMNIST"]
+    cols.append("replaced per run")
+    print("| " + " | ".join(cols) + " |\n" + "|---" * len(cols) + "|")
+    for pixel, feature in pairs:
+        g = grid(pixel, feature, args)
+        run_grid(g, progress=True)
+        rows = [r for r in read_jsonl(g.store) if r["method"] == "ptm"]
+        val = {(r["dataset"], r["ipc"], r["seed"]): statistics.mean(x["val_acc"] for x in r["runs"]) for r in rows}
+        per = [
+            f"{100 * statistics.mean(v for k, v in val.items() if k[0] == ds):.2f}"
+            for ds in ("breastmnist", "pneumoniamnist", "retinamnist")
+        ]
+        reps = statistics.mean(replaced(r["run_dir"], args.out_dir) for r in rows)
+        mean = 100 * statistics.mean(val.values())
+        print(f"| {pixel:g} / {feature:g} | {len(val)} | {mean:.2f} | {' | '.join(per)} | {reps:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -12,9 +12,12 @@ images DOM replaced per run. Test accuracy is stored in the rows but not used he
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
+from dataclasses import replace
 from pathlib import Path
+
+from lr_img_sweep import grid as lr_img_grid  # the sibling script: same cells, same store
+from lr_img_sweep import val_acc
 
 from meddistill.bench import run_grid
 from meddistill.bench.grid import Grid
@@ -24,35 +27,22 @@ CURRENT = (0.9, 0.95)
 
 
 def grid(pixel: float, feature: float, args: argparse.Namespace) -> Grid:
-    overrides = ["experts.bf16=false", "eval.num_nets=2", "distill.lr_img=100"]
-    if (pixel, feature) != CURRENT:
-        overrides += [f"distill.dom.pixel_threshold={pixel:g}", f"distill.dom.feature_threshold={feature:g}"]
-    store = (
-        f"{args.results}/lr_img_val_100.jsonl"
-        if (pixel, feature) == CURRENT
-        else f"{args.results}/dom_val_{pixel:g}_{feature:g}.jsonl"
-    )
-    return Grid(
+    """PTM's cells of the image-lr sweep at lr 100, with other DOM thresholds in their own store."""
+    base = replace(lr_img_grid(100.0, args), methods=["ptm"])
+    if (pixel, feature) == CURRENT:
+        return base
+    dom = [f"distill.dom.pixel_threshold={pixel:g}", f"distill.dom.feature_threshold={feature:g}"]
+    return replace(
+        base,
         name=f"dom_{pixel:g}_{feature:g}",
-        profile="cpu",
-        datasets=["breastmnist", "pneumoniamnist", "retinamnist"],
-        ipc=[2, 10],
-        methods=["ptm"],
-        seeds=[0, 1],
-        eval_nets=["convnet"],
-        full=False,
-        overrides=overrides,
-        store=store,
-        out_dir=args.out_dir,
-        experts_dir=args.experts_dir,
+        overrides=[*base.overrides, *dom],
+        store=f"{args.results}/dom_val_{pixel:g}_{feature:g}.jsonl",
     )
 
 
-def replaced(run_dir: str, out_dir: str) -> int:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():  # rows record run_dir relative to where the grid ran
-        path = Path(out_dir).parent / run_dir / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def replaced(run_dir: str) -> int:
+    """How many images DOM re-initialised over the run (the last metrics row's running total)."""
+    rows = read_jsonl(Path(run_dir) / "metrics.jsonl")
     return int(rows[-1].get("replaced_total", 0)) if rows else 0
 
 
@@ -71,12 +61,12 @@ def main() -> None:
         g = grid(pixel, feature, args)
         run_grid(g, progress=True)
         rows = [r for r in read_jsonl(g.store) if r["method"] == "ptm"]
-        val = {(r["dataset"], r["ipc"], r["seed"]): statistics.mean(x["val_acc"] for x in r["runs"]) for r in rows}
+        val = {(r["dataset"], r["ipc"], r["seed"]): val_acc(r) for r in rows}
         per = [
             f"{100 * statistics.mean(v for k, v in val.items() if k[0] == ds):.2f}"
             for ds in ("breastmnist", "pneumoniamnist", "retinamnist")
         ]
-        reps = statistics.mean(replaced(r["run_dir"], args.out_dir) for r in rows)
+        reps = statistics.mean(replaced(r["run_dir"]) for r in rows)
         mean = 100 * statistics.mean(val.values())
         print(f"| {pixel:g} / {feature:g} | {len(val)} | {mean:.2f} | {' | '.join(per)} | {reps:.1f} |", flush=True)
 

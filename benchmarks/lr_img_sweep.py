@@ -21,6 +21,11 @@ from meddistill.utils import read_jsonl
 METHODS = ["mtt", "datm", "ptm"]
 
 
+def val_acc(row: dict) -> float:
+    """A row's mean validation ACC over its evaluation nets."""
+    return statistics.mean(x["val_acc"] for x in row["runs"])
+
+
 def grid(lr: float, args: argparse.Namespace) -> Grid:
     return Grid(
         name=f"lr_img_{lr:g}",
@@ -52,7 +57,7 @@ def main() -> None:
         g = grid(lr, args)
         run_grid(g, progress=True)
         for r in read_jsonl(g.store):
-            val[(r["method"], lr, r["dataset"], r["ipc"], r["seed"])] = statistics.mean(x["val_acc"] for x in r["runs"])
+            val[(r["method"], lr, r["dataset"], r["ipc"], r["seed"])] = val_acc(r)
     head = "| method | cells | " + " | ".join(f"lr_img {lr:g}" for lr in lrs) + " |"
     print(head + "\n" + "|---" * (len(lrs) + 2) + "|")
     for m in METHODS:

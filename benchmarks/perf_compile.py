@@ -30,7 +30,7 @@ from meddistill.augment import dsa
 from meddistill.config import build_config
 from meddistill.distill import DistillContext
 from meddistill.distill.schedule import mtt_schedule
-from meddistill.distill.tm import TrajectoryMatching
+from meddistill.distill.tm import TrajectoryMatching, normalised_distance
 from meddistill.nets import call_flat
 from meddistill.pipeline import load_data
 
@@ -53,7 +53,7 @@ def func_loss(tm, st, span: int, seeds: list[int], step) -> torch.Tensor:
     theta = start.clone()
     for seed in seeds:
         theta = step(theta, dsa(st.images, seed, tm.dsa_cfg), st.labels, st.lr)
-    return ((theta - target) ** 2).sum() / ((start - target) ** 2).sum().clamp_min(1e-12)
+    return normalised_distance(theta, start, target)
 
 
 def measure(fn, reps: int) -> tuple[float, float, tuple[torch.Tensor, ...]]:

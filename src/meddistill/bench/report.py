@@ -185,12 +185,22 @@ def grids_side_by_side(rows: list[dict], out: Path, order: list[str] | None = No
     return paths
 
 
+def _tables_and_plots(rows: list[dict], out: Path, order: list[str] | None, net: str | None) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for metric in METRICS:
+        stats = aggregate(rows, metric, net)
+        for fmt, ext in (("md", "md"), ("csv", "csv"), ("tex", "tex")):
+            p = out / f"table_{metric}.{ext}"
+            p.write_text(table(stats, fmt, order))
+            written[f"{metric}.{ext}"] = p
+        for p in plot_vs_ipc(stats, out, order, metric):
+            written[p.name] = p
+    return written
+
+
 def write_report(
-    store: str | Path,
-    out: str | Path,
-    order: list[str] | None = None,
-    net: str | None = None,
-    grids: bool = True,
+    store: str | Path, out: str | Path, order: list[str] | None = None, net: str | None = None
 ) -> dict[str, Path]:
     """Tables (md/csv/tex) and plots per metric, plus image grids side by side per method.
 
@@ -203,23 +213,10 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     if net == "all":
         nets = list(dict.fromkeys(n for r in rows for n in r.get("per_net", {})))
-        written = {}
-        for n in nets:
-            written.update({f"{n}/{k}": v for k, v in write_report(store, out / n, order, n, False).items()})
-        if grids:
-            written.update({p.name: p for p in grids_side_by_side(rows, out, order)})
-        return written
-    written = {}
-    for metric in METRICS:
-        stats = aggregate(rows, metric, net)
-        for fmt, ext in (("md", "md"), ("csv", "csv"), ("tex", "tex")):
-            p = out / f"table_{metric}.{ext}"
-            p.write_text(table(stats, fmt, order))
-            written[f"{metric}.{ext}"] = p
-        for p in plot_vs_ipc(stats, out, order, metric):
-            written[p.name] = p
-    if grids:
-        written.update({p.name: p for p in grids_side_by_side(rows, out, order)})
+        written = {f"{n}/{k}": p for n in nets for k, p in _tables_and_plots(rows, out / n, order, n).items()}
+    else:
+        written = _tables_and_plots(rows, out, order, net)
+    written.update({p.name: p for p in grids_side_by_side(rows, out, order)})
     return written
 
 

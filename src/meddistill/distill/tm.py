@@ -38,6 +38,11 @@ CKPT_META = "checkpoint.json"
 RECENT = 25  # losses in the running median used to detect an exploding step
 
 
+def normalised_distance(theta: torch.Tensor, start: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MTT's matching loss: ‖θ_N − θ*_{t+M}‖² / ‖θ*_t − θ*_{t+M}‖²."""
+    return ((theta - target) ** 2).sum() / ((start - target) ** 2).sum().clamp_min(1e-12)
+
+
 @dataclass
 class TMState:
     images: torch.Tensor
@@ -196,7 +201,7 @@ class TrajectoryMatching:
         theta = start.clone().requires_grad_(True)
         for i, seed in enumerate(seeds):
             theta = self._student_step(st, theta, self._batch(batches, i), seed, y, graph=True)
-        return ((theta - target) ** 2).sum() / ((start - target) ** 2).sum().clamp_min(1e-12)
+        return normalised_distance(theta, start, target)
 
     def leaves(self, st: TMState) -> list[torch.Tensor]:
         return [st.images, st.lr] + ([st.label_logits] if st.label_logits is not None else [])

@@ -28,12 +28,25 @@ def test_resolved_config_round_trips_through_yaml():
         ("distill.ipcc=3", "unknown config key 'distill.ipcc'"),
         ("distill.ipc=three", "must be an integer"),
         ("distill.soft_labels=maybe", "must be true or false"),
+        ("experts.bf16=sometimes", "must be true, false or auto"),
         ("novalue", "key.path=value"),
     ],
 )
 def test_bad_overrides_are_one_line_errors(override, match):
     with pytest.raises(ConfigError, match=match):
         build_config("tiny", overrides=[override])
+
+
+@pytest.mark.parametrize("amx,expected", [(True, True), (False, False)])
+def test_bf16_auto_resolves_from_the_cpu_and_is_recorded_as_a_bool(monkeypatch, amx, expected):
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    cfg = build_config("cpu", device="cpu")
+    assert cfg.experts.bf16 is expected
+    assert build_config("cpu", device="cpu", overrides=["experts.bf16=false"]).experts.bf16 is False
+    assert build_config("cpu", device="cpu", overrides=["experts.bf16=true"]).experts.bf16 is True
 
 
 def test_unknown_profile():

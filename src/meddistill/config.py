@@ -30,7 +30,9 @@ class ExpertConfig:
     weight_decay: float = 0.0
     batch_size: int = 256
     dsa: bool = True
-    bf16: bool = False
+    # true, false, or "auto": on where the device computes bf16 natively (CUDA with bf16,
+    # CPUs with AMX or AVX512-BF16); elsewhere bf16 autocast is emulated and several times slower
+    bf16: bool | str = False
     seed: int = 0  # experts are shared by every run seed; this seeds the experts themselves
 
 
@@ -130,6 +132,10 @@ PROFILES = ("tiny", "cpu", "paper")
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
+    if tp == bool | str:  # a switch that may also be "auto"
+        if isinstance(value, bool) or value == "auto":
+            return value
+        raise ConfigError(f"{key} must be true, false or auto, got {value!r}")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -242,6 +248,16 @@ def build_config(
     for key, value in flags.items():
         if value is not None:
             merge(cfg, nest(key, value))
+    return resolve_auto(cfg)
+
+
+def resolve_auto(cfg: RunConfig) -> RunConfig:
+    """Turn ``experts.bf16: auto`` into true/false for the run's device, so the resolved
+    config (and every identity hashed from it) records what was actually used."""
+    if cfg.experts.bf16 == "auto":
+        from meddistill.utils import bf16_native, resolve_device
+
+        cfg.experts.bf16 = bf16_native(resolve_device(cfg.device))
     return cfg
 
 

@@ -107,14 +107,30 @@ def test_ray_executor_gives_the_same_rows_as_local(tmp_path, session_dirs):
     grid = load_grid(_grid(tmp_path, session_dirs))
     grid.seeds = [0]
     run_grid(grid, progress=False)
-    local = {r["cell_key"]: r for r in read_jsonl(grid.store)}
+    local = _rows(grid.store)
     grid.store, grid.out_dir = str(tmp_path / "ray.jsonl"), str(tmp_path / "runs_ray")
     assert run_grid(grid, executor="ray", progress=False) == (3, 0)
-    remote = {r["cell_key"]: r for r in read_jsonl(grid.store)}
-    assert set(local) == set(remote)
-    for key, row in local.items():
-        other = remote[key]
-        for r in (row, other):
-            r.pop("seconds")
-            r.pop("run_dir")
-        assert row == other
+    assert _rows(grid.store) == local
+
+
+def _rows(store) -> dict[str, dict]:
+    rows = {r["cell_key"]: r for r in read_jsonl(store)}
+    for r in rows.values():
+        r.pop("seconds")
+        r.pop("run_dir")
+    return rows
+
+
+def test_worker_pool_gives_the_same_rows_as_local(tmp_path, session_dirs):
+    import torch
+
+    grid = load_grid(_grid(tmp_path, session_dirs))
+    grid.seeds = [0]
+    run_grid(grid, progress=False)
+    local = _rows(grid.store)
+    grid.store, grid.out_dir = str(tmp_path / "pool.jsonl"), str(tmp_path / "runs_pool")
+    # same thread count as this process, so the float reduction order (and every number) is the same
+    assert run_grid(grid, progress=False, workers=2, threads=torch.get_num_threads()) == (3, 0)
+    assert _rows(grid.store) == local
+    with pytest.raises(ConfigError, match="workers must be at least 1"):
+        run_grid(grid, progress=False, workers=0)

@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("grid", help="grid YAML, e.g. configs/bench/cpu.yaml")
     p.add_argument("--executor", choices=("local", "ray"), default="local")
     p.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    p.add_argument("--workers", type=int, default=1, help="local executor: cells run at once in worker processes")
+    p.add_argument("--threads", type=int, help="torch threads per worker (default: this process's count / workers)")
     p.add_argument("--store", help="results JSON-lines file (default: the grid's store)")
     p.add_argument("--out", dest="out_dir", help="runs folder (default: the grid's out_dir)")
     p.add_argument("--experts-dir", help="expert buffer folder (default: the grid's experts_dir)")
@@ -238,7 +240,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if getattr(args, key):
             setattr(grid, key, getattr(args, key))
     extra = {"device": args.device} if args.device else {}
-    ran, done = run_grid(grid, args.executor, args.address, not args.no_progress, args.limit, **extra)
+    ran, done = run_grid(
+        grid, args.executor, args.address, not args.no_progress, args.limit, args.workers, args.threads, **extra
+    )
     print(f"bench {grid.name}: {ran} cells run now, {done} already in {grid.store}")
     if args.report:
         write_report(grid.store, args.report, grid.methods)

@@ -1,9 +1,14 @@
-"""Run the cells of a grid: locally in this process (default) or fanned out on Ray.
+"""Run the cells of a grid: locally in this process (default), in a pool of local worker
+processes (``workers > 1``), or fanned out on Ray.
 
-Both executors call the same :func:`run_one` and append the same rows: a cell is
-deterministic given its config, and Ray workers use the driver's torch thread count, so on
-the same hardware the executor never changes a number (machines with other CPUs may differ
-in the last float bits).
+All executors call the same :func:`run_one` and append the same rows; only the driver
+writes the store, each row as soon as its cell ends, so an interrupted grid resumes where it
+stopped. A cell is deterministic given its config and its torch thread count: Ray workers use
+the driver's count, so on the same hardware Ray never changes a number. Pool workers use
+``threads`` each (default: the driver's count split between them) — several single-thread
+cells at once use a 2-core CPU better than one two-thread cell (the tensors of a tiny
+synthetic set are too small to parallelise well; docs/performance.md), but a different
+thread count changes float reduction order, hence the last bits of results.
 """
 
 from __future__ import annotations
@@ -73,6 +78,50 @@ def run_local(cells: list[Cell], store: Path, progress: bool, on_row: Callable[[
     return n
 
 
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_pool(
+    cells: list[Cell],
+    store: Path,
+    progress: bool,
+    workers: int,
+    threads: int | None = None,
+    on_row: Callable[[dict], None] | None = None,
+) -> int:
+    """Run ``cells`` in ``workers`` spawned processes of ``threads`` torch threads each."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    import torch
+
+    threads = threads or max(1, torch.get_num_threads() // workers)
+    n = 0
+    spawn = mp.get_context("spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=spawn, initializer=_init_worker, initargs=(threads,))
+    try:
+        # experts first, one task per distinct buffer, so cells never train the same experts twice
+        for f in [pool.submit(_prepare_experts, c) for c in _distinct_experts(cells)]:
+            f.result()
+        pending = {pool.submit(run_one, c, False) for c in cells}
+        with tqdm(total=len(cells), desc=f"bench ({workers} workers)", unit="cell", disable=not progress) as bar:
+            while pending:
+                ready, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in ready:
+                    row = f.result()
+                    append_jsonl(store, row)
+                    n += 1
+                    bar.update(1)
+                    if on_row:
+                        on_row(row)
+    finally:
+        pool.shutdown(cancel_futures=True)
+    return n
+
+
 def run_ray(
     cells: list[Cell],
     store: Path,
@@ -114,6 +163,8 @@ def run_grid(
     address: str | None = None,
     progress: bool = True,
     limit: int | None = None,
+    workers: int = 1,
+    threads: int | None = None,
     **extra,
 ) -> tuple[int, int]:
     """Run the missing cells of ``grid``; returns (cells run now, cells already done)."""
@@ -123,7 +174,11 @@ def run_grid(
     todo = [c for c in cells if c.key not in done]
     if limit is not None:
         todo = todo[:limit]
-    if executor == "local":
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
+    if executor == "local" and workers > 1:
+        ran = run_pool(todo, store, progress, workers, threads)
+    elif executor == "local":
         ran = run_local(todo, store, progress)
     elif executor == "ray":
         ran = run_ray(todo, store, progress, address)

@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--out-dir", default="runs")
     ap.add_argument("--experts-dir", default="experts")
     args = ap.parse_args()
+    args.ipc, args.methods = [2, 10], ["ptm"]  # the image-lr sweep's cells this builds on
     pairs = [tuple(float(v) for v in p.split(":")) for p in args.pairs.split(",")]
     cols = ["pixel / feature threshold", "cells", "mean val ACC", "BreastMNIST", "PneumoniaMNIST", "RetinaMNIST"]
     cols.append("replaced per run")

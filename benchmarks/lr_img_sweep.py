@@ -1,7 +1,7 @@
 """Choose the trajectory-matching image lr on VALIDATION accuracy (session 3).
 
 Runs (or resumes) one grid per image lr — MTT, DATM-style and PTM on the three CPU datasets,
-ipc 2 and 10, seeds 0–1, 2 ConvNet-D3 evaluations per set, fp32 experts as in
+ipc 2 and 10 (``--ipc``), seeds 0–1, 2 ConvNet-D3 evaluations per set, fp32 experts as in
 ``configs/bench/cpu.yaml`` — and prints each method's mean validation ACC per lr, over all
 cells and per dataset. Test accuracy is stored in the rows but not used here.
 
@@ -31,8 +31,8 @@ def grid(lr: float, args: argparse.Namespace) -> Grid:
         name=f"lr_img_{lr:g}",
         profile="cpu",
         datasets=["breastmnist", "pneumoniamnist", "retinamnist"],
-        ipc=[2, 10],
-        methods=METHODS,
+        ipc=args.ipc,
+        methods=args.methods,
         seeds=[0, 1],
         eval_nets=["convnet"],
         full=False,
@@ -50,17 +50,24 @@ def main() -> None:
     ap.add_argument("--results", default="results")
     ap.add_argument("--out-dir", default="runs")
     ap.add_argument("--experts-dir", default="experts")
+    ap.add_argument("--ipc", default="2,10")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--workers", type=int, default=1, help="cells at once, 1 torch thread each when > 1")
     args = ap.parse_args()
+    args.ipc = [int(v) for v in args.ipc.split(",")]
+    args.methods = args.methods.split(",")
     lrs = [float(v) for v in args.lrs.split(",")]
     val: dict[tuple, float] = {}
     for lr in lrs:
         g = grid(lr, args)
-        run_grid(g, progress=True)
+        run_grid(g, progress=True, workers=args.workers, threads=1 if args.workers > 1 else None)
         for r in read_jsonl(g.store):
+            if r["ipc"] not in args.ipc or r["method"] not in args.methods:
+                continue
             val[(r["method"], lr, r["dataset"], r["ipc"], r["seed"])] = val_acc(r)
     head = "| method | cells | " + " | ".join(f"lr_img {lr:g}" for lr in lrs) + " |"
     print(head + "\n" + "|---" * (len(lrs) + 2) + "|")
-    for m in METHODS:
+    for m in args.methods:
         by_ds: dict[str, list[tuple]] = defaultdict(list)
         for key in val:
             if key[0] == m and key[1] == lrs[0]:

@@ -14,7 +14,7 @@ thread count changes float reduction order, hence the last bits of results.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -78,6 +78,21 @@ def run_local(cells: list[Cell], store: Path, progress: bool, on_row: Callable[[
     return n
 
 
+def _store_rows(
+    rows: Iterator[dict], total: int, store: Path, desc: str, progress: bool, on_row: Callable[[dict], None] | None
+) -> int:
+    """Append each finished cell's row to the store as it arrives (only the driver writes it)."""
+    n = 0
+    with tqdm(total=total, desc=desc, unit="cell", disable=not progress) as bar:
+        for row in rows:
+            append_jsonl(store, row)
+            n += 1
+            bar.update(1)
+            if on_row:
+                on_row(row)
+    return n
+
+
 def _init_worker(threads: int) -> None:
     import torch
 
@@ -94,32 +109,22 @@ def run_pool(
 ) -> int:
     """Run ``cells`` in ``workers`` spawned processes of ``threads`` torch threads each."""
     import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     import torch
 
     threads = threads or max(1, torch.get_num_threads() // workers)
-    n = 0
     spawn = mp.get_context("spawn")
     pool = ProcessPoolExecutor(workers, mp_context=spawn, initializer=_init_worker, initargs=(threads,))
     try:
         # experts first, one task per distinct buffer, so cells never train the same experts twice
         for f in [pool.submit(_prepare_experts, c) for c in _distinct_experts(cells)]:
             f.result()
-        pending = {pool.submit(run_one, c, False) for c in cells}
-        with tqdm(total=len(cells), desc=f"bench ({workers} workers)", unit="cell", disable=not progress) as bar:
-            while pending:
-                ready, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for f in ready:
-                    row = f.result()
-                    append_jsonl(store, row)
-                    n += 1
-                    bar.update(1)
-                    if on_row:
-                        on_row(row)
+        futures = [pool.submit(run_one, c, False) for c in cells]
+        rows = (f.result() for f in as_completed(futures))
+        return _store_rows(rows, len(cells), store, f"bench ({workers} workers)", progress, on_row)
     finally:
         pool.shutdown(cancel_futures=True)
-    return n
 
 
 def run_ray(
@@ -141,20 +146,15 @@ def run_ray(
     prepare = ray.remote(num_cpus=threads)(_with_threads(_prepare_experts, threads))
     ray.get([prepare.remote(c) for c in _distinct_experts(cells)])
     remote = ray.remote(num_cpus=threads)(_with_threads(run_one, threads))
-    pending = {remote.remote(c, False): c for c in cells}
-    n = 0
-    with tqdm(total=len(cells), desc="bench (ray)", unit="cell", disable=not progress) as bar:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                pending.pop(ref)
-                row = ray.get(ref)
-                append_jsonl(store, row)  # only the driver writes the store
-                n += 1
-                bar.update(1)
-                if on_row:
-                    on_row(row)
-    return n
+    pending = [remote.remote(c, False) for c in cells]
+
+    def finished() -> Iterator[dict]:
+        remaining = pending
+        while remaining:
+            ready, remaining = ray.wait(remaining, num_returns=1)
+            yield from ray.get(ready)
+
+    return _store_rows(finished(), len(cells), store, "bench (ray)", progress, on_row)
 
 
 def run_grid(

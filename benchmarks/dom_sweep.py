@@ -31,7 +31,7 @@ def grid(pixel: float, feature: float, args: argparse.Namespace) -> Grid:
     base = replace(lr_img_grid(100.0, args), methods=["ptm"])
     if (pixel, feature) == CURRENT:
         return base
-    dom = [f"distill.dom.pixel_threshold={pixel:g}", f"distill.dom.feature_threshold={feature:g}"]
+    dom = [f"method.dom.pixel_threshold={pixel:g}", f"method.dom.feature_threshold={feature:g}"]
     return replace(
         base,
         name=f"dom_{pixel:g}_{feature:g}",

@@ -40,11 +40,11 @@ def engine(dataset: str, experts: str, ipc: int, steps: int):
         "cpu",
         dataset=dataset,
         experts_dir=experts,
-        **{"distill.ipc": ipc, "distill.syn_steps": steps, "device": "cpu", "experts.bf16": False},
+        **{"distill.ipc": ipc, "method.syn_steps": steps, "device": "cpu", "experts.bf16": False},
     )
     ctx = DistillContext(load_data(cfg), cfg, torch.device("cpu"), Path("/tmp/perf_compile_run"), False)
     tm = TrajectoryMatching(ctx, mtt_schedule(cfg.distill), use_dom=False, soft_labels=False)
-    return tm, tm.init_state(), cfg.distill.expert_epochs
+    return tm, tm.init_state(), cfg.distill.active.expert_epochs
 
 
 def func_loss(tm, st, span: int, seeds: list[int], step) -> torch.Tensor:

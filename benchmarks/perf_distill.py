@@ -37,7 +37,7 @@ if mode == "one_thread":
     torch.set_num_threads(1)
 mem, bf16 = mode == "memory_saving", mode == "bf16"
 cfg = build_config("cpu", dataset=dataset, experts_dir=experts,
-                   **{"distill.ipc": ipc, "distill.syn_steps": steps, "distill.memory_saving": mem, "device": "cpu",
+                   **{"distill.ipc": ipc, "method.syn_steps": steps, "method.memory_saving": mem, "device": "cpu",
                       "experts.bf16": False})
 ds = load_data(cfg)
 ctx = DistillContext(ds, cfg, torch.device("cpu"), Path("/tmp/perf_distill_run"), False)
@@ -49,7 +49,7 @@ if bf16:  # gradient error of the bf16 unroll against fp32 on one fixed segment
     seeds = list(range(steps))
     def grads(on):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=on):
-            loss = tm.matching_loss(st, 0, 2, cfg.distill.expert_epochs, seeds, None)
+            loss = tm.matching_loss(st, 0, 2, cfg.distill.active.expert_epochs, seeds, None)
         return torch.autograd.grad(loss.float(), [st.images, st.lr])
     g32, g16 = grads(False), grads(True)
     err = [float((a - b).norm() / a.norm()) for a, b in zip(g32, g16)]
@@ -71,7 +71,7 @@ if mode == "reference":
     traj = [[p.clone() for p in epoch.split(numels)] for epoch in tm.buffer.get(0)]
     def ref_grads(t, seeds):
         start = torch.cat([p.reshape(-1) for p in traj[t]])
-        target = torch.cat([p.reshape(-1) for p in traj[t + cfg.distill.expert_epochs]])
+        target = torch.cat([p.reshape(-1) for p in traj[t + cfg.distill.active.expert_epochs]])
         student = [start.clone().requires_grad_(True)]
         for seed in seeds:
             x = dsa(st.images, seed, tm.dsa_cfg)
@@ -84,12 +84,12 @@ if mode == "reference":
         loss.backward()
         return [st.images.grad.clone(), st.lr.grad.clone()]
     def our_grads(t, seeds):
-        loss = tm.matching_loss(st, 0, t, cfg.distill.expert_epochs, seeds, None)
+        loss = tm.matching_loss(st, 0, t, cfg.distill.active.expert_epochs, seeds, None)
         return list(torch.autograd.grad(loss, [st.images, st.lr]))
     gen = torch.Generator().manual_seed(0)
     times = {"ref": [], "ours": []}
     for r in range(reps + 1):
-        t = int(torch.randint(cfg.distill.max_start_epoch, (1,), generator=gen))
+        t = int(torch.randint(cfg.distill.active.max_start_epoch, (1,), generator=gen))
         seeds = torch.randint(2**62, (steps,), generator=gen).tolist()
         for name, fn in (("ref", ref_grads), ("ours", our_grads)):
             t0 = time.perf_counter()

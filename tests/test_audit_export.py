@@ -29,7 +29,7 @@ def test_audit_flags_copies_and_passes_a_distilled_set(breast, tiny, tmp_path):
     copy = get_method("random")(_ctx(breast, cfg, tmp_path / "copy"))
     rep_copy = audit(copy, breast, cfg, torch.device("cpu"))
     assert len(rep_copy.flagged) == 6 and min(rep_copy.max_ssim) > 0.99
-    cfg_noise = tiny(**{"distill.ipc": 3, "distill.init": "noise"})
+    cfg_noise = tiny(**{"distill.ipc": 3, "method.init": "noise"})
     distilled = get_method("ptm")(_ctx(breast, cfg_noise, tmp_path / "noise"))
     rep = audit(distilled, breast, cfg_noise, torch.device("cpu"))
     assert rep.flagged == [] and max(rep.max_ssim) < 0.5

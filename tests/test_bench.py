@@ -68,7 +68,7 @@ def test_table_marks_the_best_mean_and_reports_std_over_seeds():
 
 
 def test_shipped_grids_parse():
-    for name in ("cpu", "cpu_preview", "paper", "tm_cpu", "tm_cpu_fixedlr"):
+    for name in ("cpu", "paper", "tm_cpu", "tm_cpu_fixedlr", "bf16_experts"):
         g = load_grid(REPO / "configs" / "bench" / f"{name}.yaml")
         assert expand(g)
 

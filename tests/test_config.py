@@ -8,18 +8,24 @@ from meddistill.errors import ConfigError
 
 def test_profile_then_file_then_overrides_then_flags(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("distill:\n  ipc: 5\n  iterations: 7\n")
-    cfg = build_config("tiny", str(f), ["distill.iterations=9", "eval.nets=[convnet,vgg11]"], **{"distill.ipc": 3})
+    f.write_text("distill:\n  ipc: 5\n  ptm: {iterations: 7, syn_steps: 3}\n")
+    cfg = build_config("tiny", str(f), ["method.iterations=9", "eval.nets=[convnet,vgg11]"], **{"distill.ipc": 3})
     assert cfg.profile == "tiny" and cfg.net.width == 16
-    assert cfg.distill.iterations == 9 and cfg.distill.ipc == 3
+    assert cfg.distill.active.iterations == 9 and cfg.distill.active.syn_steps == 3 and cfg.distill.ipc == 3
     assert cfg.eval.nets == ["convnet", "vgg11"]
 
 
 def test_resolved_config_round_trips_through_yaml():
     import yaml
 
-    cfg = build_config("cpu", overrides=["distill.dom.every=7"])
-    assert config_from_dict(yaml.safe_load(dump_yaml(cfg))) == cfg
+    from meddistill.pipeline import distill_identity
+
+    cfg = build_config("cpu", overrides=["distill.ptm.dom.every=7", "distill.dm.lr_img=3"])
+    dumped = yaml.safe_load(dump_yaml(cfg))
+    assert set(dumped["distill"]) == {"method", "ipc", "checkpoint_every_s", "log_every", "ptm"}  # only what it reads
+    back = config_from_dict(dumped)
+    assert back.to_dict(active_only=True) == cfg.to_dict(active_only=True)
+    assert distill_identity(back) == distill_identity(cfg)
 
 
 @pytest.mark.parametrize(
@@ -27,7 +33,9 @@ def test_resolved_config_round_trips_through_yaml():
     [
         ("distill.ipcc=3", "unknown config key 'distill.ipcc'"),
         ("distill.ipc=three", "must be an integer"),
-        ("distill.soft_labels=maybe", "must be true or false"),
+        ("distill.ptm.anchored=maybe", "must be true or false"),
+        ("distill.ptm.ipc=3", "unknown config key 'distill.ptm.ipc'"),
+        ("method.outer=3", "method 'ptm' has no setting 'outer'"),
         ("experts.bf16=sometimes", "must be true, false or auto"),
         ("novalue", "key.path=value"),
     ],
@@ -56,30 +64,68 @@ def test_unknown_profile():
 
 def test_override_parsing_types():
     assert parse_override("a.b=0.5") == {"a": {"b": 0.5}}
-    assert build_config("tiny", overrides=["distill.lr_lr=1e-3"]).distill.lr_lr == 1e-3
+    assert build_config("tiny", overrides=["method.lr_lr=1e-3"]).distill.active.lr_lr == 1e-3
     assert parse_override("x=true") == {"x": True}
 
 
-def test_every_method_has_a_yaml_config_that_only_sets_its_own_keys():
+def test_every_method_has_a_yaml_that_picks_it_and_documents_its_own_section():
+    """configs/methods/<m>.yaml selects the method and lists its section's keys with their
+    defaults (commented out, so it never overrides a profile's scale); the listing cannot drift."""
+    import dataclasses
     from pathlib import Path
 
     import yaml
 
-    from meddistill.distill import list_methods
+    from meddistill.distill import get_spec, list_methods
 
     folder = Path(__file__).resolve().parents[1] / "configs" / "methods"
     files = {p.stem: p for p in folder.glob("*.yaml")}
     assert set(files) == set(list_methods())
-    base = build_config("cpu").to_dict()
     for name, path in files.items():
-        cfg = build_config("cpu", config_file=str(path)).to_dict()
-        assert cfg["distill"]["method"] == name
+        text = path.read_text()
+        assert yaml.safe_load(text) == {"distill": {"method": name}}
+        picked = build_config("paper", **{"distill.method": name}).to_dict()
+        assert build_config("paper", config_file=str(path)).to_dict() == picked
+        spec = get_spec(name)
+        lines = text.splitlines()
+        listed = [ln.split("# ", 1)[1] for ln in lines if ln.startswith("  #   ") or ln == f"  # {name}:"]
+        if spec.config is None:
+            assert not listed
+        else:
+            assert yaml.safe_load("\n".join(listed)) == {name: dataclasses.asdict(spec.config())}
 
-        def leaves(d, prefix=()):
-            for k, v in d.items():
-                yield from leaves(v, (*prefix, k)) if isinstance(v, dict) else [((*prefix, k), v)]
 
-        set_here = dict(leaves(yaml.safe_load(path.read_text())))
-        for key, value in leaves(cfg):
-            expected = set_here.get(key, dict(leaves(base))[key])
-            assert value == expected, (name, key)
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("method.lr_img=.nan", "distill.ptm.lr_img must be a finite number"),
+        ("method.iterations=0", r"distill.ptm.iterations=0 is out of range; allowed: \[1, inf\]"),
+        ("method.syn_steps=0", "distill.ptm.syn_steps=0 is out of range"),
+        ("method.lr_img=-1", r"allowed: \(0, inf\]"),
+        ("method.window=1.5", r"allowed: \(0, 1\]"),
+        ("method.init=zeros", "allowed: one of real, noise"),
+        ("eval.epochs=0", "eval.epochs=0 is out of range"),
+        ("eval.num_nets=0", "eval.num_nets=0 is out of range"),
+        ("eval.nets=[]", "eval.nets is empty"),
+        ("eval.nets=[convnet,alexnet]", "unknown net 'alexnet'"),
+        ("experts.epochs=0", "experts.epochs=0 is out of range"),
+        ("experts.lr=.inf", "experts.lr must be a finite number"),
+        ("distill.ipc=0", "distill.ipc=0 is out of range"),
+        ("distill.method=magic", "unknown method 'magic'"),
+        ("device=mps", "device 'mps' is not supported"),
+        ("device=meta", "device 'meta' is not supported"),
+        ("distill.ptm.dom.every=0", "distill.ptm.dom.every=0 is out of range"),
+    ],
+)
+def test_out_of_range_values_are_one_line_errors_naming_the_key(override, match):
+    with pytest.raises(ConfigError, match=match):
+        build_config("tiny", overrides=[override])
+
+
+def test_every_shipped_profile_is_valid_and_its_method_defaults_are_the_cpu_profile():
+    from meddistill.config import RunConfig, profile_data
+
+    for name in ("tiny", "cpu", "paper"):
+        build_config(name)
+    assert profile_data("cpu")["distill"] == {"checkpoint_every_s": 120, "log_every": 10}
+    assert build_config("cpu").distill.sections == RunConfig().distill.sections

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -7,8 +8,7 @@ import pytest
 import torch
 
 from meddistill.distill import DistillContext, get_method, list_methods
-from meddistill.distill.schedule import ptm_schedule
-from meddistill.distill.tm import TrajectoryMatching
+from meddistill.distill.methods_tm import build_engine
 from meddistill.errors import ConfigError, RunStopped
 from meddistill.pipeline import distill, distill_identity, run_dir_for
 from meddistill.synset import SynSet
@@ -36,11 +36,11 @@ def test_trajectory_matching_changes_images_and_logs(breast, tiny, tmp_path, met
     assert rows and all(np.isfinite(r["loss"]) for r in rows)
     assert (syn.soft_labels is not None) == (method == "datm")
     if method == "ptm":
-        assert [r["stage"] for r in rows][-1] == cfg.distill.stages - 1
+        assert [r["stage"] for r in rows][-1] == cfg.distill.active.stages - 1
 
 
 def test_resume_is_bit_for_bit(breast, tiny, tmp_path):
-    cfg = tiny(**{"distill.ipc": 3, "distill.batch_syn": 4})
+    cfg = tiny(**{"distill.ipc": 3, "method.batch_syn": 4})
     full = get_method("ptm")(_ctx(breast, cfg, tmp_path / "full"))
     with pytest.raises(RunStopped, match="stopped at iteration 5/12"):
         get_method("ptm")(_ctx(breast, cfg, tmp_path / "cut", stop_at=5))
@@ -53,7 +53,7 @@ def test_resume_is_bit_for_bit(breast, tiny, tmp_path):
 
 def test_nan_and_exploding_steps_are_skipped_not_fatal(breast, tiny, tmp_path, monkeypatch):
     cfg = tiny(**{"distill.ipc": 2})
-    tm = TrajectoryMatching(_ctx(breast, cfg, tmp_path), ptm_schedule(cfg.distill), True, False)
+    tm = build_engine(_ctx(breast, cfg, tmp_path))
     real = tm.matching_loss
     calls = {"n": 0}
 
@@ -74,12 +74,12 @@ def test_nan_and_exploding_steps_are_skipped_not_fatal(breast, tiny, tmp_path, m
 
 
 def test_dom_replaces_collapsed_images(breast, tiny, tmp_path):
-    cfg = tiny(**{"distill.ipc": 4, "distill.dom.pixel_threshold": -1.0})  # everything overlaps
-    tm = TrajectoryMatching(_ctx(breast, cfg, tmp_path), ptm_schedule(cfg.distill), True, False)
+    cfg = tiny(**{"distill.ipc": 4, "method.dom.pixel_threshold": -1.0})  # everything overlaps
+    tm = build_engine(_ctx(breast, cfg, tmp_path))
     st = tm.init_state()
     before = st.images.detach().clone()
     n = tm.dom_step(st)
-    assert n == 2 * max(1, int(cfg.distill.dom.max_replace_frac * 4))
+    assert n == 2 * max(1, int(cfg.distill.active.dom.max_replace_frac * 4))
     assert int(st.used.sum()) == 8 + n  # replacements come from unused real images
     assert (st.images.detach() != before).flatten(1).any(1).sum() == n
 
@@ -122,7 +122,7 @@ def test_pipeline_writes_the_run_folder_and_reuses_it(breast, tiny):
 
 @pytest.mark.parametrize("method", ["dm", "dc"])
 def test_dm_and_dc_learn_from_their_real_init(retina, tiny, tmp_path, method):
-    cfg = tiny("retinamnist", **{"distill.ipc": 2, "distill.method": method, "distill.iterations": 3})
+    cfg = tiny("retinamnist", **{"distill.ipc": 2, "distill.method": method, "method.iterations": 3})
     init = get_method("random")(_ctx(retina, cfg, tmp_path / "init"))
     syn = get_method(method)(_ctx(retina, cfg, tmp_path / "m"))
     assert syn.images.shape == (10, 3, 28, 28) and torch.equal(syn.labels, init.labels)
@@ -131,8 +131,9 @@ def test_dm_and_dc_learn_from_their_real_init(retina, tiny, tmp_path, method):
 
 @pytest.mark.parametrize("soft", [False, True])
 def test_memory_saving_mode_gives_the_same_loss_and_gradients(breast, tiny, tmp_path, soft):
-    cfg = tiny(**{"distill.ipc": 3, "distill.syn_steps": 6, "distill.batch_syn": 4})
-    tm = TrajectoryMatching(_ctx(breast, cfg, tmp_path), ptm_schedule(cfg.distill), False, soft)
+    method = "datm" if soft else "ptm_nodom"
+    cfg = tiny(**{"distill.method": method, "distill.ipc": 3, "method.syn_steps": 6, "method.batch_syn": 4})
+    tm = build_engine(_ctx(breast, cfg, tmp_path))
     st = tm.init_state()
     seeds = [11, 12, 13, 14, 15, 16]
     g = torch.Generator().manual_seed(0)
@@ -147,8 +148,8 @@ def test_memory_saving_mode_gives_the_same_loss_and_gradients(breast, tiny, tmp_
 
 
 def test_datm_starts_only_from_images_its_expert_classifies_correctly(breast, tiny, tmp_path):
-    cfg = tiny(**{"distill.method": "datm", "distill.ipc": 3, "distill.iterations": 1})
-    tm = TrajectoryMatching(_ctx(breast, cfg, tmp_path), ptm_schedule(cfg.distill), False, True)
+    cfg = tiny(**{"distill.method": "datm", "distill.ipc": 3, "method.iterations": 1})
+    tm = build_engine(_ctx(breast, cfg, tmp_path))
     correct = tm._expert_correct()
     assert 0 < int(correct.sum()) < len(correct)
     st = tm.init_state()
@@ -162,26 +163,35 @@ def test_datm_starts_only_from_images_its_expert_classifies_correctly(breast, ti
     ok = torch.tensor([bool(correct[i]) for i in picked])
     assert (st.label_logits.argmax(1) == st.labels)[ok].all()
     # without the filter the same seed may start from misclassified images; the draw is still per class
-    cfg2 = tiny(**{"distill.method": "datm", "distill.ipc": 3, "distill.soft_filter": False})
-    st2 = TrajectoryMatching(_ctx(breast, cfg2, tmp_path / "b"), ptm_schedule(cfg2.distill), False, True).init_state()
+    cfg2 = tiny(**{"distill.method": "datm", "distill.ipc": 3, "method.soft_filter": False})
+    st2 = build_engine(_ctx(breast, cfg2, tmp_path / "b")).init_state()
     assert st2.labels.tolist() == st.labels.tolist()
 
 
-def test_soft_label_keys_only_key_runs_that_use_soft_labels(tiny):
-    """A key a run cannot read must not change its folder (old runs stay valid when keys are added)."""
-    for method, matters in [("ptm", False), ("mtt", False), ("datm", True)]:
-        a = run_dir_for(tiny(**{"distill.method": method}))
-        b = run_dir_for(tiny(**{"distill.method": method, "distill.soft_temperature": 0.5}))
-        assert (a != b) == matters, method
-    a = run_dir_for(tiny(**{"distill.soft_labels": True}))
-    assert a != run_dir_for(tiny(**{"distill.soft_labels": True, "distill.soft_filter": False}))
+def test_a_run_is_keyed_by_its_own_section_and_what_its_spec_reads(tiny):
+    """A key a run cannot read must not change its folder: another method's section, evaluation,
+    and (for methods that do not read them) experts, net and DSA."""
+    from meddistill.distill import get_spec
 
-
-def test_image_lr_only_keys_trajectory_matching_runs(tiny):
-    """``distill.lr_img`` is read by the trajectory-matching methods only (DM and DC have their own)."""
-    for method, matters in [("mtt", True), ("ptm", True), ("ptm_nodom", True), ("datm", True)] + [
-        (m, False) for m in ("random", "herding", "kcenter", "dm", "dc")
-    ]:
-        a = run_dir_for(tiny(**{"distill.method": method}))
-        b = run_dir_for(tiny(**{"distill.method": method, "distill.lr_img": 7.0}))
-        assert (a != b) == matters, method
+    for method in list_methods():
+        spec = get_spec(method)
+        base = run_dir_for(tiny(**{"distill.method": method}))
+        for other in list_methods():
+            sec = tiny().distill.section(other)
+            if other == method or sec is None:
+                continue
+            key = next(f.name for f in dataclasses.fields(sec) if isinstance(getattr(sec, f.name), int))
+            changed = tiny(**{"distill.method": method, f"distill.{other}.{key}": getattr(sec, key) + 1})
+            assert run_dir_for(changed) == base, (method, other, key)
+        assert run_dir_for(tiny(**{"distill.method": method, "eval.epochs": 7})) == base
+        assert (run_dir_for(tiny(**{"distill.method": method, "experts.epochs": 5})) != base) == spec.needs_experts
+        assert (run_dir_for(tiny(**{"distill.method": method, "net.width": 8})) != base) == (
+            "net" in spec.reads or spec.needs_experts
+        )
+        assert (run_dir_for(tiny(**{"distill.method": method, "dsa.scale": 1.1})) != base) == (
+            "dsa" in spec.reads or spec.needs_experts
+        )
+        own = tiny().distill.section(method)
+        if own is not None:
+            key = next(f.name for f in dataclasses.fields(own) if isinstance(getattr(own, f.name), int))
+            assert run_dir_for(tiny(**{"distill.method": method, f"method.{key}": getattr(own, key) + 1})) != base

@@ -7,14 +7,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meddistill.config import DistillConfig
 from meddistill.distill.dom import class_diversity, cosine_matrix, select_overlapping
+from meddistill.distill.methods_tm import StagedConfig, TMConfig
 from meddistill.distill.schedule import Schedule, mtt_schedule, ptm_schedule
 from meddistill.errors import ConfigError
 
 
 def test_mtt_is_one_uniform_window():
-    s = mtt_schedule(DistillConfig(iterations=100, min_start_epoch=0, max_start_epoch=10, expert_epochs=2))
+    s = mtt_schedule(TMConfig(iterations=100, min_start_epoch=0, max_start_epoch=10, expert_epochs=2))
     assert {(w.lo, w.hi, w.span) for w in map(s.window, range(100))} == {(0, 10, 2)}
 
 
@@ -28,7 +28,7 @@ def test_mtt_is_one_uniform_window():
     growth=st.integers(0, 2),
 )
 def test_ptm_windows_move_forward_and_stay_in_range(iters, lo, rng, stages, frac, growth):
-    d = DistillConfig(
+    d = StagedConfig(
         iterations=iters,
         min_start_epoch=lo,
         max_start_epoch=lo + rng,

@@ -93,21 +93,17 @@ def nearest_real(syn: SynSet, ds: MedDataset, features=None) -> dict[str, torch.
 
 
 def membership_auc(syn: SynSet, ds: MedDataset, cfg: RunConfig, device, n: int = 500) -> tuple[float, int, int]:
-    """Loss-threshold attack on a net trained on the synthetic set (members: train, non-members: test)."""
-    from meddistill.augment import dsa, for_dataset
+    """Loss-threshold attack (members: train, non-members: test) on a net trained on the synthetic
+    set with the evaluation protocol (:func:`~meddistill.evaluate.train_and_select`: its epochs,
+    lr schedule, DSA, and the checkpoint chosen on validation)."""
+    from meddistill.evaluate import train_and_select
     from meddistill.nets import NetSpec, create_model
 
-    torch.manual_seed(derive_seed(cfg.seed, "audit-mia"))
+    lr = cfg.eval.lr if cfg.eval.lr > 0 else (syn.lr or cfg.eval.lr_default)
+    seed = derive_seed(cfg.seed, "audit-mia")
+    _, state = train_and_select(syn.images, syn.targets(), ds, cfg, cfg.net.name, seed, lr, cfg.eval.epochs, device)
     net = create_model(NetSpec(**cfg.net.to_dict()), ds.shape, ds.num_classes).to(device)
-    lr = syn.lr or cfg.eval.lr_default
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=cfg.eval.momentum, weight_decay=cfg.eval.weight_decay)
-    x, y = syn.images.to(device), syn.targets().to(device)
-    aug = for_dataset(ds.info, cfg.dsa)
-    for e in range(cfg.eval.epochs):
-        loss = F.cross_entropy(net(dsa(x, derive_seed(cfg.seed, "audit-dsa", e), aug)), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    net.load_state_dict(state)
     net.eval()
     n = min(n, len(ds.train), len(ds.test))  # balanced members / non-members
     g = torch.Generator().manual_seed(derive_seed(cfg.seed, "audit-sample"))

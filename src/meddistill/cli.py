@@ -127,7 +127,7 @@ def config_from_args(args: argparse.Namespace, dataset: str | None = None) -> Ru
         "experts_dir": getattr(args, "experts_dir", None),
         "distill.ipc": getattr(args, "ipc", None),
         "distill.method": getattr(args, "method", None),
-        "distill.iterations": getattr(args, "iterations", None),
+        "method.iterations": getattr(args, "iterations", None),
         "experts.num_experts": getattr(args, "num_experts", None),
         "experts.epochs": getattr(args, "epochs", None),
         "eval.num_nets": getattr(args, "num_nets", None),
@@ -192,13 +192,14 @@ def _print_summary(prefix: str, row: dict) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from meddistill.distill import FULL
     from meddistill.pipeline import evaluate_run, full_row, load_data
     from meddistill.synset import SynSet
     from meddistill.utils import append_jsonl
 
     if args.full:
         cfg = config_from_args(args, dataset=args.target)
-        cfg.distill.method, cfg.distill.ipc = "full", 0
+        cfg.distill.method, cfg.distill.ipc = FULL, 0
         row = full_row(cfg, not args.no_progress)
         append_jsonl(args.results or Path(cfg.out_dir) / "results.jsonl", row)
         _print_summary(f"{cfg.dataset} full train split ({row['train_images']} images)", row)

@@ -8,8 +8,10 @@ overrides → explicit CLI flags.  The resolved config is dumped beside every re
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,98 +23,102 @@ from meddistill.errors import ConfigError
 from meddistill.nets.registry import NetSpec
 
 
+def setting(
+    default: Any = MISSING,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    choices: tuple[Any, ...] | None = None,
+    factory: Any = MISSING,
+) -> Any:
+    """A config field with its allowed range: ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``) or
+    one of ``choices``. Every float must also be finite. Checked by :func:`validate`."""
+    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class ExpertConfig:
-    num_experts: int = 10
-    epochs: int = 20
-    lr: float = 0.01
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    batch_size: int = 256
+    num_experts: int = setting(8, lo=1)
+    epochs: int = setting(20, lo=1)
+    lr: float = setting(0.01, lo=0, lo_open=True)
+    momentum: float = setting(0.0, lo=0, hi=1)
+    weight_decay: float = setting(0.0, lo=0)
+    batch_size: int = setting(64, lo=1)
     dsa: bool = True
     # true, false, or "auto": on where the device computes bf16 natively (CUDA with bf16,
     # CPUs with AMX or AVX512-BF16); elsewhere bf16 autocast is emulated and several times slower
-    bf16: bool | str = False
-    seed: int = 0  # experts are shared by every run seed; this seeds the experts themselves
+    bf16: bool | str = "auto"
+    seed: int = setting(0, lo=0)  # experts are shared by every run seed; this seeds the experts themselves
 
 
-@dataclass
-class DOMConfig:
-    """Dynamic Overlap Mitigation."""
+def _method_sections() -> dict[str, Any]:
+    """A default instance of every registered method's own config section."""
+    from meddistill.distill.base import method_sections
 
-    enabled: bool = True
-    every: int = 50  # measure overlap every this many iterations
-    start: float = 0.2  # first check after this fraction of the run
-    stop: float = 0.8  # no replacement after this fraction (the rest re-trains them)
-    pixel_threshold: float = 0.9  # cosine similarity above which two same-class images overlap
-    feature_threshold: float = 0.95
-    max_replace_frac: float = 0.25  # at most this fraction of a class's images per check
-    noise: float = 0.0  # std of noise added to re-initialised images
+    return method_sections()
 
 
 @dataclass
 class DistillConfig:
+    """Keys every method shares; each registered method's own settings are a section of
+    their own (``distill.<method>.<key>``), and only the active method's section is read."""
+
     method: str = "ptm"
-    ipc: int = 1
-    iterations: int = 1000
-    syn_steps: int = 20  # N student steps
-    expert_epochs: int = 2  # M: target is expert epoch t + M
-    min_start_epoch: int = 0
-    max_start_epoch: int = 10  # start epochs are drawn from [min, max)
-    stages: int = 3  # PTM: number of progressive stages
-    window: float = 0.5  # PTM: each stage's window as a fraction of [min, max)
-    span_growth: int = 1  # PTM: M grows by this much per stage
-    anchored: bool = True  # PTM: windows keep their lower end at min_start and grow (False: slide)
-    lr_img: float = 1000.0
-    lr_lr: float = 1e-5
-    lr_label: float = 5.0
-    lr_init: float = 0.01  # initial learnable student lr
-    momentum: float = 0.5
-    batch_syn: int = 0  # 0: the whole synthetic set in every student step
-    init: str = "real"  # real | noise
-    soft_labels: bool = False  # learnable soft labels from expert logits (datm always uses them)
-    soft_filter: bool = True  # with soft labels, start only from real images the expert classifies right
-    soft_temperature: float = 1.0  # soft labels = softmax(expert logits / T) at the start
-    memory_saving: bool = False  # recompute the unroll step by step: memory flat in syn_steps, same gradients
-    max_grad_norm: float = 0.0  # 0: no clipping of the image gradient
-    explode_factor: float = 20.0  # skip a step whose loss exceeds this × running median
-    checkpoint_every_s: float = 120.0
-    log_every: int = 10
-    # DM / DC (baselines)
-    dm_batch_real: int = 128
-    dm_lr_img: float = 1.0
-    dc_lr_img: float = 0.1
-    dc_lr_net: float = 0.01
-    dc_outer: int = 10
-    dc_inner: int = 5
-    dom: DOMConfig = field(default_factory=DOMConfig)
+    ipc: int = setting(1, lo=1)
+    checkpoint_every_s: float = setting(120.0, lo=0, lo_open=True)
+    log_every: int = setting(10, lo=1)
+    sections: dict[str, Any] = field(default_factory=_method_sections, repr=False)
+
+    def section(self, method: str | None = None) -> Any:
+        """The config section of ``method`` (default: the active one); None if it has none."""
+        return self.sections.get(method or self.method)
+
+    @property
+    def active(self) -> Any:
+        sec = self.section()
+        if sec is None:
+            raise ConfigError(f"method {self.method!r} has no settings of its own")
+        return sec
+
+    def to_dict(self, active_only: bool = False) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "sections"}
+        for name, sec in self.sections.items():
+            if name == self.method or not active_only:
+                out[name] = dataclasses.asdict(sec)
+        return out
 
 
 @dataclass
 class EvalConfig:
-    num_nets: int = 3  # fresh nets (seeds) per evaluation net
-    epochs: int = 300
-    full_epochs: int = 30  # epochs when training on the full real train split
-    full_batch_size: int = 64  # the full split needs many steps: deeper nets stay at the prior with 256
-    full_val_every: int = 5  # val checks on the full split (epochs)
-    lr: float = 0.0  # 0: the learned lr of the synthetic set if it has one, else lr_default
-    lr_default: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
-    val_every: int = 25  # check val (model selection) every this many epochs
+    num_nets: int = setting(3, lo=1)  # fresh nets (seeds) per evaluation net
+    epochs: int = setting(300, lo=1)
+    full_epochs: int = setting(20, lo=1)  # epochs when training on the full real train split
+    full_batch_size: int = setting(64, lo=1)  # the full split needs many steps: deeper nets stay at the prior with 256
+    full_val_every: int = setting(5, lo=1)  # val checks on the full split (epochs)
+    lr: float = setting(0.0, lo=0)  # 0: the learned lr of the synthetic set if it has one, else lr_default
+    lr_default: float = setting(0.01, lo=0, lo_open=True)
+    momentum: float = setting(0.9, lo=0, hi=1)
+    weight_decay: float = setting(5e-4, lo=0)
+    batch_size: int = setting(256, lo=1)
+    val_every: int = setting(50, lo=1)  # check val (model selection) every this many epochs
     nets: list[str] = field(default_factory=lambda: ["convnet"])
     dsa: bool = True
     bf16: bool = False
-    batched: bool = False  # train the num_nets seeds of an architecture together (vmap); slower on CPU here
+
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 @dataclass
 class RunConfig:
     dataset: str = "pneumoniamnist"
-    size: int = 28
+    size: int = setting(28, lo=8, hi=1024)
     data_root: str = ""
-    seed: int = 0
+    seed: int = setting(0, lo=0)
     device: str = "auto"
     profile: str = "cpu"
     out_dir: str = "runs"
@@ -123,8 +129,10 @@ class RunConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def to_dict(self, active_only: bool = False) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["distill"] = self.distill.to_dict(active_only)
+        return out
 
 
 PROFILES = ("tiny", "cpu", "paper")
@@ -174,11 +182,16 @@ def merge(obj: Any, data: dict[str, Any], prefix: str = "") -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
+    sections: dict[str, Any] = getattr(obj, "sections", {}) if isinstance(obj, DistillConfig) else {}
+    names = {f.name for f in dataclasses.fields(obj)} - {"sections"}
     for key, value in data.items():
         full = f"{prefix}{key}"
+        if key in sections:
+            merge(sections[key], value, full + ".")
+            continue
         if key not in names:
-            raise ConfigError(f"unknown config key {full!r}; valid keys here: {', '.join(sorted(names))}")
+            valid = sorted(names | set(sections))
+            raise ConfigError(f"unknown config key {full!r}; valid keys here: {', '.join(valid)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             merge(current, value, full + ".")
@@ -187,8 +200,47 @@ def merge(obj: Any, data: dict[str, Any], prefix: str = "") -> Any:
     return obj
 
 
-def parse_override(text: str) -> dict[str, Any]:
-    """``distill.ipc=10`` → ``{"distill": {"ipc": 10}}`` (the value is parsed as YAML)."""
+def _range_text(meta: dict[str, Any]) -> str:
+    if meta.get("choices"):
+        return "one of " + ", ".join(map(str, meta["choices"]))
+    lo, hi = meta.get("lo"), meta.get("hi")
+    left = "(" if meta.get("lo_open") else "["
+    low = "-inf" if lo is None else f"{lo:g}"
+    high = "inf" if hi is None else f"{hi:g}"
+    return f"{left}{low}, {high}]"
+
+
+def _in_range(value: Any, meta: dict[str, Any]) -> bool:
+    if meta.get("choices") is not None:
+        return value in meta["choices"]
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value <= lo if meta.get("lo_open") else value < lo):
+        return False
+    return hi is None or value <= hi
+
+
+def validate(obj: Any, prefix: str = "") -> None:
+    """Check every field of a config dataclass (recursively) against its declared range:
+    floats finite, numbers within ``[lo, hi]``, strings among ``choices``. One line per error."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if f.name == "sections":
+            for name, sec in value.items():
+                validate(sec, f"{prefix}{name}.")
+            continue
+        if dataclasses.is_dataclass(value):
+            validate(value, key + ".")
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
+        has_range = any(f.metadata.get(k) is not None for k in ("lo", "hi", "choices"))
+        if has_range and not isinstance(value, bool) and not _in_range(value, f.metadata):
+            raise ConfigError(f"{key}={value!r} is out of range; allowed: {_range_text(f.metadata)}")
+
+
+def split_override(text: str) -> tuple[str, Any]:
+    """``distill.ipc=10`` → ``("distill.ipc", 10)`` (the value is parsed as YAML)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not of the form key.path=value")
     key, raw = text.split("=", 1)
@@ -196,7 +248,12 @@ def parse_override(text: str) -> dict[str, Any]:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         value = raw
-    return nest(key.strip(), value)
+    return key.strip(), value
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``distill.ipc=10`` → ``{"distill": {"ipc": 10}}``."""
+    return nest(*split_override(text))
 
 
 def nest(dotted: str, value: Any) -> dict[str, Any]:
@@ -228,6 +285,9 @@ def profile_data(name: str) -> dict[str, Any]:
     return yaml.safe_load(text) or {}
 
 
+METHOD_ALIAS = "method."  # ``method.lr_img`` → ``distill.<active method>.lr_img``
+
+
 def build_config(
     profile: str = "cpu",
     config_file: str | None = None,
@@ -237,18 +297,58 @@ def build_config(
     """Resolve a :class:`RunConfig` from a profile, a YAML file, overrides and flags.
 
     ``flags`` are dotted keys (``distill.ipc``) or top-level keys; ``None`` values are ignored.
+    Keys starting with ``method.`` (in overrides or flags) address the active method's own
+    section; they are applied last, once the method is known. The result is validated.
     """
     cfg = RunConfig()
     merge(cfg, profile_data(profile))
     cfg.profile = profile
     if config_file:
         merge(cfg, read_yaml(config_file))
+    deferred: list[tuple[str, Any]] = []
     for ov in overrides or []:
-        merge(cfg, parse_override(ov))
+        key, value = split_override(ov)
+        _apply(cfg, key, value, deferred)
     for key, value in flags.items():
         if value is not None:
-            merge(cfg, nest(key, value))
-    return resolve_auto(cfg)
+            _apply(cfg, key, value, deferred)
+    for key, value in deferred:
+        merge(cfg, nest(f"distill.{_active_section(cfg, key)}", value))
+    resolve_auto(cfg)
+    check_config(cfg)
+    return cfg
+
+
+def _apply(cfg: RunConfig, key: str, value: Any, deferred: list[tuple[str, Any]]) -> None:
+    if key.startswith(METHOD_ALIAS):
+        deferred.append((key[len(METHOD_ALIAS) :], value))
+    else:
+        merge(cfg, nest(key, value))
+
+
+def _active_section(cfg: RunConfig, key: str) -> str:
+    """``lr_img`` → ``ptm.lr_img`` for the active method, or a one-line error."""
+    sec = cfg.distill.section()
+    first = key.split(".")[0]
+    if sec is None or first not in {f.name for f in dataclasses.fields(sec)}:
+        raise ConfigError(f"method {cfg.distill.method!r} has no setting {key!r}")
+    return f"{cfg.distill.method}.{key}"
+
+
+def check_config(cfg: RunConfig) -> None:
+    """Ranges of every field, then the checks that need the registries."""
+    validate(cfg)
+    from meddistill.distill.base import get_spec
+    from meddistill.nets.registry import list_nets
+
+    get_spec(cfg.distill.method)
+    if not DEVICE_PATTERN.match(cfg.device):
+        raise ConfigError(f"device {cfg.device!r} is not supported; use auto, cpu, cuda or cuda:N")
+    if not cfg.eval.nets:
+        raise ConfigError("eval.nets is empty; name at least one evaluation net, e.g. [convnet]")
+    for name in [cfg.net.name, *cfg.eval.nets]:
+        if name not in list_nets():
+            raise ConfigError(f"unknown net {name!r}; registered nets: {', '.join(list_nets())}")
 
 
 def resolve_auto(cfg: RunConfig) -> RunConfig:
@@ -267,4 +367,5 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
 
 
 def dump_yaml(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    """The resolved config as YAML, with only the active method's own section."""
+    return yaml.safe_dump(cfg.to_dict(active_only=True), sort_keys=False)

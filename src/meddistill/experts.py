@@ -18,16 +18,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from meddistill.augment import DSAConfig, dsa, for_dataset
+from meddistill.augment import for_dataset
 from meddistill.config import ExpertConfig, RunConfig
 from meddistill.data.loader import MedDataset
 from meddistill.errors import ArtifactError, ConfigError
 from meddistill.nets import FlatParams, create_model, flatten_params, load_flat
+from meddistill.train import Diverged, TrainPlan, fit, sgd
 from meddistill.utils import atomic_path, autocast, code_version, config_hash, derive_seed, write_text_atomic
 
 
@@ -73,6 +73,28 @@ def _accuracy(net, x: torch.Tensor, y: torch.Tensor, device, bf16: bool, bs: int
     return correct / max(1, len(x))
 
 
+def _resume(
+    partial: Path, net: torch.nn.Module, opt: torch.optim.Optimizer, device: torch.device
+) -> tuple[list[torch.Tensor], list[float]]:
+    """The trajectory rows and val accuracies of a partial expert file, with ``net`` and the
+    momentum buffers of ``opt`` restored to its last epoch; a fresh start if there is none."""
+    fresh = [flatten_params(net).cpu()], []
+    if not partial.exists():
+        return fresh
+    try:
+        state = load_file(str(partial))
+        rows = list(state["trajectory"].unbind(0))
+        val_acc = state["val_acc"].tolist()
+        load_flat(net, rows[-1].to(device))
+        if "momentum" in state:
+            spec = FlatParams.of(net).unflatten(state["momentum"].to(device))
+            for name, p in net.named_parameters():
+                opt.state[p]["momentum_buffer"] = spec[name].clone()
+    except (SafetensorError, OSError, KeyError, RuntimeError):
+        return fresh  # unreadable partial: start over
+    return rows, val_acc
+
+
 def train_one_expert(
     ds: MedDataset,
     cfg: RunConfig,
@@ -83,41 +105,24 @@ def train_one_expert(
 ) -> dict:
     """Train expert ``k`` (resuming from its partial file) and save its trajectory."""
     ecfg: ExpertConfig = cfg.experts
-    dsa_cfg: DSAConfig | None = for_dataset(ds.info, cfg.dsa) if ecfg.dsa else None
+    plan = TrainPlan(
+        lr=ecfg.lr,
+        batch_size=ecfg.batch_size,
+        order_tag=(ecfg.seed, "expert-order", k),
+        dsa_tag=(ecfg.seed, "expert-dsa", k),
+        momentum=ecfg.momentum,
+        weight_decay=ecfg.weight_decay,
+        dsa=for_dataset(ds.info, cfg.dsa) if ecfg.dsa else None,
+        bf16=ecfg.bf16,
+        check_finite=True,
+    )
     torch.manual_seed(derive_seed(ecfg.seed, "expert-init", k))
     net = create_model(cfg.net, ds.shape, ds.num_classes).to(device)
-    opt = torch.optim.SGD(net.parameters(), lr=ecfg.lr, momentum=ecfg.momentum, weight_decay=ecfg.weight_decay)
+    opt = sgd(net, plan)
     partial = path.with_name(path.stem + ".partial.safetensors")
-    rows = [flatten_params(net).cpu()]
-    val_acc: list[float] = []
-    if partial.exists():
-        try:
-            state = load_file(str(partial))
-            rows = list(state["trajectory"].unbind(0))
-            val_acc = state["val_acc"].tolist()
-            load_flat(net, rows[-1].to(device))
-            if "momentum" in state:
-                spec = FlatParams.of(net).unflatten(state["momentum"].to(device))
-                for name, p in net.named_parameters():
-                    opt.state[p]["momentum_buffer"] = spec[name].clone()
-        except (SafetensorError, OSError, KeyError, RuntimeError):
-            rows, val_acc = [flatten_params(net).cpu()], []  # unreadable partial: start over
-    x, y = ds.train.images, ds.train.labels
-    n = len(x)
-    for epoch in range(len(rows) - 1, ecfg.epochs):
-        g = torch.Generator().manual_seed(derive_seed(ecfg.seed, "expert-order", k, epoch))
-        perm = torch.randperm(n, generator=g)
-        for b, i in enumerate(range(0, n, ecfg.batch_size)):
-            idx = perm[i : i + ecfg.batch_size]
-            xb, yb = x[idx].to(device), y[idx].to(device)
-            xb = dsa(xb, derive_seed(ecfg.seed, "expert-dsa", k, epoch, b), dsa_cfg)
-            with autocast(device, ecfg.bf16):
-                loss = F.cross_entropy(net(xb), yb)
-            if not torch.isfinite(loss):
-                raise ConfigError(f"expert {k} diverged (loss {loss.item()}) at epoch {epoch}; lower experts.lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    rows, val_acc = _resume(partial, net, opt, device)
+
+    def save_epoch(epoch: int) -> None:
         rows.append(flatten_params(net).cpu())
         val_acc.append(_accuracy(net, ds.val.images, ds.val.labels, device, ecfg.bf16))
         extra = {"val_acc": torch.tensor(val_acc)}
@@ -126,6 +131,12 @@ def train_one_expert(
         _save(partial, torch.stack(rows), extra)
         if on_epoch:
             on_epoch(epoch)
+
+    try:
+        epochs = range(len(rows) - 1, ecfg.epochs)
+        fit(net, opt, ds.train.images, ds.train.labels, plan, epochs, device, on_epoch=save_epoch)
+    except Diverged as exc:
+        raise ConfigError(f"expert {k} diverged ({exc}); lower experts.lr") from None
     _save(path, torch.stack(rows), {"val_acc": torch.tensor(val_acc)})
     partial.unlink(missing_ok=True)
     return {"expert": k, "final_val_acc": val_acc[-1] if val_acc else None}

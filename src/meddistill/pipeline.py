@@ -15,45 +15,42 @@ from pathlib import Path
 from meddistill.config import RunConfig, dump_yaml
 from meddistill.data import get_info
 from meddistill.data.loader import MedDataset, load_dataset
-from meddistill.distill import DistillContext, get_method, is_trajectory_method
+from meddistill.distill import DistillContext, get_method, get_spec
 from meddistill.errors import ConfigError
 from meddistill.evaluate import EvalSummary, evaluate_images
+from meddistill.experts import expert_identity
 from meddistill.plots import save_curves, save_grid
 from meddistill.synset import SynSet
 from meddistill.utils import append_jsonl, config_hash, read_jsonl, resolve_device, write_text_atomic
 
-VOLATILE = {"device", "out_dir", "experts_dir", "data_root", "profile"}
-VOLATILE_DISTILL = {"checkpoint_every_s", "log_every"}
-
-
-SOFT_LABEL_KEYS = {"soft_filter", "soft_temperature"}  # read only when labels are soft
-TRAJECTORY_KEYS = {"lr_img"}  # read only by trajectory-matching methods (DM and DC have their own)
-
 
 def distill_identity(cfg: RunConfig) -> dict:
-    """The parts of a config that determine the synthetic set (not where or how it is evaluated).
-    Keys that cannot affect this run's set are left out, so adding such a key to the config
-    keeps existing run folders (and the benchmarks measured with them) valid."""
-    d = cfg.to_dict()
-    for k in VOLATILE | {"eval"}:
-        d.pop(k, None)
-    for k in VOLATILE_DISTILL:
-        d["distill"].pop(k, None)
-    if not (cfg.distill.soft_labels or cfg.distill.method == "datm"):
-        for k in SOFT_LABEL_KEYS:
-            d["distill"].pop(k, None)
-    if not is_trajectory_method(cfg.distill.method):
-        for k in TRAJECTORY_KEYS:
-            d["distill"].pop(k, None)
-    return d
-
-
-VOLATILE_EVAL = {"batched"}  # how the nets are scheduled, not what they compute
+    """What determines the synthetic set: the dataset, seed, method and ipc, the method's own
+    config section, and the shared parts its :class:`~meddistill.distill.MethodSpec` says it
+    reads (expert trajectories, the net, DSA). Nothing else enters, so a setting of another
+    method, or of evaluation, never invalidates a run folder or a benchmark cell."""
+    spec = get_spec(cfg.distill.method)
+    ident: dict = {
+        "dataset": cfg.dataset,
+        "size": cfg.size,
+        "seed": cfg.seed,
+        "method": spec.name,
+        "ipc": cfg.distill.ipc,
+    }
+    section = cfg.distill.section()
+    if section is not None:
+        ident["settings"] = asdict(section)
+    if spec.needs_experts:
+        ident["experts"] = {**expert_identity(cfg), "num_experts": cfg.experts.num_experts}
+    if "net" in spec.reads:
+        ident["net"] = cfg.net.to_dict()
+    if "dsa" in spec.reads:
+        ident["dsa"] = asdict(cfg.dsa)
+    return ident
 
 
 def eval_identity(cfg: RunConfig) -> dict:
-    ev = {k: v for k, v in asdict(cfg.eval).items() if k not in VOLATILE_EVAL}
-    return {"eval": ev, "dsa": asdict(cfg.dsa), "net": cfg.net.to_dict(), "seed": cfg.seed}
+    return {"eval": asdict(cfg.eval), "dsa": asdict(cfg.dsa), "net": cfg.net.to_dict(), "seed": cfg.seed}
 
 
 def run_dir_for(cfg: RunConfig) -> Path:
@@ -149,7 +146,7 @@ def result_row(
         "runs": [asdict(r) for r in summary.results],
         "config": {
             "net": cfg.net.to_dict(),
-            "distill": asdict(cfg.distill),
+            "distill": cfg.distill.to_dict(active_only=True),
             "eval": asdict(cfg.eval),
             "experts": asdict(cfg.experts),
         },

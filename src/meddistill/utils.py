@@ -22,10 +22,6 @@ def derive_seed(*parts: Any) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFFFFFFFFFFFFFF
 
 
-def generator(*parts: Any) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(*parts))
-
-
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else CPU."""
     if name == "auto":
@@ -40,10 +36,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def bf16_native(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 natively, so that bf16 autocast speeds training up.
-
-    Measured (docs/performance.md): 1.75-2.1x faster expert training on an AMX CPU, but
-    5-9x *slower* on an AVX2-only CPU, where bf16 is emulated."""
+    """Whether ``device`` computes bf16 natively (CUDA with bf16; CPUs with AMX or AVX512-BF16),
+    so that bf16 autocast speeds training up; where bf16 is emulated it slows it down."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":

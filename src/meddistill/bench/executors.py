@@ -6,9 +6,9 @@ writes the store, each row as soon as its cell ends, so an interrupted grid resu
 stopped. A cell is deterministic given its config and its torch thread count: Ray workers use
 the driver's count, so on the same hardware Ray never changes a number. Pool workers use
 ``threads`` each (default: the driver's count split between them) — several single-thread
-cells at once use a 2-core CPU better than one two-thread cell (the tensors of a tiny
-synthetic set are too small to parallelise well; docs/performance.md), but a different
-thread count changes float reduction order, hence the last bits of results.
+cells at once can use a small CPU better than one multi-thread cell (the tensors of a tiny
+synthetic set parallelise poorly), but a different thread count changes float reduction
+order, hence the last bits of results.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from meddistill.bench.grid import FULL, Cell, Grid, done_keys, expand
+from meddistill.bench.grid import Cell, Grid, done_keys, expand
+from meddistill.distill import FULL
 from meddistill.errors import ConfigError
 from meddistill.utils import append_jsonl, resolve_device
 
@@ -36,11 +37,13 @@ def run_one(cell: Cell, progress: bool = False) -> dict:
 
 
 def _distinct_experts(cells: list[Cell]) -> list[Cell]:
+    """One cell per distinct expert buffer among the cells whose method reads experts."""
+    from meddistill.distill import get_spec
     from meddistill.experts import expert_dir
 
     seen: dict[str, Cell] = {}
     for c in cells:
-        if c.method not in (FULL, "random"):
+        if get_spec(c.method).needs_experts:
             seen.setdefault(str(expert_dir(c.cfg)), c)
     return list(seen.values())
 

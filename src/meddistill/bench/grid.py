@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from meddistill.config import RunConfig, build_config, read_yaml
+from meddistill.distill import FULL
 from meddistill.errors import ConfigError
 from meddistill.pipeline import distill_identity, eval_identity
 from meddistill.utils import config_hash, read_jsonl
-
-FULL = "full"  # pseudo-method: the same evaluation on the whole real train split
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from meddistill.bench.grid import FULL
+from meddistill.distill import FULL
 from meddistill.errors import ArtifactError
 from meddistill.utils import read_jsonl
 

@@ -133,11 +133,6 @@ class MedDataset:
     def num_classes(self) -> int:
         return self.info.num_classes
 
-    def split(self, name: str) -> Split:
-        if name not in SPLITS:
-            raise ValueError(f"unknown split {name!r}; use one of {SPLITS}")
-        return getattr(self, name)
-
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Map normalised images back to [0, 1] pixel space."""
         return x * self.std.view(1, -1, 1, 1) + self.mean.view(1, -1, 1, 1)

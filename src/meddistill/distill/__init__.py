@@ -1,6 +1,15 @@
-"""Distill stage: a registry of methods, each ``fn(DistillContext) -> SynSet``."""
+"""Distill stage: a registry of methods, each ``fn(DistillContext) -> SynSet`` with its
+:class:`MethodSpec` (its own config section and what it reads)."""
 
 from meddistill.distill import coreset, matching, methods_tm  # noqa: F401  (registers the methods)
-from meddistill.distill.base import DistillContext, get_method, is_trajectory_method, list_methods, register_method
+from meddistill.distill.base import (
+    FULL,
+    DistillContext,
+    MethodSpec,
+    get_method,
+    get_spec,
+    list_methods,
+    register_method,
+)
 
-__all__ = ["DistillContext", "get_method", "is_trajectory_method", "list_methods", "register_method"]
+__all__ = ["FULL", "DistillContext", "MethodSpec", "get_method", "get_spec", "list_methods", "register_method"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -83,37 +84,95 @@ class DistillContext:
 
 
 MethodFn = Callable[[DistillContext], SynSet]
-_METHODS: dict[str, MethodFn] = {}
-_TRAJECTORY: set[str] = set()
+REFERENCE_EXPERT = 0  # the expert whose features coresets, DOM and soft labels use
+SHARED_PARTS = ("experts", "net", "dsa")  # config parts outside a method's section it may read
 
 
-def register_method(name: str, *, trajectory: bool = False) -> Callable[[MethodFn], MethodFn]:
-    """Register a distillation method; ``trajectory``: it is a trajectory-matching method, the
-    only kind that reads ``distill.lr_img`` (see :func:`meddistill.pipeline.distill_identity`)."""
+@dataclass(frozen=True)
+class MethodSpec:
+    """What a registered method is and needs; the run identity and the executors read it.
+
+    - ``config``: the dataclass of the method's own settings, its section ``distill.<name>``
+      of the YAML (None: it has none);
+    - ``reads``: the shared config parts it depends on, from :data:`SHARED_PARTS`
+      (``experts``: it reads expert trajectories, so their identity is part of its own);
+    - ``labels``: ``hard`` class ids or ``soft`` label distributions in the synthetic set;
+    - ``learns_lr``: the set carries a learned student lr that evaluation trains with;
+    - ``synthesizes``: it optimises images (False: it selects real train images, a coreset).
+    """
+
+    name: str
+    fn: MethodFn | None
+    config: type | None = None
+    reads: tuple[str, ...] = ()
+    labels: str = "hard"
+    learns_lr: bool = False
+    synthesizes: bool = True
+    summary: str = ""
+
+    @property
+    def needs_experts(self) -> bool:
+        return "experts" in self.reads
+
+
+_METHODS: dict[str, MethodSpec] = {}
+FULL = "full"  # pseudo-method: the evaluation protocol trained on the whole real train split
+_FULL_SPEC = MethodSpec(FULL, None, synthesizes=False, summary="upper bound: the whole real train split")
+
+
+def register_method(
+    name: str,
+    *,
+    config: type | None = None,
+    reads: tuple[str, ...] = (),
+    labels: str = "hard",
+    learns_lr: bool = False,
+    synthesizes: bool = True,
+) -> Callable[[MethodFn], MethodFn]:
+    """Register ``fn(DistillContext) -> SynSet`` under ``name`` with its :class:`MethodSpec`."""
+    unknown = set(reads) - set(SHARED_PARTS)
+    if unknown or labels not in ("hard", "soft") or name == FULL:
+        raise ValueError(f"bad registration of {name!r}: reads {sorted(unknown)}, labels {labels!r}")
 
     def deco(fn: MethodFn) -> MethodFn:
         if name in _METHODS:
             raise ValueError(f"method {name!r} registered twice")
-        _METHODS[name] = fn
-        if trajectory:
-            _TRAJECTORY.add(name)
+        summary = (fn.__doc__ or "").strip().split("\n")[0]
+        _METHODS[name] = MethodSpec(name, fn, config, tuple(reads), labels, learns_lr, synthesizes, summary)
         return fn
 
     return deco
 
 
-def is_trajectory_method(name: str) -> bool:
-    return name in _TRAJECTORY
+def _registry() -> dict[str, MethodSpec]:
+    import meddistill.distill  # noqa: F401  (importing the package registers every method)
+
+    return _METHODS
 
 
 def list_methods() -> list[str]:
-    return sorted(_METHODS)
+    return sorted(_registry())
+
+
+def get_spec(name: str) -> MethodSpec:
+    if name == FULL:
+        return _FULL_SPEC
+    methods = _registry()
+    if name not in methods:
+        raise ConfigError(f"unknown method {name!r}; registered methods: {', '.join(sorted(methods))}")
+    return methods[name]
 
 
 def get_method(name: str) -> MethodFn:
-    if name not in _METHODS:
-        raise ConfigError(f"unknown method {name!r}; registered methods: {', '.join(list_methods())}")
-    return _METHODS[name]
+    fn = get_spec(name).fn
+    if fn is None:
+        raise ConfigError(f"{name!r} is not a distillation method")
+    return fn
+
+
+def method_sections() -> dict[str, Any]:
+    """A default instance of every registered method's own config section."""
+    return {name: spec.config() for name, spec in sorted(_registry().items()) if spec.config is not None}
 
 
 def distill_generator(ctx: DistillContext) -> torch.Generator:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from meddistill.distill.base import DistillContext, distill_generator, real_init, register_method
+from meddistill.distill.base import REFERENCE_EXPERT, DistillContext, distill_generator, real_init, register_method
 from meddistill.experts import ExpertBuffer
 from meddistill.nets import FlatParams, call_flat, create_model
 from meddistill.synset import SynSet
 
 
 def expert_features(ctx: DistillContext, x: torch.Tensor, bs: int = 1024) -> torch.Tensor:
-    """Penultimate features of expert 0 at its last epoch."""
-    theta = ExpertBuffer(ctx.experts_folder(), 1).get(0)[-1].to(ctx.device)
+    """Penultimate features of the reference expert at its last epoch."""
+    theta = ExpertBuffer(ctx.experts_folder()).get(REFERENCE_EXPERT)[-1].to(ctx.device)
     net = create_model(ctx.cfg.net, ctx.ds.shape, ctx.ds.num_classes).to(ctx.device)
     spec = FlatParams.of(net)
     with torch.no_grad():
@@ -64,17 +64,20 @@ def _select(ctx: DistillContext, pick) -> SynSet:
     return ctx.make_synset(train.images[idx_t], train.labels[idx_t], train_indices=idx_t.tolist())
 
 
-@register_method("random")
+@register_method("random", synthesizes=False)
 def random_real(ctx: DistillContext) -> SynSet:
+    """ipc random real images per class (the images the other methods start from)."""
     images, labels, idx = real_init(ctx, distill_generator(ctx))
     return ctx.make_synset(images, labels, train_indices=idx.tolist())
 
 
-@register_method("herding")
+@register_method("herding", reads=("experts",), synthesizes=False)
 def herding_method(ctx: DistillContext) -> SynSet:
+    """Herding (Welling 2009) per class in the reference expert's feature space."""
     return _select(ctx, herding)
 
 
-@register_method("kcenter")
+@register_method("kcenter", reads=("experts",), synthesizes=False)
 def kcenter_method(ctx: DistillContext) -> SynSet:
+    """Greedy k-center (Sener & Savarese 2018) per class in the reference expert's feature space."""
     return _select(ctx, kcenter)

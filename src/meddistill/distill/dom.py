@@ -9,8 +9,26 @@ up to a budget.  One image of every overlapping group always survives.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+from meddistill.config import setting
+
+
+@dataclass
+class DOMConfig:
+    """Dynamic Overlap Mitigation settings (PTM's ``dom`` sub-section)."""
+
+    enabled: bool = True
+    every: int = setting(20, lo=1)  # measure overlap every this many iterations
+    start: float = setting(0.2, lo=0, hi=1)  # first check after this fraction of the run
+    stop: float = setting(0.8, lo=0, hi=1)  # no replacement after this fraction (the rest re-trains them)
+    pixel_threshold: float = setting(0.9, lo=-1, hi=1)  # same-class cosine similarity above which images overlap
+    feature_threshold: float = setting(0.95, lo=-1, hi=1)
+    max_replace_frac: float = setting(0.25, lo=0, hi=1)  # at most this fraction of a class's images per check
+    noise: float = setting(0.0, lo=0)  # std of noise added to re-initialised images
 
 
 def cosine_matrix(x: torch.Tensor) -> torch.Tensor:

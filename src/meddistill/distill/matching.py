@@ -8,15 +8,35 @@ that finish in minutes on the CPU profile.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from meddistill.augment import DSAConfig, dsa, for_dataset
+from meddistill.config import setting
 from meddistill.distill.base import DistillContext, distill_generator, real_init, register_method
 from meddistill.nets import create_model
 from meddistill.synset import SynSet
 from meddistill.utils import derive_seed
+
+
+@dataclass
+class DMConfig:
+    iterations: int = setting(200, lo=1)
+    batch_real: int = setting(128, lo=1)  # real images per class and iteration
+    lr_img: float = setting(1.0, lo=0, lo_open=True)
+
+
+@dataclass
+class DCConfig:
+    iterations: int = setting(20, lo=1)  # each iteration is outer x (match, then inner net steps)
+    batch_real: int = setting(128, lo=1)  # real images per class and matching step
+    lr_img: float = setting(0.1, lo=0, lo_open=True)
+    lr_net: float = setting(0.01, lo=0, lo_open=True)
+    outer: int = setting(10, lo=1)
+    inner: int = setting(5, lo=0)
 
 
 def _fresh_net(ctx: DistillContext, *tag) -> torch.nn.Module:
@@ -60,17 +80,18 @@ def _image_step(opt: torch.optim.Optimizer, loss: torch.Tensor, images: torch.Te
         opt.step()
 
 
-@register_method("dm")
+@register_method("dm", config=DMConfig, reads=("net", "dsa"))
 def distribution_matching(ctx: DistillContext) -> SynSet:
-    d = ctx.cfg.distill
-    gen, images, labels, opt, aug, classes = _setup(ctx, d.dm_lr_img)
+    """DM (Zhao & Bilen 2023): match mean embeddings of real and synthetic images under random nets."""
+    d: DMConfig = ctx.cfg.distill.active
+    gen, images, labels, opt, aug, classes = _setup(ctx, d.lr_img)
     for it in tqdm(range(d.iterations), desc="distill dm", disable=not ctx.progress):
         net = _fresh_net(ctx, "dm-net", it)
         for p in net.parameters():
             p.requires_grad_(False)
         loss = images.new_zeros(())
         for c, cls_idx in enumerate(classes):
-            real, syn = _siamese_pair(ctx, gen, aug, cls_idx, images[labels == c], d.dm_batch_real)
+            real, syn = _siamese_pair(ctx, gen, aug, cls_idx, images[labels == c], d.batch_real)
             fr, fs = net(real, features=True), net(syn, features=True)
             loss = loss + ((fr.mean(0) - fs.mean(0)) ** 2).sum()
         _image_step(opt, loss, images)
@@ -88,29 +109,29 @@ def _match(gr: list[torch.Tensor], gs: list[torch.Tensor]) -> torch.Tensor:
     return total
 
 
-@register_method("dc")
+@register_method("dc", config=DCConfig, reads=("net", "dsa"))
 def gradient_matching(ctx: DistillContext) -> SynSet:
-    """DC with differentiable siamese augmentation (i.e. DSA)."""
-    d = ctx.cfg.distill
-    gen, images, labels, opt, aug, classes = _setup(ctx, d.dc_lr_img)
+    """DC/DSA (Zhao et al. 2021): per-class gradient matching with siamese augmentation."""
+    d: DCConfig = ctx.cfg.distill.active
+    gen, images, labels, opt, aug, classes = _setup(ctx, d.lr_img)
     for it in tqdm(range(d.iterations), desc="distill dc", disable=not ctx.progress):
         net = _fresh_net(ctx, "dc-net", it)
         params = list(net.parameters())
-        net_opt = torch.optim.SGD(params, lr=d.dc_lr_net)
-        for ol in range(d.dc_outer):
+        net_opt = torch.optim.SGD(params, lr=d.lr_net)
+        for ol in range(d.outer):
             loss = images.new_zeros(())
             for c, cls_idx in enumerate(classes):
-                real, syn = _siamese_pair(ctx, gen, aug, cls_idx, images[labels == c], d.dm_batch_real)
+                real, syn = _siamese_pair(ctx, gen, aug, cls_idx, images[labels == c], d.batch_real)
                 yr = torch.full((real.shape[0],), c, device=ctx.device)
                 gr = [g.detach() for g in torch.autograd.grad(F.cross_entropy(net(real), yr), params)]
                 ys = torch.full((syn.shape[0],), c, device=ctx.device)
                 gs = torch.autograd.grad(F.cross_entropy(net(syn), ys), params, create_graph=True)
                 loss = loss + _match(gr, gs)
             _image_step(opt, loss, images)
-            if ol == d.dc_outer - 1:
+            if ol == d.outer - 1:
                 break
             x_syn, y_syn = images.detach(), labels
-            for _ in range(d.dc_inner):
+            for _ in range(d.inner):
                 seed = int(torch.randint(2**62, (1,), generator=gen))
                 net_loss = F.cross_entropy(net(dsa(x_syn, seed, aug)), y_syn)
                 net_opt.zero_grad(set_to_none=True)

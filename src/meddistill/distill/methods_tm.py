@@ -1,42 +1,118 @@
-"""Trajectory-matching methods: MTT (baseline), PTM with and without DOM (ours), DATM-style."""
+"""Trajectory-matching methods: MTT (baseline), PTM with and without DOM (ours), DATM-style.
+
+Each method owns its config section (``distill.<name>``); they share :class:`TMConfig`, the
+settings of the matching engine in :mod:`meddistill.distill.tm`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field
 
+from meddistill.config import setting
 from meddistill.distill.base import DistillContext, register_method
-from meddistill.distill.schedule import Schedule, mtt_schedule, ptm_schedule
+from meddistill.distill.dom import DOMConfig
+from meddistill.distill.schedule import datm_schedule, mtt_schedule, ptm_schedule
 from meddistill.distill.tm import TrajectoryMatching
 from meddistill.synset import SynSet
 
+TM_READS = ("experts", "net", "dsa")
 
-@register_method("mtt", trajectory=True)
+
+@dataclass
+class TMConfig:
+    """The trajectory-matching engine: a student starts at expert epoch ``t`` (drawn from
+    ``[min_start_epoch, max_start_epoch)`` by the method's schedule), takes ``syn_steps`` SGD
+    steps on the synthetic set and is pulled to expert epoch ``t + expert_epochs``."""
+
+    iterations: int = setting(200, lo=1)
+    syn_steps: int = setting(10, lo=1)  # N student steps
+    expert_epochs: int = setting(2, lo=1)  # M: target is expert epoch t + M
+    min_start_epoch: int = setting(0, lo=0)
+    max_start_epoch: int = setting(8, lo=1)
+    lr_img: float = setting(100.0, lo=0, lo_open=True)
+    lr_lr: float = setting(1e-7, lo=0)
+    lr_init: float = setting(0.01, lo=0, lo_open=True)  # initial learnable student lr
+    momentum: float = setting(0.5, lo=0, hi=1)
+    batch_syn: int = setting(0, lo=0)  # 0: the whole synthetic set in every student step
+    init: str = setting("real", choices=("real", "noise"))
+    memory_saving: bool = False  # recompute the unroll step by step: memory flat in syn_steps, same gradients
+    max_grad_norm: float = setting(0.0, lo=0)  # 0: no clipping of the image gradient
+    explode_factor: float = setting(20.0, lo=1)  # skip a step whose loss exceeds this × running median
+
+
+@dataclass
+class StagedConfig(TMConfig):
+    """Progressive stages: the start-epoch window moves from early to late expert epochs."""
+
+    stages: int = setting(4, lo=1)
+    window: float = setting(0.25, lo=0, hi=1, lo_open=True)  # each stage's window, a fraction of [min, max)
+    span_growth: int = setting(0, lo=0)  # M grows by this much per stage
+    anchored: bool = True  # windows keep their lower end at min_start_epoch and grow (False: slide)
+
+
+@dataclass
+class PTMConfig(StagedConfig):
+    dom: DOMConfig = field(default_factory=DOMConfig)
+
+
+@dataclass
+class DATMConfig(TMConfig):
+    """Difficulty-aligned anchored windows of width 1/stages, soft labels from an expert."""
+
+    stages: int = setting(4, lo=1)
+    lr_img: float = setting(1000.0, lo=0, lo_open=True)
+    lr_label: float = setting(0.0, lo=0)  # 0: the expert's soft labels stay fixed
+    soft_filter: bool = True  # start only from real images the soft-label expert classifies right
+    soft_temperature: float = setting(1.0, lo=0, lo_open=True)  # soft labels = softmax(logits / T)
+
+
+def _mtt(ctx: DistillContext) -> TrajectoryMatching:
+    d: TMConfig = ctx.cfg.distill.active
+    return TrajectoryMatching(ctx, d, mtt_schedule(d))
+
+
+def _ptm(ctx: DistillContext) -> TrajectoryMatching:
+    d: PTMConfig = ctx.cfg.distill.active
+    return TrajectoryMatching(ctx, d, ptm_schedule(d), dom=d.dom if d.dom.enabled else None)
+
+
+def _ptm_nodom(ctx: DistillContext) -> TrajectoryMatching:
+    d: StagedConfig = ctx.cfg.distill.active
+    return TrajectoryMatching(ctx, d, ptm_schedule(d))
+
+
+def _datm(ctx: DistillContext) -> TrajectoryMatching:
+    d: DATMConfig = ctx.cfg.distill.active
+    return TrajectoryMatching(ctx, d, datm_schedule(d), soft=d)
+
+
+ENGINES = {"mtt": _mtt, "ptm": _ptm, "ptm_nodom": _ptm_nodom, "datm": _datm}
+
+
+def build_engine(ctx: DistillContext) -> TrajectoryMatching:
+    """The matching engine of the active trajectory-matching method, as the method runs it."""
+    return ENGINES[ctx.cfg.distill.method](ctx)
+
+
+@register_method("mtt", config=TMConfig, reads=TM_READS, learns_lr=True)
 def mtt(ctx: DistillContext) -> SynSet:
-    """Cazenavette et al. 2022: uniform start epoch over the whole run, hard labels, no DOM."""
-    d = ctx.cfg.distill
-    return TrajectoryMatching(ctx, mtt_schedule(d), use_dom=False, soft_labels=d.soft_labels).run()
+    """MTT (Cazenavette et al. 2022): uniform start epoch over the whole run, hard labels, no DOM."""
+    return _mtt(ctx).run()
 
 
-@register_method("ptm", trajectory=True)
+@register_method("ptm", config=PTMConfig, reads=TM_READS, learns_lr=True)
 def ptm(ctx: DistillContext) -> SynSet:
-    """Progressive Trajectory Matching with Dynamic Overlap Mitigation (the project's method)."""
-    d = ctx.cfg.distill
-    return TrajectoryMatching(ctx, ptm_schedule(d), use_dom=True, soft_labels=d.soft_labels).run()
+    """PTM + DOM (ours): progressive trajectory matching with dynamic overlap mitigation."""
+    return _ptm(ctx).run()
 
 
-@register_method("ptm_nodom", trajectory=True)
+@register_method("ptm_nodom", config=StagedConfig, reads=TM_READS, learns_lr=True)
 def ptm_nodom(ctx: DistillContext) -> SynSet:
-    """Ablation: the progressive schedule alone."""
-    d = ctx.cfg.distill
-    return TrajectoryMatching(ctx, ptm_schedule(d), use_dom=False, soft_labels=d.soft_labels).run()
+    """Ablation: the progressive schedule of PTM alone, without DOM."""
+    return _ptm_nodom(ctx).run()
 
 
-@register_method("datm", trajectory=True)
+@register_method("datm", config=DATMConfig, reads=TM_READS, labels="soft", learns_lr=True)
 def datm(ctx: DistillContext) -> SynSet:
-    """DATM-style (Guo et al. 2024): difficulty-aligned window whose upper bound grows from
-    the early epochs to ``max_start_epoch`` over the run, with learnable soft labels
-    initialised from an expert's logits."""
-    d = ctx.cfg.distill
-    base: Schedule = ptm_schedule(d)
-    sched = replace(base, window_frac=1.0 / max(1, d.stages), span_growth=0, anchored=True)
-    return TrajectoryMatching(ctx, sched, use_dom=False, soft_labels=True).run()
+    """DATM-style (Guo et al. 2024): difficulty-aligned windows and expert soft labels."""
+    return _datm(ctx).run()

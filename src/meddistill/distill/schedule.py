@@ -1,17 +1,18 @@
 """Start-epoch schedules: which expert epochs a trajectory-matching iteration may start from.
 
 MTT draws the start epoch ``t`` uniformly from ``[min_start, max_start)`` for the whole run
-and matches ``M`` epochs ahead.  PTM splits the run into ``stages``; stage ``s`` draws ``t``
-from a window that slides from the earliest to the latest expert epochs, and the matched
-span grows by ``span_growth`` per stage.  Both are the same function with different stage
-counts, so plain MTT is literally PTM with one full-width stage and no growth.
+and matches ``M`` epochs ahead.  PTM splits the run into ``stages``; the upper end of stage
+``s``'s window moves from the earliest towards the latest expert epochs; with ``anchored``
+(the default) its lower end stays at ``min_start`` (the window grows), otherwise the window
+slides.  The matched span grows by ``span_growth`` per stage.  All are the same function with
+different stage counts, so plain MTT is literally PTM with one full-width stage and no growth.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from meddistill.config import DistillConfig
 from meddistill.errors import ConfigError
 
 
@@ -50,10 +51,6 @@ class Schedule:
             lo = self.min_start
         return Window(s, lo, hi, self.span + s * self.span_growth)
 
-    def stage_starts(self) -> list[int]:
-        """First iteration of each stage."""
-        return [next(i for i in range(self.iterations) if self.stage_of(i) == s) for s in range(self.stages)]
-
     def check(self, num_epochs: int) -> None:
         if self.max_start <= self.min_start:
             raise ConfigError(f"max_start_epoch ({self.max_start}) must exceed min_start_epoch ({self.min_start})")
@@ -67,15 +64,13 @@ class Schedule:
             )
 
 
-def mtt_schedule(d: DistillConfig) -> Schedule:
+def mtt_schedule(d: Any) -> Schedule:
+    """One full-width window for the whole run (``d``: a :class:`TMConfig`)."""
     return Schedule(d.iterations, d.min_start_epoch, d.max_start_epoch, d.expert_epochs)
 
 
-def ptm_schedule(d: DistillConfig) -> Schedule:
-    if d.stages < 1:
-        raise ConfigError(f"distill.stages must be at least 1, got {d.stages}")
-    if not 0 < d.window <= 1:
-        raise ConfigError(f"distill.window must be in (0, 1], got {d.window}")
+def ptm_schedule(d: Any) -> Schedule:
+    """``d.stages`` windows of width ``d.window`` (``d``: a :class:`StagedConfig`)."""
     return Schedule(
         d.iterations,
         d.min_start_epoch,
@@ -85,4 +80,11 @@ def ptm_schedule(d: DistillConfig) -> Schedule:
         d.window,
         d.span_growth,
         d.anchored,
+    )
+
+
+def datm_schedule(d: Any) -> Schedule:
+    """DATM-style: anchored windows of width ``1 / d.stages``, no span growth."""
+    return Schedule(
+        d.iterations, d.min_start_epoch, d.max_start_epoch, d.expert_epochs, d.stages, 1.0 / d.stages, 0, True
     )

@@ -15,7 +15,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +24,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from meddistill.augment import dsa, for_dataset
-from meddistill.distill.base import DistillContext, distill_generator, real_init
-from meddistill.distill.dom import class_diversity, cosine_matrix, max_overlap, select_overlapping
+from meddistill.distill.base import REFERENCE_EXPERT, DistillContext, distill_generator, real_init
+from meddistill.distill.dom import DOMConfig, class_diversity, cosine_matrix, max_overlap, select_overlapping
 from meddistill.distill.schedule import Schedule
 from meddistill.errors import ArtifactError, RunStopped
 from meddistill.experts import ExpertBuffer
@@ -61,14 +61,25 @@ class TMState:
 
 
 class TrajectoryMatching:
-    def __init__(self, ctx: DistillContext, schedule: Schedule, use_dom: bool, soft_labels: bool) -> None:
+    def __init__(
+        self,
+        ctx: DistillContext,
+        settings: Any,
+        schedule: Schedule,
+        dom: DOMConfig | None = None,
+        soft: Any = None,
+    ) -> None:
+        """``settings``: the method's :class:`~meddistill.distill.methods_tm.TMConfig` section;
+        ``dom``: run Dynamic Overlap Mitigation with these settings; ``soft``: learn soft labels
+        (a section with ``soft_filter``, ``soft_temperature`` and ``lr_label``)."""
         self.ctx = ctx
         self.cfg = ctx.cfg
-        self.d = ctx.cfg.distill
+        self.d = settings
+        self.ipc = ctx.cfg.distill.ipc
         self.dev = ctx.device
         self.schedule = schedule
-        self.use_dom = use_dom and self.d.dom.enabled
-        self.soft = soft_labels
+        self.dom = dom
+        self.soft = soft
         self.buffer = ExpertBuffer(ctx.experts_folder(), self.cfg.experts.num_experts)
         schedule.check(self.buffer.num_epochs)
         self.net = create_model(self.cfg.net, ctx.ds.shape, ctx.ds.num_classes).to(self.dev)
@@ -81,7 +92,7 @@ class TrajectoryMatching:
 
     # ----------------------------------------------------------------- state
     def _expert_logits(self, x: torch.Tensor) -> torch.Tensor:
-        theta = self.buffer.get(0)[self.d.max_start_epoch].to(self.dev)
+        theta = self.buffer.get(REFERENCE_EXPERT)[self.d.max_start_epoch].to(self.dev)
         with torch.no_grad():
             return call_flat(self.net, self.spec, theta, x.to(self.dev)).float()
 
@@ -94,7 +105,7 @@ class TrajectoryMatching:
 
     def init_state(self) -> TMState:
         gen = distill_generator(self.ctx)
-        eligible = self._expert_correct() if self.soft and self.d.soft_filter else None
+        eligible = self._expert_correct() if self.soft is not None and self.soft.soft_filter else None
         images, labels, idx = real_init(self.ctx, gen, eligible)
         if self.d.init == "noise":
             images = torch.randn(images.shape, generator=gen)
@@ -102,8 +113,8 @@ class TrajectoryMatching:
         used[idx] = True
         images = images.to(self.dev).requires_grad_(True)
         logits = None
-        if self.soft:
-            logits = (self._expert_logits(images.detach()) / self.d.soft_temperature).requires_grad_(True)
+        if self.soft is not None:
+            logits = (self._expert_logits(images.detach()) / self.soft.soft_temperature).requires_grad_(True)
         lr = torch.tensor(self.d.lr_init, device=self.dev).requires_grad_(True)
         return TMState(
             images,
@@ -326,21 +337,23 @@ class TrajectoryMatching:
                 st.lr.copy_(clamped)
             if st.label_logits is not None:
                 st.lab_mom.mul_(d.momentum).add_(grads[2])
-                st.label_logits.sub_(d.lr_label * st.lab_mom)
+                st.label_logits.sub_(self.soft.lr_label * st.lab_mom)
         return status
 
     # ------------------------------------------------------------------- DOM
     def dom_due(self, it: int) -> bool:
-        dc = self.d.dom
+        dc = self.dom
+        if dc is None:
+            return False
         frac = it / max(1, self.d.iterations)
-        return self.use_dom and it > 0 and it % dc.every == 0 and dc.start <= frac <= dc.stop and self.d.ipc > 1
+        return it > 0 and it % dc.every == 0 and dc.start <= frac <= dc.stop and self.ipc > 1
 
     @torch.no_grad()
     def dom_step(self, st: TMState) -> int:
-        dc = self.d.dom
-        theta = self.buffer.get(0)[-1].to(self.dev)
+        dc = self.dom
+        theta = self.buffer.get(REFERENCE_EXPERT)[-1].to(self.dev)
         feats = call_flat(self.net, self.spec, theta, st.images, features=True)
-        budget = max(1, int(dc.max_replace_frac * self.d.ipc))
+        budget = max(1, int(dc.max_replace_frac * self.ipc))
         train = self.ctx.ds.train
         replaced = 0
         for c, cls_idx in enumerate(self.ctx.class_indices()):
@@ -376,17 +389,17 @@ class TrajectoryMatching:
         if st is None:
             self.metrics_path.unlink(missing_ok=True)
             st = self.init_state()
-        d = self.d
+        d, shared = self.d, self.cfg.distill
         stop = d.iterations if self.ctx.stop_at is None else min(d.iterations, self.ctx.stop_at)
         last_ckpt = time.monotonic()
         t0 = time.monotonic()
-        bar = tqdm(total=d.iterations, initial=st.it, desc=f"distill {d.method}", disable=not self.ctx.progress)
+        bar = tqdm(total=d.iterations, initial=st.it, desc=f"distill {shared.method}", disable=not self.ctx.progress)
         try:
             while st.it < stop:
                 row = self.step(st)
                 if self.dom_due(st.it):
                     row["dom_replaced"] = self.dom_step(st)
-                if st.it % d.log_every == 0 or st.it == d.iterations or "dom_replaced" in row:
+                if st.it % shared.log_every == 0 or st.it == d.iterations or "dom_replaced" in row:
                     imgs = st.images.detach()
                     row.update(
                         diversity=class_diversity(imgs, st.labels),
@@ -398,7 +411,7 @@ class TrajectoryMatching:
                     append_jsonl(self.metrics_path, row)
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.4g}", stage=row["stage"])
-                if time.monotonic() - last_ckpt > d.checkpoint_every_s:
+                if time.monotonic() - last_ckpt > shared.checkpoint_every_s:
                     self.save_checkpoint(st)
                     last_ckpt = time.monotonic()
         except KeyboardInterrupt:
@@ -420,7 +433,3 @@ class TrajectoryMatching:
             dom_replaced=st.replaced,
         )
 
-
-def finished(run_dir: Path, iterations: int) -> bool:
-    p = run_dir / CKPT_META
-    return p.exists() and json.loads(p.read_text()).get("it", 0) >= iterations

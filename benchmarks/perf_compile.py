@@ -29,8 +29,8 @@ from torch.func import grad
 from meddistill.augment import dsa
 from meddistill.config import build_config
 from meddistill.distill import DistillContext
-from meddistill.distill.schedule import mtt_schedule
-from meddistill.distill.tm import TrajectoryMatching, normalised_distance
+from meddistill.distill.methods_tm import build_engine
+from meddistill.distill.tm import normalised_distance
 from meddistill.nets import call_flat
 from meddistill.pipeline import load_data
 
@@ -40,10 +40,11 @@ def engine(dataset: str, experts: str, ipc: int, steps: int):
         "cpu",
         dataset=dataset,
         experts_dir=experts,
-        **{"distill.ipc": ipc, "method.syn_steps": steps, "device": "cpu", "experts.bf16": False},
+        device="cpu",
+        **{"distill.method": "mtt", "distill.ipc": ipc, "method.syn_steps": steps, "experts.bf16": False},
     )
     ctx = DistillContext(load_data(cfg), cfg, torch.device("cpu"), Path("/tmp/perf_compile_run"), False)
-    tm = TrajectoryMatching(ctx, mtt_schedule(cfg.distill), use_dom=False, soft_labels=False)
+    tm = build_engine(ctx)
     return tm, tm.init_state(), cfg.distill.active.expert_epochs
 
 

@@ -28,8 +28,7 @@ from meddistill.augment import dsa
 from pathlib import Path
 from meddistill.config import build_config
 from meddistill.distill import DistillContext
-from meddistill.distill.schedule import mtt_schedule
-from meddistill.distill.tm import TrajectoryMatching
+from meddistill.distill.methods_tm import build_engine
 from meddistill.pipeline import load_data
 dataset, experts = sys.argv[1], sys.argv[5]
 ipc, steps, mode, reps = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[6])
@@ -37,11 +36,12 @@ if mode == "one_thread":
     torch.set_num_threads(1)
 mem, bf16 = mode == "memory_saving", mode == "bf16"
 cfg = build_config("cpu", dataset=dataset, experts_dir=experts,
-                   **{"distill.ipc": ipc, "method.syn_steps": steps, "method.memory_saving": mem, "device": "cpu",
+                   **{"distill.method": "mtt", "distill.ipc": ipc, "method.syn_steps": steps,
+                      "method.memory_saving": mem, "device": "cpu",
                       "experts.bf16": False})
 ds = load_data(cfg)
 ctx = DistillContext(ds, cfg, torch.device("cpu"), Path("/tmp/perf_distill_run"), False)
-tm = TrajectoryMatching(ctx, mtt_schedule(cfg.distill), use_dom=False, soft_labels=False)
+tm = build_engine(ctx)
 st = tm.init_state()
 amp = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 err = None
@@ -122,14 +122,12 @@ from pathlib import Path
 from torch.utils._python_dispatch import TorchDispatchMode
 from meddistill.config import build_config
 from meddistill.distill import DistillContext
-from meddistill.distill.schedule import mtt_schedule
-from meddistill.distill.tm import TrajectoryMatching
+from meddistill.distill.methods_tm import build_engine
 from meddistill.pipeline import load_data
 cfg = build_config("cpu", dataset=sys.argv[1], experts_dir=sys.argv[2],
-                   **{"distill.ipc": 10, "device": "cpu", "experts.bf16": False})
+                   **{"distill.method": "mtt", "distill.ipc": 10, "device": "cpu", "experts.bf16": False})
 ds = load_data(cfg)
-tm = TrajectoryMatching(DistillContext(ds, cfg, torch.device("cpu"), Path("/tmp/perf_distill_run"), False),
-                        mtt_schedule(cfg.distill), use_dom=False, soft_labels=False)
+tm = build_engine(DistillContext(ds, cfg, torch.device("cpu"), Path("/tmp/perf_distill_run"), False))
 st = tm.init_state()
 tm.step(st)
 acc = collections.Counter()

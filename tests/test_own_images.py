@@ -241,15 +241,25 @@ def test_medmnist_export_keeps_its_licence(tmp_path):
 
 
 def test_bench_grid_takes_a_folder(own, tmp_path):
+    from meddistill.bench import load_grid, run_grid, write_report
     from meddistill.bench.grid import expand as expand_grid
-    from meddistill.bench.grid import load_grid
+    from meddistill.utils import read_jsonl
 
     grid_file = tmp_path / "g.yaml"
     grid_file.write_text(
         f"datasets: [{own['root'] / 'breast'}, breastmnist]\nipc: [1]\nmethods: [random]\nprofile: tiny\n"
-        f"overrides: ['data.cache_dir={own['cache']}']\n"
+        f"overrides: ['data.cache_dir={own['cache']}', 'device=cpu']\nstore: {tmp_path / 'store.jsonl'}\n"
+        f"out_dir: {tmp_path / 'runs'}\nexperts_dir: {own['experts']}\n"
     )
-    cells = expand_grid(load_grid(grid_file))
+    grid = load_grid(grid_file)
+    cells = expand_grid(grid)
     assert len(cells) == 4 and len({c.key for c in cells}) == 4
     assert cells[0].cfg.dataset == str(own["root"] / "breast")
     assert expert_dir(cells[0].cfg).parent.name == "breast_28"
+    grid.datasets, grid.full = [str(own["root"] / "breast")], False
+    assert run_grid(grid, progress=False) == (1, 0)
+    assert run_grid(grid, progress=False) == (0, 1)  # keyed by cell_key: the finished cell is skipped
+    (row,) = read_jsonl(tmp_path / "store.jsonl")
+    assert row["dataset"] == "breast" and row["method"] == "random"
+    written = write_report(tmp_path / "store.jsonl", tmp_path / "report")
+    assert "acc_vs_ipc_breast.png" in {p.name for p in written.values()}

@@ -33,7 +33,7 @@ from meddistill.data.cache import (
     read_decoded,
     write_decoded,
 )
-from meddistill.data.listing import SPLITS, Listing, natural_key
+from meddistill.data.listing import SPLITS, Entry, Listing, natural_key
 from meddistill.data.loader import MedDataset, Split
 from meddistill.data.options import DataConfig, check_data_config
 from meddistill.data.registry import DatasetInfo
@@ -60,9 +60,10 @@ class LocalDataset(MedDataset):
 
     def description(self) -> dict:
         labels = list(self.info.labels)
+        class_id = {c: i for i, c in enumerate(labels)}
         counts = {s: [0] * len(labels) for s in SPLITS}
         for r in self.records:
-            counts[r["split"]][labels.index(r["label"])] += 1
+            counts[r["split"]][class_id[r["label"]]] += 1
         lst = self.listing
         return {
             "source": lst.kind if lst else "",
@@ -143,13 +144,20 @@ def _info(name: str, classes: list[str], channels: int, counts: tuple[int, int, 
     )
 
 
-def load_local(cfg: RunConfig, reader: Callable[[Path], Listing], progress: bool | None = None) -> LocalDataset:
-    """Build a normalised dataset from ``cfg.dataset`` (a folder or a CSV, read by ``reader``)."""
-    check_data_config(cfg.data)
-    check_size(cfg.size)
-    listing = reader(Path(cfg.dataset).expanduser())
-    fp = local_fingerprint(listing, cfg, progress)
-    dec = _decoded(listing, fp, cfg, progress)
+@dataclass
+class _Labelled:
+    """The readable images of a listing with their class and split, and notes for the user."""
+
+    entries: list[Entry]
+    classes: list[str]
+    splits: list[str]
+    notes: list[str]
+
+    def indices(self, split: str) -> list[int]:
+        return [i for i, s in enumerate(self.splits) if s == split]
+
+
+def _labelled(listing: Listing, dec: Decoded, cfg: RunConfig) -> _Labelled:
     entries = [listing.entries[i] for i in dec.keep]
     where = str(listing.source)
     classes = sorted({e.label for e in entries}, key=natural_key)
@@ -158,32 +166,54 @@ def load_local(cfg: RunConfig, reader: Callable[[Path], Listing], progress: bool
         raise DataError(f"{where} has {found}; distillation needs at least two classes")
     labels = [e.label for e in entries]
     splits, notes = assign(labels, [e.split for e in entries], cfg.data.split, cfg.data.split_seed, where)
+    return _Labelled(entries, classes, splits, notes)
+
+
+def _splits(dec: Decoded, lab: _Labelled) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Pixels in [0, 1] and class ids per split, images in canonical order."""
+    class_id = {c: i for i, c in enumerate(lab.classes)}
     raw, ys = {}, {}
     for s in SPLITS:
-        idx = [i for i, sp in enumerate(splits) if sp == s]
+        idx = lab.indices(s)
         raw[s] = torch.from_numpy(np.ascontiguousarray(dec.floats(idx)))
-        ys[s] = torch.tensor([classes.index(labels[i]) for i in idx], dtype=torch.int64)
-    check_ipc(cfg.distill.ipc, classes, ys["train"], where)
+        ys[s] = torch.tensor([class_id[lab.entries[i].label] for i in idx], dtype=torch.int64)
+    return raw, ys
+
+
+def _records(listing: Listing, fp: Fingerprint, dec: Decoded, lab: _Labelled) -> list[dict]:
+    root = listing.root.resolve()
+    hashes = [fp.files[i] for i in dec.keep]
+    return [
+        {"path": str(root / e.rel), "label": e.label, "split": s, "sha": h}
+        for e, s, h in zip(lab.entries, lab.splits, hashes, strict=True)
+    ]
+
+
+def load_local(cfg: RunConfig, reader: Callable[[Path], Listing], progress: bool | None = None) -> LocalDataset:
+    """Build a normalised dataset from ``cfg.dataset`` (a folder or a CSV, read by ``reader``)."""
+    check_data_config(cfg.data)
+    check_size(cfg.size)
+    listing = reader(Path(cfg.dataset).expanduser())
+    fp = local_fingerprint(listing, cfg, progress)
+    dec = _decoded(listing, fp, cfg, progress)
+    lab = _labelled(listing, dec, cfg)
+    raw, ys = _splits(dec, lab)
+    check_ipc(cfg.distill.ipc, lab.classes, ys["train"], str(listing.source))
     norm, mean, std = _normalised(raw)
     counts = (len(ys["train"]), len(ys["val"]), len(ys["test"]))
-    info = _info(dataset_name(listing.source), classes, int(dec.images.shape[1]), counts, cfg.data)
-    hashes = [fp.files[i] for i in dec.keep]
-    records = [
-        {"path": str(listing.path(e).resolve()), "label": e.label, "split": sp, "sha": h}
-        for e, sp, h in zip(entries, splits, hashes, strict=True)
-    ]
-    notes = _load_notes(listing, dec) + notes
-    ds = LocalDataset(
-        info, cfg.size, *(Split(norm[s], ys[s]) for s in SPLITS), mean, std, listing.source,
-        listing=listing, fingerprint=fp.content, records=records, bad=dec.bad, notes=notes,
-    )  # fmt: skip
+    info = _info(dataset_name(listing.source), lab.classes, int(dec.images.shape[1]), counts, cfg.data)
+    splits = [Split(norm[s], ys[s]) for s in SPLITS]
+    notes = _load_notes(listing, dec) + lab.notes
+    records = _records(listing, fp, dec, lab)
+    extra = {"listing": listing, "fingerprint": fp.content, "records": records, "bad": dec.bad, "notes": notes}
+    ds = LocalDataset(info, cfg.size, *splits, mean, std, listing.source, **extra)
     for note in notes:
         print(f"meddistill: note: {listing.source.name}: {note}", file=sys.stderr)
     return ds
 
 
 def check_ipc(ipc: int, classes: list[str], train_labels: torch.Tensor, where: str) -> None:
-    """Before anything is decoded into a run: every class needs ``ipc`` train images."""
+    """Fail at load time, before experts are trained, when a class has fewer than ``ipc`` train images."""
     counts = torch.bincount(train_labels, minlength=len(classes)).tolist()
     for c, n in enumerate(counts):
         if n < ipc:

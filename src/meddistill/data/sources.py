@@ -25,7 +25,7 @@ from meddistill.data.cache import DECODER_VERSION
 from meddistill.data.listing import Listing, read_manifest, scan_folder
 from meddistill.data.loader import MedDataset, load_dataset
 from meddistill.data.local import LocalDataset, dataset_name, load_local, local_fingerprint, write_records
-from meddistill.data.registry import SIZES, UnknownDatasetError, get_info
+from meddistill.data.registry import DATASETS, SIZES, UnknownDatasetError, get_info
 from meddistill.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -59,11 +59,10 @@ def _unknown(dataset: str) -> Exception:
             f"{dataset} does not exist; give an image folder PATH/<class>/*, a CSV manifest "
             "(path,label[,split]) or a MedMNIST name"
         )
-    try:
-        get_info(dataset)
-    except UnknownDatasetError as exc:
-        return UnknownDatasetError(f"{exc}; or give the path of an image folder or a CSV manifest")
-    return UnknownDatasetError(f"unknown dataset {dataset!r}")  # pragma: no cover (claimed by medmnist)
+    return UnknownDatasetError(
+        f"unknown dataset {dataset!r}; known MedMNIST 2D subsets: {', '.join(sorted(DATASETS))}; "
+        "or give the path of an image folder or a CSV manifest"
+    )
 
 
 def pick_source(dataset: str) -> Source:

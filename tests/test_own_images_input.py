@@ -120,6 +120,14 @@ def test_dicom_rescale_window_monochrome1_and_bit_depths(grey, rgb, tmp_path):
     no_window = {"RescaleSlope": 2, "RescaleIntercept": -1024}
     np.testing.assert_allclose(dec("hu.dcm", raw, **no_window), (hu - hu.min()) / (hu.max() - hu.min()), atol=1e-12)
     np.testing.assert_array_equal(dec("m1_8bit.dcm", 255 - grey[1], "MONOCHROME1"), grey[1] / 255.0)
+    from pydicom.dataset import Dataset
+
+    lut = Dataset()  # a VOI LUT (16-bit entries) instead of a window: output /65535
+    lut.add_new(0x00283002, "US", [4096, 0, 16])
+    lut.add_new(0x00283006, "US", [16 * v for v in range(4096)])
+    np.testing.assert_array_equal(
+        dec("lut.dcm", raw, BitsStored=12, HighBit=11, VOILUTSequence=[lut]), raw * 16 / 65535
+    )
     p = write_dicom(tmp_path / "rgb.dcm", rgb[0], "RGB")
     np.testing.assert_array_equal(decode_file(p, p.read_bytes(), 28), rgb[0].transpose(2, 0, 1) / 255.0)
 

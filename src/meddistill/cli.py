@@ -18,7 +18,7 @@ from meddistill.errors import MeddistillError
 
 def _common(p: argparse.ArgumentParser, dataset: bool = True) -> None:
     if dataset:
-        p.add_argument("dataset", help="MedMNIST subset, e.g. pneumoniamnist")
+        p.add_argument("dataset", help="MedMNIST subset (pneumoniamnist), image folder PATH/<class>/* or CSV")
     p.add_argument("--profile", choices=PROFILES, help="size profile (default: cpu; for a run folder, its own)")
     p.add_argument("--config", help="YAML file merged over the profile")
     p.add_argument(
@@ -29,13 +29,17 @@ def _common(p: argparse.ArgumentParser, dataset: bool = True) -> None:
         metavar="KEY=VALUE",
         help="override any config key, e.g. --set distill.iterations=500 (repeatable)",
     )
-    p.add_argument("--size", type=int, choices=(28, 64, 128, 224), help="image size (default 28)")
+    p.add_argument("--size", type=int, help="image size (default 28; MedMNIST: 28, 64, 128, 224; own images: any)")
     p.add_argument("--seed", type=int, help="seed (default 0); everything is derived from it")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--data-root", help="folder with MedMNIST npz files (then $MEDDISTILL_DATA, ~/.medmnist)")
     p.add_argument("--out", dest="out_dir", help="runs folder (default: runs)")
     p.add_argument("--experts-dir", help="expert buffer folder (default: experts)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    # own images (data/sources.py); ignored for MedMNIST names
+    p.add_argument("--channels", type=int, choices=(1, 3), help="own images: 1 or 3 channels (default: auto)")
+    p.add_argument("--licence", help="own images: licence of the data, shown on the exported dataset card")
+    p.add_argument("--on-bad-image", choices=("fail", "skip"), help="own images: unreadable files (default: fail)")
 
 
 def _distill_opts(p: argparse.ArgumentParser) -> None:
@@ -107,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="a self-contained folder another lab can use without meddistill")
     p.add_argument("run", help="run folder")
     p.add_argument("out", help="output folder (new or empty)")
+    p.add_argument("--licence", help="own images: licence of the source data for the card (default: the run's)")
 
     p = sub.add_parser("report", help="tables (md/csv/tex), accuracy-vs-ipc plots, image grids")
     p.add_argument("store", help="results JSON-lines file written by bench")
@@ -132,6 +137,9 @@ def config_from_args(args: argparse.Namespace, dataset: str | None = None) -> Ru
         "experts.epochs": getattr(args, "epochs", None),
         "eval.num_nets": getattr(args, "num_nets", None),
         "eval.nets": args.nets.split(",") if getattr(args, "nets", None) else None,
+        "data.channels": getattr(args, "channels", None),  # own images
+        "data.licence": getattr(args, "licence", None),
+        "data.on_bad_image": getattr(args, "on_bad_image", None),
     }
     return build_config(args.profile or "cpu", args.config, args.overrides, **flags)
 
@@ -215,6 +223,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         cfg = config_from_args(args, dataset=base.dataset)
         cfg.net, cfg.distill, cfg.size = base.net, base.distill, base.size
+        cfg.data = base.data  # own images: decode the data as the run did
     _, row = evaluate_run(cfg, run_dir, syn, load_data(cfg), progress=not args.no_progress)
     if args.results:
         append_jsonl(args.results, row)
@@ -314,7 +323,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from meddistill.export import export_run
 
-    out = export_run(args.run, args.out)
+    out = export_run(args.run, args.out, licence=args.licence)
     print(f"exported to {out}: synset.npz, card.md, train_example.py")
     return 0
 

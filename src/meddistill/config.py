@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from meddistill.augment import DSAConfig
+from meddistill.data.options import DataConfig  # own images: the data: section
 from meddistill.errors import ConfigError
 from meddistill.nets.registry import NetSpec
 
@@ -128,6 +129,7 @@ class RunConfig:
     experts: ExpertConfig = field(default_factory=ExpertConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    data: DataConfig = field(default_factory=DataConfig)  # own images (MedMNIST ignores it)
 
     def to_dict(self, active_only: bool = False) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -358,6 +360,9 @@ def resolve_auto(cfg: RunConfig) -> RunConfig:
         from meddistill.utils import bf16_native, resolve_device
 
         cfg.experts.bf16 = bf16_native(resolve_device(cfg.device))
+    from meddistill.data.sources import canonical_dataset  # own images: a folder/CSV as an absolute path
+
+    cfg.dataset = canonical_dataset(cfg.dataset)
     return cfg
 
 

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from meddistill.augment import for_dataset
 from meddistill.config import ExpertConfig, RunConfig
 from meddistill.data.loader import MedDataset
+from meddistill.data.sources import data_identity, dataset_tag
 from meddistill.errors import ArtifactError, ConfigError
 from meddistill.nets import FlatParams, create_model, flatten_params, load_flat
 from meddistill.train import Diverged, TrainPlan, fit, sgd
@@ -40,12 +41,13 @@ def expert_identity(cfg: RunConfig) -> dict:
         "experts": {k: v for k, v in asdict(cfg.experts).items() if k not in ("num_experts", "seed")},
         "dsa": asdict(cfg.dsa),
         "seed": cfg.experts.seed,
+        **data_identity(cfg),  # own images: short name + data fingerprint; {} for MedMNIST
     }
 
 
 def expert_dir(cfg: RunConfig) -> Path:
     ident = expert_identity(cfg)
-    return Path(cfg.experts_dir) / f"{cfg.dataset}_{cfg.size}" / f"{cfg.net.tag()}-{config_hash(ident, 8)}"
+    return Path(cfg.experts_dir) / f"{dataset_tag(cfg.dataset)}_{cfg.size}" / f"{cfg.net.tag()}-{config_hash(ident, 8)}"
 
 
 def _save(path: Path, traj: torch.Tensor, extra: dict[str, torch.Tensor] | None = None) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from meddistill.data import get_info
+from meddistill.data.describe import card_source
 from meddistill.errors import ArtifactError
 from meddistill.synset import SynSet
 from meddistill.utils import atomic_path, write_text_atomic
@@ -48,16 +48,12 @@ def to_uint8(syn: SynSet) -> np.ndarray:
     return px[:, 0] if px.shape[1] == 1 else px.transpose(0, 2, 3, 1)
 
 
-def _card(syn: SynSet, config: dict | None, evals: list[dict], audit: dict | None) -> str:
+def _card(syn: SynSet, config: dict | None, evals: list[dict], audit: dict | None, source: list[str]) -> str:
     m = syn.meta
-    info = get_info(m["dataset"])
     lines = [
-        f"# Synthetic {info.name} ({m.get('method')}, {m.get('ipc')} images per class)",
+        f"# Synthetic {m['dataset']} ({m.get('method')}, {m.get('ipc')} images per class)",
         "",
-        f"- Source dataset: MedMNIST `{info.name}` ({info.modality}, {info.task}), image size {m.get('size')}.",
-        f"- Licence of the source data: **{info.license}** (this derived set carries the same terms); "
-        "not for clinical use. Cite Yang et al., MedMNIST v2, Sci. Data 10, 41 (2023).",
-        f"- Classes: {', '.join(f'{i} = {n}' for i, n in enumerate(info.labels))}.",
+        *source,  # own images: from the run's data.json; MedMNIST: the registry and citation
         f"- Method: `{m.get('method')}`; seed {m.get('seed')}; config hash `{m.get('config_hash')}`; "
         f"meddistill {m.get('code_version')}.",
         f"- Learned student learning rate: {syn.lr if syn.lr is not None else 'n/a'}.",
@@ -108,9 +104,10 @@ def _card(syn: SynSet, config: dict | None, evals: list[dict], audit: dict | Non
     return "\n".join(lines) + "\n"
 
 
-def export_run(run_dir: str | Path, out: str | Path) -> Path:
+def export_run(run_dir: str | Path, out: str | Path, licence: str | None = None) -> Path:
     run_dir, out = Path(run_dir), Path(out)
     syn = SynSet.load(run_dir)
+    source, syn.meta["license"] = card_source(run_dir, syn.meta, licence)  # own images: the user's licence
     if out.exists() and any(out.iterdir()):
         raise ArtifactError(f"export folder {out} is not empty")
     out.mkdir(parents=True, exist_ok=True)
@@ -130,7 +127,7 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else None
     evals = [json.loads(p.read_text()) for p in sorted(run_dir.glob("eval_*.json"))]
     audit = json.loads((run_dir / "audit.json").read_text()) if (run_dir / "audit.json").exists() else None
-    write_text_atomic(out / "card.md", _card(syn, config, evals, audit))
+    write_text_atomic(out / "card.md", _card(syn, config, evals, audit, source))
     write_text_atomic(out / "meta.json", json.dumps(syn.meta, indent=2, sort_keys=True))
     write_text_atomic(out / "train_example.py", EXAMPLE)
     figures = [run_dir / n for n in ("config.yaml", "grid.png", "loss.png", "audit.json")]

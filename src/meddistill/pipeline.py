@@ -13,10 +13,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from meddistill.config import RunConfig, dump_yaml
-from meddistill.data import get_info
-from meddistill.data.loader import MedDataset, load_dataset
+from meddistill.data.loader import MedDataset
+from meddistill.data.sources import create_dataset, data_identity, dataset_tag, write_run_records
 from meddistill.distill import DistillContext, get_method, get_spec
-from meddistill.errors import ConfigError
 from meddistill.evaluate import EvalSummary, evaluate_images
 from meddistill.experts import expert_identity
 from meddistill.plots import save_curves, save_grid
@@ -46,6 +45,7 @@ def distill_identity(cfg: RunConfig) -> dict:
         ident["net"] = cfg.net.to_dict()
     if "dsa" in spec.reads:
         ident["dsa"] = asdict(cfg.dsa)
+    ident.update(data_identity(cfg))  # own images: their content fingerprint; nothing for MedMNIST
     return ident
 
 
@@ -56,7 +56,7 @@ def eval_identity(cfg: RunConfig) -> dict:
 def run_dir_for(cfg: RunConfig) -> Path:
     d = cfg.distill
     h = config_hash(distill_identity(cfg), 10)
-    return Path(cfg.out_dir) / f"{cfg.dataset}_{cfg.size}" / f"{d.method}-ipc{d.ipc}-s{cfg.seed}-{h}"
+    return Path(cfg.out_dir) / f"{dataset_tag(cfg.dataset)}_{cfg.size}" / f"{d.method}-ipc{d.ipc}-s{cfg.seed}-{h}"
 
 
 @dataclass
@@ -67,11 +67,9 @@ class CellResult:
     row: dict | None
 
 
-def load_data(cfg: RunConfig) -> MedDataset:
-    info = get_info(cfg.dataset)
-    if info.multi_label:
-        raise ConfigError(f"{info.name} is multi-label; class-wise distillation supports single-label tasks")
-    return load_dataset(info.name, cfg.size, cfg.data_root or None)
+def load_data(cfg: RunConfig, progress: bool | None = None) -> MedDataset:
+    """A MedMNIST subset, an image folder or a CSV manifest (``data/sources.py`` picks)."""
+    return create_dataset(cfg, progress)
 
 
 def distill(
@@ -89,11 +87,13 @@ def distill(
     if restart and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_records(ds, run_dir)  # own images: split.csv, data.json
     syn_path = run_dir / "synset.npz"
     if syn_path.exists():
         return run_dir, SynSet.load(syn_path)
     write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
     ctx = DistillContext(ds, cfg, device, run_dir, progress, config_hash(distill_identity(cfg), 10), stop_at)
+    ctx.check_ipc()  # before experts are trained: a class with fewer train images than ipc fails at once
     t0 = time.monotonic()
     syn = method(ctx)
     syn.meta["distill_seconds"] = round(time.monotonic() - t0, 2)
@@ -132,7 +132,7 @@ def result_row(
     cfg: RunConfig, summary: EvalSummary, dhash: str, ehash: str, run_dir: Path | None, lr: float | None
 ) -> dict:
     row = {
-        "dataset": cfg.dataset,
+        "dataset": dataset_tag(cfg.dataset),
         "size": cfg.size,
         "method": cfg.distill.method,
         "ipc": cfg.distill.ipc,
@@ -157,7 +157,7 @@ def result_row(
 
 
 def run_cell(cfg: RunConfig, progress: bool = True, restart: bool = False, evaluate: bool = True) -> CellResult:
-    ds = load_data(cfg)
+    ds = load_data(cfg, progress)
     run_dir, syn = distill(cfg, ds, progress=progress, restart=restart)
     if not evaluate:
         return CellResult(run_dir, syn, None, None)
@@ -169,7 +169,7 @@ def full_row(cfg: RunConfig, progress: bool = True) -> dict:
     """The upper-bound row: the shared evaluation protocol trained on the whole real train split."""
     from meddistill.evaluate import evaluate_full
 
-    ds = load_data(cfg)
+    ds = load_data(cfg, progress)
     summary = evaluate_full(ds, cfg, resolve_device(cfg.device), progress)
     row = result_row(cfg, summary, "", config_hash(eval_identity(cfg), 10), None, cfg.eval.lr_default)
     row["train_images"] = len(ds.train)

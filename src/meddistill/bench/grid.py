@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from meddistill.config import RunConfig, build_config, read_yaml
+from meddistill.data.sources import data_identity
 from meddistill.distill import FULL
 from meddistill.errors import ConfigError
 from meddistill.pipeline import distill_identity, eval_identity
@@ -87,6 +88,7 @@ def cell_config(grid: Grid, dataset: str, ipc: int, method: str, seed: int, **ex
 
 def cell_key(cfg: RunConfig) -> str:
     ident = {"eval": eval_identity(cfg), "dataset": cfg.dataset, "size": cfg.size}
+    ident.update(data_identity(cfg))  # own images: short name + data fingerprint; {} for MedMNIST
     if cfg.distill.method != FULL:
         ident["distill"] = distill_identity(cfg)
     else:

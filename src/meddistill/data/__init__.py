@@ -1,7 +1,9 @@
-"""Data stage: the MedMNIST registry and the verified loader."""
+"""Data stage: the MedMNIST registry and the verified loader; own images (folder, CSV, DICOM)
+through the source registry (``create_dataset``)."""
 
 from meddistill.data.loader import MedDataset, Split, class_indices, load_dataset, resolve_file
 from meddistill.data.registry import DATASETS, DatasetInfo, UnknownDatasetError, get_info
+from meddistill.data.sources import create_dataset
 
 __all__ = [
     "DATASETS",
@@ -10,6 +12,7 @@ __all__ = [
     "Split",
     "UnknownDatasetError",
     "class_indices",
+    "create_dataset",
     "get_info",
     "load_dataset",
     "resolve_file",

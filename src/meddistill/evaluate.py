@@ -23,7 +23,7 @@ from meddistill.augment import dsa, for_dataset
 from meddistill.config import RunConfig
 from meddistill.data.loader import MedDataset, Split
 from meddistill.metrics import medmnist_acc, medmnist_auc
-from meddistill.nets import NetSpec, create_model
+from meddistill.nets import create_model, spec_for
 from meddistill.utils import autocast, derive_seed
 
 
@@ -94,7 +94,7 @@ def train_eval_net(
     ``batch_size`` and ``val_every`` default to ``cfg.eval``'s (the synthetic-set protocol)."""
     ecfg = cfg.eval
     batch_size = batch_size or ecfg.batch_size
-    spec = NetSpec(**{**cfg.net.to_dict(), "name": net_name})
+    spec = spec_for(cfg.net, net_name)
     torch.manual_seed(derive_seed(seed, "eval-init", net_name))
     net = create_model(spec, ds.shape, ds.num_classes).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=ecfg.momentum, weight_decay=ecfg.weight_decay)
@@ -152,7 +152,7 @@ def train_eval_nets_batched(
     (docs/performance.md), hence ``eval.batched`` is off by default."""
     ecfg = cfg.eval
     batch_size = batch_size or ecfg.batch_size
-    spec = NetSpec(**{**cfg.net.to_dict(), "name": net_name})
+    spec = spec_for(cfg.net, net_name)
     nets = []
     for seed in seeds:
         torch.manual_seed(derive_seed(seed, "eval-init", net_name))
@@ -235,7 +235,7 @@ def evaluate_images(
     # one job per net, or (batched) one job per architecture training all its seeds at once
     jobs = [(net, [s]) for net in ecfg.nets for s in seeds]
     if ecfg.batched and ecfg.num_nets > 1:
-        ok = {n: _batchable(create_model(NetSpec(**{**cfg.net.to_dict(), "name": n}), ds.shape, 2)) for n in ecfg.nets}
+        ok = {n: _batchable(create_model(spec_for(cfg.net, n), ds.shape, 2)) for n in ecfg.nets}
         jobs = [j for j in jobs if not ok[j[0]]] + [(n, seeds) for n in ecfg.nets if ok[n]]
     done: dict[tuple[str, int], NetResult] = {}
     bar = tqdm(total=len(ecfg.nets) * len(seeds), desc=desc, unit="net", disable=not progress)

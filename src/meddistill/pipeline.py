@@ -20,7 +20,7 @@ from meddistill.errors import ConfigError
 from meddistill.evaluate import EvalSummary, evaluate_images
 from meddistill.plots import save_curves, save_grid
 from meddistill.synset import SynSet
-from meddistill.utils import append_jsonl, config_hash, read_jsonl, resolve_device, write_text_atomic
+from meddistill.utils import append_jsonl, config_hash, read_json_object, read_jsonl, resolve_device, write_text_atomic
 
 VOLATILE = {"device", "out_dir", "experts_dir", "data_root", "profile"}
 VOLATILE_DISTILL = {"checkpoint_every_s", "log_every"}
@@ -122,7 +122,7 @@ def evaluate_run(
     ehash = config_hash(eval_identity(cfg), 10)
     cache = run_dir / f"eval_{ehash}.json"
     if cache.exists():
-        row = json.loads(cache.read_text())
+        row = read_json_object(cache, "delete it to evaluate the set again")
         return None, row
     summary = evaluate_images(syn.images, syn.targets(), ds, cfg, device, lr=syn.lr, progress=progress)
     row = result_row(cfg, summary, syn.meta.get("config_hash", ""), ehash, run_dir, syn.lr)

@@ -195,6 +195,8 @@ def test_dataset_names_resolve_to_the_canonical_name(tmp_path, capsys):
         (["--set", "eval.nets=[convnet,alexnet]"], "unknown net 'alexnet'"),
         (["--set", "net.name=resnet18", "--set", "net.depth=4"], "'resnet18' does not read net.depth=4"),
         (["--set", "net.extra={dropout: 0.1}"], "does not accept net.extra keys ['dropout']"),
+        # one line, without torch's "zero-element tensors" warning (the wording may become config.py's)
+        (["--set", "net.norm=group", "--set", "net.width=0"], ""),
     ],
 )
 def test_a_cell_that_cannot_run_fails_before_making_any_folder(tmp_path, capsys, flags, msg):

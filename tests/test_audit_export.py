@@ -36,22 +36,21 @@ def test_audit_flags_copies_and_passes_a_distilled_set(breast, tiny, tmp_path):
     assert 0 <= rep.mia_auc <= 1 and rep.mia_members == rep.mia_nonmembers == 156  # test split has 156
 
 
-def test_audit_and_export_cli_make_a_standalone_folder(tmp_path, capsys, session_dirs):
-    args = [
-        "--profile",
-        "tiny",
-        "--out",
-        str(tmp_path / "runs"),
-        "--experts-dir",
-        str(session_dirs["experts"]),
-        "--no-progress",
-        "--device",
-        "cpu",
-    ]
+def test_audit_and_export_cli_make_a_standalone_folder(tmp_path, capsys, session_dirs, monkeypatch):
+    proj, elsewhere = tmp_path / "proj", tmp_path / "elsewhere"
+    proj.mkdir()
+    elsewhere.mkdir()
+    session_dirs["experts"].mkdir(parents=True, exist_ok=True)
+    (proj / "experts").symlink_to(session_dirs["experts"])  # the session's expert cache, by a relative path
+    monkeypatch.chdir(proj)
+    args = ["--profile", "tiny", "--out", "runs", "--experts-dir", "experts", "--no-progress", "--device", "cpu"]
     assert main(["run", "breastmnist", "--ipc", "2", *args]) == 0
-    run_dir = next((tmp_path / "runs" / "breastmnist_28").iterdir())
+    run_dir = next((proj / "runs" / "breastmnist_28").iterdir())
     capsys.readouterr()
+    # from another directory, the run's relative experts_dir is found next to its runs folder
+    monkeypatch.chdir(elsewhere)
     assert main(["audit", str(run_dir), "--reference", "--device", "cpu", "--no-progress"]) == 0
+    assert list(elsewhere.iterdir()) == []
     out = capsys.readouterr().out
     assert "membership-inference AUC" in out and "reference (random real images)" in out
     assert (run_dir / "audit.json").exists() and (run_dir / "audit.png").exists()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,70 @@ def test_worker_pool_gives_the_same_rows_as_local(tmp_path, session_dirs):
     assert _rows(grid.store) == local
     with pytest.raises(ConfigError, match="workers must be at least 1"):
         run_grid(grid, progress=False, workers=0)
+
+
+@pytest.mark.parametrize(
+    "text,msg",
+    [
+        ("ipc_overrides:\n  one: [distill.mtt.lr_img=10]\n", "ipc_overrides has key 'one'; its keys are ipc values"),
+        ("ipc_overrides:\n  1.5: [distill.mtt.lr_img=10]\n", "ipc_overrides has key 1.5"),
+        ("method_overrides: [distill.dc.iterations=20]\n", "method_overrides must be a mapping"),
+        ("method_overrides:\n  dc: 20\n", "method_overrides['dc'] must be a list of key=value strings"),
+        ("methods: [ptm, ptmm]\n", "unknown method 'ptmm'"),
+        ("method_overrides:\n  dcc: [distill.dc.iterations=20]\n", "unknown method 'dcc'"),
+        ("datasets: [breastmnist, cifar10]\n", "unknown dataset 'cifar10'"),
+        ("datasets: [chestmnist]\n", "chestmnist is multi-label"),
+        ("dataset_overrides:\n  nope: [seed=1]\n", "unknown dataset 'nope'"),
+        ("eval_nets: [convnet, alexnet]\n", "unknown net 'alexnet'"),
+        ("ipc: [1, two]\n", "ipc must be integers"),
+        ("profile: huge\n", "unknown profile 'huge'"),
+    ],
+)
+def test_grid_mistakes_are_found_when_the_grid_is_loaded(tmp_path, text, msg):
+    p = tmp_path / "g.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(msg)):
+        load_grid(p)
+
+
+def test_grid_dataset_names_become_canonical(tmp_path):
+    p = tmp_path / "g.yaml"
+    p.write_text("profile: tiny\ndatasets: [BREAST]\nmethods: [random]\ndataset_overrides:\n  Breast: [seed=1]\n")
+    grid = load_grid(p)
+    assert grid.datasets == ["breastmnist"] and grid.dataset_overrides == {"breastmnist": ["seed=1"]}
+    assert {c.cfg.dataset for c in expand(grid)} == {"breastmnist"}
+
+
+def test_negative_limit_is_rejected(tmp_path, session_dirs):
+    grid = load_grid(_grid(tmp_path, session_dirs))
+    with pytest.raises(ConfigError, match="limit must be a non-negative number of cells, got -1"):
+        run_grid(grid, progress=False, limit=-1)
+    assert not Path(grid.store).exists()
+
+
+def _row(**kw):
+    return {"dataset": "d", "ipc": 1, "method": "a", "seed": 0, "acc_mean": 0.5, "auc_mean": 0.5, **kw}
+
+
+@pytest.mark.parametrize(
+    "rows,argv,msg",
+    [
+        ([{"dataset": "d", "ipc": 1, "method": "a", "seed": 0}], [], "row 1 lacks acc_mean, auc_mean"),
+        ([_row(), [1, 2]], [], "row 2 is not a JSON object"),
+        ([_row(ipc="one")], [], "row 1 has a non-numeric ipc"),
+        ([_row(per_net={"convnet": {"acc_mean": 0.5}})], [], "per_net entry without acc_mean/auc_mean"),
+        (
+            [_row(per_net={"convnet": {"acc_mean": 0.5, "auc_mean": 0.5}})],
+            ["--net", "foo"],
+            "evaluated with net 'foo'; nets present: convnet",
+        ),
+        ([_row()], ["--net", "all"], "nets present: none"),
+    ],
+)
+def test_report_of_bad_rows_or_an_absent_net_is_one_line(tmp_path, capsys, rows, argv, msg):
+    store = tmp_path / "s.jsonl"
+    store.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["report", str(store), "--out", str(tmp_path / "rep"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("meddistill: error: ") and msg in err and err.count("\n") == 1
+    assert not (tmp_path / "rep").exists()  # no empty tables

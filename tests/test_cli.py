@@ -13,18 +13,10 @@ from meddistill.utils import read_jsonl
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _tiny_args(tmp_path):
-    return [
-        "--profile",
-        "tiny",
-        "--out",
-        str(tmp_path / "runs"),
-        "--experts-dir",
-        str(tmp_path / "ex"),
-        "--no-progress",
-        "--device",
-        "cpu",
-    ]
+def _tiny_args(tmp_path, experts: bool = True):
+    """``experts=False`` for ``eval``, which reads no experts (and so takes no --experts-dir)."""
+    ex = ["--experts-dir", str(tmp_path / "ex")] if experts else []
+    return ["--profile", "tiny", "--out", str(tmp_path / "runs"), *ex, "--no-progress", "--device", "cpu"]
 
 
 def test_run_prints_an_evaluated_accuracy(tmp_path, capsys):
@@ -40,7 +32,7 @@ def test_run_prints_an_evaluated_accuracy(tmp_path, capsys):
 
 
 def test_eval_full_baseline(tmp_path, capsys):
-    assert main(["eval", "breastmnist", "--full", *_tiny_args(tmp_path)]) == 0
+    assert main(["eval", "breastmnist", "--full", *_tiny_args(tmp_path, experts=False)]) == 0
     assert "full train split (546 images)" in capsys.readouterr().out
 
 
@@ -57,7 +49,7 @@ def test_eval_full_baseline(tmp_path, capsys):
 )
 def test_bad_input_is_one_line_not_a_traceback(tmp_path, capsys, argv, msg, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
-    code = main([*argv, *_tiny_args(tmp_path)])
+    code = main([*argv, *_tiny_args(tmp_path, experts=argv[0] != "eval")])
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("meddistill: error: ") and msg in err and err.count("\n") == 1

@@ -120,3 +120,54 @@ def test_unreachable_download_gives_one_line(tmp_path, monkeypatch):
 def test_npz_stores_no_pickles(data_dir):
     with np.load(data_dir / "retinamnist.npz", allow_pickle=False) as z:
         assert z["train_images"].shape == (1080, 28, 28, 3)
+
+
+def test_a_failed_lookup_creates_no_folder(tmp_path, monkeypatch):
+    """Only a real download may create a folder: not ~/.medmnist, not a mistyped --data-root."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("MEDDISTILL_DATA")
+    import meddistill.data.loader as loader
+
+    def refuse(*a, **k):
+        raise loader.urllib.error.URLError("network unreachable")
+
+    monkeypatch.setattr(loader.urllib.request, "urlopen", refuse)
+    with pytest.raises(DataError, match=r"typo \(no such folder\)"):
+        resolve_file("bloodmnist", data_root=tmp_path / "typo")
+    assert not (tmp_path / "typo").exists() and not (home / ".medmnist").exists()
+
+
+def test_unreadable_data_file_or_folder_is_a_data_error(tmp_path, monkeypatch, data_dir, capsys):
+    """Permissions are simulated: the tests run as root, which reads everything."""
+    from pathlib import Path
+
+    import meddistill.data.loader as loader
+    from meddistill.cli import main
+
+    shutil.copy(data_dir / "breastmnist.npz", tmp_path)
+    real_open = open
+
+    def denied(path, *a, **k):
+        if Path(path) == tmp_path / "breastmnist.npz":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(loader, "open", denied, raising=False)
+    with pytest.raises(DataError, match=r"cannot read .*breastmnist\.npz: permission denied"):
+        load_dataset("breastmnist", data_root=tmp_path, download_ok=False)
+    locked = tmp_path / "locked"
+    real_is_file = Path.is_file
+
+    def is_file(self):
+        if self.parent == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_is_file(self)
+
+    monkeypatch.setattr(Path, "is_file", is_file)
+    with pytest.raises(DataError, match=r"cannot look into .*locked: permission denied"):
+        resolve_file("breastmnist", data_root=locked, download_ok=False)
+    assert main(["datasets", "--data-root", str(locked)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("meddistill: error: cannot look into") and err.count("\n") == 1

@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from meddistill.experts import ExpertBuffer, expert_dir, train_experts, train_one_expert
+from meddistill.errors import ArtifactError
+from meddistill.experts import ExpertBuffer, expert_dir, require_experts, train_experts, train_one_expert
 from meddistill.nets import FlatParams, create_model
 
 
@@ -79,3 +80,31 @@ def test_corrupt_expert_file_is_a_clear_error(breast, tiny, tmp_path):
     (folder / "expert_0.safetensors").write_bytes(b"truncated")
     with pytest.raises(ArtifactError, match=r"expert_0\.safetensors is unreadable"):
         ExpertBuffer(folder).get(0)
+
+
+def test_corrupt_meta_json_is_an_artifact_error(breast, tiny, tmp_path):
+    cfg = tiny(experts_dir=str(tmp_path / "ex"))
+    folder = expert_dir(cfg)
+    folder.mkdir(parents=True)
+    (folder / "meta.json").write_text('{"identity": ')
+    with pytest.raises(ArtifactError, match=r"meta.json is corrupt .*delete .* to retrain"):
+        train_experts(breast, cfg, torch.device("cpu"), progress=False)
+
+
+def test_an_expert_of_the_wrong_width_is_found_before_it_is_used(breast, tiny, tmp_path):
+    from safetensors.torch import save_file
+
+    cfg = tiny(experts_dir=str(tmp_path / "ex"))
+    folder = expert_dir(cfg)
+    folder.mkdir(parents=True)
+    save_file({"trajectory": torch.zeros(5, 123)}, str(folder / "expert_0.safetensors"))
+    n = FlatParams.of(create_model(cfg.net, breast.shape, 2)).total
+    msg = f"expert_0.safetensors holds 123 parameters per epoch, but convnet-d3w16-instance-avg on these images has {n}"
+    with pytest.raises(ArtifactError, match=msg):
+        train_experts(breast, cfg, torch.device("cpu"), progress=False)
+    assert not (folder / "expert_1.safetensors").exists()  # found before training the missing one
+    with pytest.raises(ArtifactError, match=msg):
+        require_experts(cfg, breast)
+    (folder / "expert_0.safetensors").write_bytes(b"junk")
+    with pytest.raises(ArtifactError, match=r"expert_0\.safetensors is unreadable"):
+        require_experts(cfg, breast)

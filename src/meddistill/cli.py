@@ -1,25 +1,45 @@
 """The ``meddistill`` command: one sub-command per pipeline stage, plus ``run``.
 
 Parsing (:func:`build_parser`) is separate from work (:func:`main` → ``cmd_*``), as in
-torchvision's reference scripts.  User errors print one line and exit with status 2;
-Ctrl-C leaves the checkpoint in place and says how to resume.
+torchvision's reference scripts. Each sub-command accepts only the flags it reads (README's
+table is generated from this parser, :func:`usage_table`). Inputs are checked before any work
+starts (:mod:`meddistill.checks`); user errors print one line and exit with status 2; anything
+else prints one ``internal error`` line and exits with 1 (``MEDDISTILL_DEBUG=1``: the
+traceback). Ctrl-C leaves the checkpoint in place and says how to resume.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from meddistill import __version__
-from meddistill.config import PROFILES, RunConfig, build_config, config_from_dict, read_yaml
-from meddistill.errors import MeddistillError
+from meddistill.config import PROFILES, RunConfig, build_config
+from meddistill.errors import ArtifactError, ConfigError, MeddistillError
 
 
-def _common(p: argparse.ArgumentParser, dataset: bool = True) -> None:
-    if dataset:
-        p.add_argument("dataset", help="MedMNIST subset (pneumoniamnist), image folder PATH/<class>/* or CSV")
-    p.add_argument("--profile", choices=PROFILES, help="size profile (default: cpu; for a run folder, its own)")
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _nonneg_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+# ------------------------------------------------------------------ flag groups
+def _config_flags(p: argparse.ArgumentParser, profile_help: str = "size profile (default: cpu)") -> None:
+    p.add_argument("--profile", choices=PROFILES, help=profile_help)
     p.add_argument("--config", help="YAML file merged over the profile")
     p.add_argument(
         "--set",
@@ -29,17 +49,44 @@ def _common(p: argparse.ArgumentParser, dataset: bool = True) -> None:
         metavar="KEY=VALUE",
         help="override any config key, e.g. --set distill.iterations=500 (repeatable)",
     )
-    p.add_argument("--size", type=int, help="image size (default 28; MedMNIST: 28, 64, 128, 224; own images: any)")
-    p.add_argument("--seed", type=int, help="seed (default 0); everything is derived from it")
+
+
+def _size(p: argparse.ArgumentParser, default: int | None = None) -> None:
+    p.add_argument("--size", type=int, default=default, help="image size (default 28; MedMNIST: 28, 64, 128, 224)")
+
+
+def _seed(p: argparse.ArgumentParser, help: str = "seed (default 0); everything is derived from it") -> None:
+    p.add_argument("--seed", type=int, help=help)
+
+
+def _device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+
+
+def _data_root(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="folder with MedMNIST npz files (then $MEDDISTILL_DATA, ~/.medmnist)")
-    p.add_argument("--out", dest="out_dir", help="runs folder (default: runs)")
-    p.add_argument("--experts-dir", help="expert buffer folder (default: experts)")
+
+
+def _out(p: argparse.ArgumentParser, help: str = "runs folder (default: runs)") -> None:
+    p.add_argument("--out", dest="out_dir", help=help)
+
+
+def _experts(p: argparse.ArgumentParser, help: str = "expert buffer folder (default: experts)") -> None:
+    p.add_argument("--experts-dir", help=help)
+
+
+def _progress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    # own images (data/sources.py); ignored for MedMNIST names
+
+
+def _own_images(p: argparse.ArgumentParser) -> None:
+    """Settings of a lab's own image folder or CSV (data/sources.py); MedMNIST names reject them."""
     p.add_argument("--channels", type=int, choices=(1, 3), help="own images: 1 or 3 channels (default: auto)")
     p.add_argument("--licence", help="own images: licence of the data, shown on the exported dataset card")
     p.add_argument("--on-bad-image", choices=("fail", "skip"), help="own images: unreadable files (default: fail)")
+
+
+DATASET_HELP = "MedMNIST subset (pneumoniamnist), image folder PATH/<class>/* or CSV manifest"
 
 
 def _distill_opts(p: argparse.ArgumentParser) -> None:
@@ -52,67 +99,115 @@ def _distill_opts(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="require a checkpoint of this exact config and continue it (resuming is also automatic)",
     )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check config, data, method, nets and folders, print the run folder, compute nothing",
+    )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="meddistill", description="Medical image dataset distillation.")
-    ap.add_argument("--version", action="version", version=f"meddistill {__version__}")
-    sub = ap.add_subparsers(dest="command", required=True)
+def _cell_flags(p: argparse.ArgumentParser) -> None:
+    """What ``distill`` and ``run`` share: one dataset, the whole config, every folder."""
+    p.add_argument("dataset", help=DATASET_HELP)
+    _own_images(p)
+    _config_flags(p)
+    _size(p)
+    _seed(p)
+    _device(p)
+    _data_root(p)
+    _out(p)
+    _experts(p)
+    _progress(p)
+    _distill_opts(p)
 
+
+# ------------------------------------------------------------------ parser
+def _datasets_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("datasets", help="list MedMNIST subsets and whether their files are found")
-    p.add_argument("--data-root")
-    p.add_argument("--size", type=int, default=28, choices=(28, 64, 128, 224))
+    _data_root(p)
+    _size(p, default=28)
 
+
+def _experts_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("experts", help="train expert trajectories (resumable)")
-    _common(p)
+    p.add_argument("dataset", help=DATASET_HELP)
+    _own_images(p)
+    _config_flags(p)
+    _size(p)
+    _device(p)
+    _data_root(p)
+    _experts(p)
+    _progress(p)
     p.add_argument("--num-experts", type=int)
     p.add_argument("--epochs", type=int)
 
-    p = sub.add_parser("distill", help="distill a synthetic set (resumable)")
-    _common(p)
-    _distill_opts(p)
 
+def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a run folder / synset.npz, or the full train split")
     p.add_argument("target", help="run folder, synset.npz, or a dataset name with --full")
     p.add_argument("--full", action="store_true", help="evaluate training on the full real train split")
     p.add_argument("--results", help="JSON-lines file to append the result row to")
     p.add_argument("--num-nets", type=int, help="fresh nets (seeds) per evaluation net")
     p.add_argument("--nets", help="comma-separated evaluation nets, e.g. convnet,resnet18,vgg11")
-    _common(p, dataset=False)
+    _config_flags(p, "size profile (default: cpu; for a run folder, its own)")
+    _size(p)
+    _seed(p, "evaluation seed (default 0; for a run folder, the run's seed)")
+    _device(p)
+    _data_root(p)
+    _out(p, "folder of results.jsonl (default: runs; for a run folder, the runs folder holding it)")
+    _progress(p)
+    _own_images(p)
 
-    p = sub.add_parser("run", help="experts → distill → evaluate one dataset and print its accuracy")
-    _common(p)
-    _distill_opts(p)
-    p.add_argument("--num-nets", type=int, help="fresh nets (seeds) per evaluation net")
+
+def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="run a benchmark grid (cells already in the store are skipped)")
     p.add_argument("grid", help="grid YAML, e.g. configs/bench/cpu.yaml")
     p.add_argument("--executor", choices=("local", "ray"), default="local")
-    p.add_argument("--address", help="Ray cluster address (default: a local Ray)")
-    p.add_argument("--workers", type=int, default=1, help="local executor: cells run at once in worker processes")
-    p.add_argument("--threads", type=int, help="torch threads per worker (default: this process's count / workers)")
+    p.add_argument("--address", help="Ray cluster address (--executor ray; default: a local Ray)")
+    p.add_argument("--workers", type=_positive_int, default=1, help="local executor: cells run at once in processes")
+    p.add_argument("--threads", type=_positive_int, help="torch threads per worker (default: this process's / workers)")
     p.add_argument("--store", help="results JSON-lines file (default: the grid's store)")
-    p.add_argument("--out", dest="out_dir", help="runs folder (default: the grid's out_dir)")
-    p.add_argument("--experts-dir", help="expert buffer folder (default: the grid's experts_dir)")
-    p.add_argument("--limit", type=int, help="run at most this many missing cells")
-    p.add_argument("--device", help="auto (default), cpu, cuda")
+    _out(p, "runs folder (default: the grid's out_dir)")
+    _experts(p, "expert buffer folder (default: the grid's experts_dir)")
+    _data_root(p)
+    p.add_argument("--limit", type=_nonneg_int, help="run at most this many missing cells")
+    _device(p)
     p.add_argument("--report", help="write tables and plots to this folder afterwards")
-    p.add_argument("--no-progress", action="store_true")
+    _progress(p)
 
+
+def _audit_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("audit", help="privacy audit of a run: nearest real images, membership inference")
-    p.add_argument("run", help="run folder")
+    p.add_argument("run", help="run folder (its config.yaml says what to audit)")
     p.add_argument("--ssim-threshold", type=float, default=0.9, help="flag images above this SSIM (default 0.9)")
     p.add_argument(
         "--reference",
         action="store_true",
         help="also audit a random-real-subset coreset of the same size (leaks by construction)",
     )
-    _common(p, dataset=False)
+    _experts(p, "expert buffer folder (default: the run's, relative to the folder its out_dir was in)")
+    _data_root(p)
+    _device(p)
+    _progress(p)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="meddistill", description="Medical image dataset distillation.")
+    ap.add_argument("--version", action="version", version=f"meddistill {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+    _datasets_parser(sub)
+    _experts_parser(sub)
+    _cell_flags(sub.add_parser("distill", help="distill a synthetic set (resumable)"))
+    _eval_parser(sub)
+    p = sub.add_parser("run", help="experts → distill → evaluate one dataset and print its accuracy")
+    _cell_flags(p)
+    p.add_argument("--num-nets", type=int, help="fresh nets (seeds) per evaluation net")
+    _bench_parser(sub)
+    _audit_parser(sub)
     p = sub.add_parser("export", help="a self-contained folder another lab can use without meddistill")
     p.add_argument("run", help="run folder")
     p.add_argument("out", help="output folder (new or empty)")
     p.add_argument("--licence", help="own images: licence of the source data for the card (default: the run's)")
-
     p = sub.add_parser("report", help="tables (md/csv/tex), accuracy-vs-ipc plots, image grids")
     p.add_argument("store", help="results JSON-lines file written by bench")
     p.add_argument("--out", default="report", help="output folder (default: report)")
@@ -121,6 +216,26 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def subcommands(parser: argparse.ArgumentParser | None = None) -> dict[str, argparse.ArgumentParser]:
+    parser = parser or build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def usage_table() -> str:
+    """README's table of sub-commands and the arguments each accepts, made from the parser."""
+    rows = ["| command | arguments and flags |", "|---|---|"]
+    for name, p in subcommands().items():
+        items = [
+            f"`{a.option_strings[-1]}`" if a.option_strings else f"`<{a.dest}>`"
+            for a in p._actions
+            if not isinstance(a, argparse._HelpAction)
+        ]
+        rows.append(f"| `{name}` | {' '.join(items)} |")
+    return "\n".join(rows) + "\n"
+
+
+# ------------------------------------------------------------------ configs
 def config_from_args(args: argparse.Namespace, dataset: str | None = None) -> RunConfig:
     flags = {
         "dataset": dataset if dataset is not None else getattr(args, "dataset", None),
@@ -144,14 +259,15 @@ def config_from_args(args: argparse.Namespace, dataset: str | None = None) -> Ru
     return build_config(args.profile or "cpu", args.config, args.overrides, **flags)
 
 
+# ------------------------------------------------------------------ commands
 def cmd_datasets(args: argparse.Namespace) -> int:
     from meddistill.data import DATASETS
-    from meddistill.data.loader import candidate_roots
+    from meddistill.data.loader import candidate_roots, is_data_file
 
     roots = candidate_roots(args.data_root)
     print(f"{'name':16} {'modality':26} {'task':26} {'cls':>3} {'ch':>2} {'train':>7}  {'license':13} local file")
     for d in DATASETS.values():
-        found = next((str(r / d.filename(args.size)) for r in roots if (r / d.filename(args.size)).is_file()), "-")
+        found = next((str(r / d.filename(args.size)) for r in roots if is_data_file(r / d.filename(args.size))), "-")
         print(
             f"{d.name:16} {d.modality:26} {d.task:26} {d.num_classes:>3} {d.channels:>2} "
             f"{d.n_samples[0]:>7}  {d.license:13} {found}"
@@ -160,12 +276,17 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_experts(args: argparse.Namespace) -> int:
+    from meddistill.checks import check_nets, check_out_dir
     from meddistill.experts import train_experts
     from meddistill.pipeline import load_data
     from meddistill.utils import resolve_device
 
     cfg = config_from_args(args)
-    folder = train_experts(load_data(cfg), cfg, resolve_device(cfg.device), not args.no_progress)
+    check_out_dir(cfg.experts_dir, "--experts-dir")
+    ds = load_data(cfg)
+    check_nets(cfg, ds.shape, ds.num_classes, evaluation=False)
+    device = resolve_device(cfg.device)
+    folder = train_experts(ds, cfg, device, not args.no_progress)
     print(f"experts: {folder}")
     return 0
 
@@ -181,12 +302,41 @@ def _check_resume(args: argparse.Namespace, cfg: RunConfig) -> None:
         raise MeddistillError("--resume and --restart contradict each other")
 
 
-def cmd_distill(args: argparse.Namespace) -> int:
-    from meddistill.pipeline import distill
+def _prepare_cell(args: argparse.Namespace, evaluation: bool):
+    """The config and the data of a ``distill``/``run`` cell, everything checked before any
+    folder is made (a failed check leaves nothing behind)."""
+    from meddistill.checks import check_cell, check_out_dir
+    from meddistill.pipeline import load_data
 
     cfg = config_from_args(args)
     _check_resume(args, cfg)
-    run_dir, syn = distill(cfg, progress=not args.no_progress, restart=args.restart)
+    check_out_dir(cfg.out_dir, "--out")
+    check_out_dir(cfg.experts_dir, "--experts-dir")
+    ds = load_data(cfg)
+    check_cell(cfg, ds, evaluation)
+    return cfg, ds
+
+
+def _print_dry_run(cfg: RunConfig) -> int:
+    from meddistill.experts import expert_dir
+    from meddistill.pipeline import run_dir_for
+
+    run_dir = run_dir_for(cfg)
+    state = "finished" if (run_dir / "synset.npz").exists() else "exists" if run_dir.exists() else "new"
+    print(
+        f"dry run: {cfg.dataset} {cfg.distill.method} ipc={cfg.distill.ipc} ({cfg.profile} profile) is valid; "
+        f"run folder {run_dir} ({state}), experts {expert_dir(cfg)}"
+    )
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from meddistill.pipeline import distill
+
+    cfg, ds = _prepare_cell(args, evaluation=False)
+    if args.dry_run:
+        return _print_dry_run(cfg)
+    run_dir, syn = distill(cfg, ds, progress=not args.no_progress, restart=args.restart)
     print(f"synthetic set: {run_dir / 'synset.npz'} ({len(syn.labels)} images)")
     return 0
 
@@ -199,32 +349,83 @@ def _print_summary(prefix: str, row: dict) -> None:
         )
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def _check_fixed(cfg: RunConfig, plain: RunConfig, base: RunConfig, run_dir: Path) -> None:
+    """Evaluating a run folder uses the run's own size, net, distill and experts settings: a
+    flag, ``--set`` or ``--config`` that changes them (to neither the profile's nor the run's
+    value) would be ignored, so it is an error."""
+    for key in ("size", "net", "distill", "experts"):
+        mine = getattr(cfg, key)
+        if mine != getattr(plain, key) and mine != getattr(base, key):
+            raise ConfigError(
+                f"evaluating {run_dir} uses the run's own {key} (its config.yaml); "
+                f"drop the --size/--set/--config that changes {key}"
+            )
+
+
+def _eval_run_config(args: argparse.Namespace, run_dir: Path, meta: dict) -> RunConfig:
+    from meddistill.runfolder import load_run_config, runs_root, saved_path
+
+    base = load_run_config(run_dir)
+    if base is None:  # a bare synset.npz: its meta says which dataset and size
+        if not meta.get("dataset"):
+            raise ArtifactError(f"{run_dir} has no config.yaml and its synset.npz does not name its dataset")
+        if args.size is None and meta.get("size"):
+            args.size = int(meta["size"])
+        if args.seed is None and isinstance(meta.get("seed"), int):
+            args.seed = meta["seed"]
+        return config_from_args(args, dataset=meta["dataset"])
+    args.profile = args.profile or base.profile  # evaluate with the run's own profile unless told otherwise
+    args.seed = base.seed if args.seed is None else args.seed
+    root = runs_root(run_dir, base)
+    args.out_dir = args.out_dir or (str(root) if root else None)
+    args.data_root = args.data_root or saved_path(run_dir, base, "data_root", "--data-root") or None
+    cfg = config_from_args(args, dataset=base.dataset)
+    _check_fixed(cfg, build_config(args.profile, dataset=base.dataset), base, run_dir)
+    cfg.net, cfg.distill, cfg.size, cfg.experts = base.net, base.distill, base.size, base.experts
+    cfg.data = base.data  # own images: decode the data as the run did
+    return cfg
+
+
+def _eval_full(args: argparse.Namespace) -> int:
+    from meddistill.checks import check_nets, check_out_file
     from meddistill.distill import FULL
-    from meddistill.pipeline import evaluate_run, full_row, load_data
+    from meddistill.pipeline import full_row, load_data
+    from meddistill.utils import append_jsonl
+
+    cfg = config_from_args(args, dataset=args.target)
+    cfg.distill.method, cfg.distill.ipc = FULL, 0
+    results = args.results or Path(cfg.out_dir) / "results.jsonl"
+    check_out_file(results, "--results")
+    ds = load_data(cfg)
+    check_nets(cfg, ds.shape, ds.num_classes)
+    row = full_row(cfg, not args.no_progress, ds)
+    append_jsonl(results, row)
+    _print_summary(f"{cfg.dataset} full train split ({row['train_images']} images)", row)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from meddistill.checks import check_nets, check_out_dir, check_out_file
+    from meddistill.pipeline import evaluate_run, load_data
     from meddistill.synset import SynSet
     from meddistill.utils import append_jsonl
 
     if args.full:
-        cfg = config_from_args(args, dataset=args.target)
-        cfg.distill.method, cfg.distill.ipc = FULL, 0
-        row = full_row(cfg, not args.no_progress)
-        append_jsonl(args.results or Path(cfg.out_dir) / "results.jsonl", row)
-        _print_summary(f"{cfg.dataset} full train split ({row['train_images']} images)", row)
-        return 0
+        return _eval_full(args)
     target = Path(args.target)
     run_dir = target if target.is_dir() else target.parent
-    base = _saved_config(run_dir)
     syn = SynSet.load(target)
-    if base is not None and args.profile is None:
-        args.profile = base.profile  # evaluate with the run's own profile unless told otherwise
-    if base is None:
-        cfg = config_from_args(args, dataset=syn.meta.get("dataset"))
-    else:
-        cfg = config_from_args(args, dataset=base.dataset)
-        cfg.net, cfg.distill, cfg.size = base.net, base.distill, base.size
-        cfg.data = base.data  # own images: decode the data as the run did
-    _, row = evaluate_run(cfg, run_dir, syn, load_data(cfg), progress=not args.no_progress)
+    cfg = _eval_run_config(args, run_dir, syn.meta)
+    check_out_dir(run_dir, "run folder")  # the evaluation is cached there
+    check_out_dir(cfg.out_dir, "--out")
+    if args.results:
+        check_out_file(args.results, "--results")
+    ds = load_data(cfg)
+    if tuple(syn.images.shape[1:]) != ds.shape:
+        shape = tuple(syn.images.shape[1:])
+        raise ArtifactError(f"{target}: the images are {shape}, but {cfg.dataset} at size {cfg.size} is {ds.shape}")
+    check_nets(cfg, ds.shape, ds.num_classes)
+    _, row = evaluate_run(cfg, run_dir, syn, ds, progress=not args.no_progress)
     if args.results:
         append_jsonl(args.results, row)
     _print_summary(f"{cfg.dataset} {syn.meta.get('method')} ipc={syn.meta.get('ipc')}", row)
@@ -232,24 +433,43 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from meddistill.pipeline import run_cell
+    from meddistill.pipeline import distill, evaluate_run
 
-    cfg = config_from_args(args)
-    _check_resume(args, cfg)
-    res = run_cell(cfg, progress=not args.no_progress, restart=args.restart)
-    print(f"run folder: {res.run_dir}")
-    _print_summary(f"{cfg.dataset} {cfg.distill.method} ipc={cfg.distill.ipc} ({cfg.profile} profile)", res.row)
+    cfg, ds = _prepare_cell(args, evaluation=True)
+    if args.dry_run:
+        return _print_dry_run(cfg)
+    progress = not args.no_progress
+    run_dir, syn = distill(cfg, ds, progress=progress, restart=args.restart)
+    _, row = evaluate_run(cfg, run_dir, syn, ds, progress=progress)
+    print(f"run folder: {run_dir}")
+    _print_summary(f"{cfg.dataset} {cfg.distill.method} ipc={cfg.distill.ipc} ({cfg.profile} profile)", row)
     return 0
+
+
+def _check_bench_flags(args: argparse.Namespace) -> None:
+    if args.address and args.executor != "ray":
+        raise ConfigError("--address is the Ray cluster's address: it needs --executor ray")
+    if args.executor == "ray" and (args.workers != 1 or args.threads):
+        raise ConfigError("--workers and --threads are for the local executor (Ray workers use this process's threads)")
+    if args.threads and args.workers < 2:
+        raise ConfigError("--threads sets the torch threads of each worker process: it needs --workers 2 or more")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from meddistill.bench import load_grid, run_grid, write_report
+    from meddistill.checks import check_out_dir, check_out_file
 
+    _check_bench_flags(args)
     grid = load_grid(args.grid)
     for key in ("store", "out_dir", "experts_dir"):
         if getattr(args, key):
             setattr(grid, key, getattr(args, key))
-    extra = {"device": args.device} if args.device else {}
+    check_out_file(grid.store, "store")
+    check_out_dir(grid.out_dir, "--out")
+    check_out_dir(grid.experts_dir, "--experts-dir")
+    if args.report:
+        check_out_dir(args.report, "--report")
+    extra = {k: getattr(args, k) for k in ("device", "data_root") if getattr(args, k)}
     ran, done = run_grid(
         grid, args.executor, args.address, not args.no_progress, args.limit, args.workers, args.threads, **extra
     )
@@ -262,7 +482,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from meddistill.bench import write_report
+    from meddistill.checks import check_out_dir
 
+    check_out_dir(args.out, "--out")
     order = args.order.split(",") if args.order else None
     written = write_report(args.store, args.out, order, args.net)
     for key, path in written.items():  # one ACC table, or one per net with --net all
@@ -272,43 +494,45 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _saved_config(run_dir: Path) -> RunConfig | None:
-    """The resolved config a run folder was made with, or None if it has none."""
-    path = run_dir / "config.yaml"
-    return config_from_dict(read_yaml(path)) if path.exists() else None
+def _audit_config(args: argparse.Namespace, run_dir: Path) -> tuple[RunConfig, str]:
+    """The run's saved config with the flags audit honours; its relative paths resolved from
+    where the run folder is (never the working directory). Also says where experts_dir came from."""
+    from meddistill.runfolder import require_run_config, saved_path
 
-
-def _run_config(run_dir: Path, args: argparse.Namespace) -> RunConfig:
-    base = _saved_config(run_dir)
-    if base is None:
-        raise MeddistillError(f"{run_dir} is not a run folder (no config.yaml)")
-    for key in ("device", "data_root"):
-        if getattr(args, key, None):
-            setattr(base, key, getattr(args, key))
-    return base
+    cfg = require_run_config(run_dir)
+    saved_experts = cfg.experts_dir
+    cfg.device = args.device or cfg.device
+    cfg.data_root = args.data_root or saved_path(run_dir, cfg, "data_root", "--data-root")
+    cfg.experts_dir = args.experts_dir or saved_path(run_dir, cfg, "experts_dir", "--experts-dir")
+    how = "" if args.experts_dir else f" (experts_dir {saved_experts!r} of {run_dir / 'config.yaml'})"
+    return cfg, how
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from meddistill.audit import run_audit
+    from meddistill.checks import check_out_dir
     from meddistill.distill import DistillContext, get_method
     from meddistill.distill.coreset import expert_features
+    from meddistill.experts import require_experts
     from meddistill.pipeline import load_data
     from meddistill.synset import SynSet
     from meddistill.utils import resolve_device
 
     run_dir = Path(args.run)
-    cfg = _run_config(run_dir, args)
+    cfg, how = _audit_config(args, run_dir)
     syn = SynSet.load(run_dir)
+    check_out_dir(run_dir, "run folder")  # audit.json and audit.png are written there
     ds = load_data(cfg)
     device = resolve_device(cfg.device)
-    ctx = DistillContext(ds, cfg, device, run_dir, not args.no_progress)
+    folder = require_experts(cfg, ds, how)  # an audit never trains experts
+    ctx = DistillContext(ds, cfg, device, run_dir, not args.no_progress, _experts=folder)
 
-    def audit_and_print(folder: Path, synset: SynSet, label: str) -> None:
-        rep = run_audit(folder, synset, ds, cfg, device, args.ssim_threshold, lambda x: expert_features(ctx, x))
+    def audit_and_print(out: Path, synset: SynSet, label: str) -> None:
+        rep = run_audit(out, synset, ds, cfg, device, args.ssim_threshold, lambda x: expert_features(ctx, x))
         s = rep.summary
         print(
             f"{label}: mean max-SSIM to real {s['mean_max_ssim']:.3f}; flagged {len(rep.flagged)}/"
-            f"{rep.n_synthetic}; membership-inference AUC {s['mia_auc']:.3f}  ({folder / 'audit.json'})"
+            f"{rep.n_synthetic}; membership-inference AUC {s['mia_auc']:.3f}  ({out / 'audit.json'})"
         )
 
     audit_and_print(run_dir, syn, str(run_dir))
@@ -321,8 +545,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from meddistill.checks import check_out_dir
     from meddistill.export import export_run
 
+    check_out_dir(args.out, "export folder")
     out = export_run(args.run, args.out, licence=args.licence)
     print(f"exported to {out}: synset.npz, card.md, train_example.py")
     return 0
@@ -341,20 +567,26 @@ COMMANDS = {
 }
 
 
+def _say(message: str) -> None:
+    """One line on stderr, whatever the message holds."""
+    print("meddistill: " + "; ".join(s.strip() for s in message.splitlines() if s.strip()), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except MeddistillError as exc:
-        print(f"meddistill: error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}")
         return 2
     except KeyboardInterrupt:
-        print(
-            "meddistill: interrupted; finished work and the last checkpoint are kept — run the same "
-            "command again to resume",
-            file=sys.stderr,
-        )
+        _say("interrupted; finished work and the last checkpoint are kept — run the same command again to resume")
         return 130
+    except Exception as exc:  # a net under the checks above, not a substitute for them
+        if os.environ.get("MEDDISTILL_DEBUG"):
+            raise
+        _say(f"internal error: {type(exc).__name__}: {exc} (set MEDDISTILL_DEBUG=1 for the traceback)")
+        return 1
 
 
 if __name__ == "__main__":

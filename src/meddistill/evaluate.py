@@ -21,7 +21,7 @@ from meddistill.augment import for_dataset
 from meddistill.config import RunConfig
 from meddistill.data.loader import MedDataset, Split
 from meddistill.metrics import medmnist_acc, medmnist_auc
-from meddistill.nets import NetSpec, create_model
+from meddistill.nets import create_model, spec_for
 from meddistill.train import TrainPlan, fit, sgd
 from meddistill.utils import autocast, derive_seed
 
@@ -100,7 +100,7 @@ def train_and_select(
     result of the best-val checkpoint and that checkpoint's weights."""
     ecfg = cfg.eval
     plan = eval_plan(cfg, ds, net_name, seed, lr, batch_size or ecfg.batch_size)
-    spec = NetSpec(**{**cfg.net.to_dict(), "name": net_name})
+    spec = spec_for(cfg.net, net_name)
     torch.manual_seed(derive_seed(seed, "eval-init", net_name))
     net = create_model(spec, ds.shape, ds.num_classes).to(device)
     opt = sgd(net, plan)

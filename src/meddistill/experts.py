@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -29,7 +29,15 @@ from meddistill.data.sources import data_identity, dataset_tag
 from meddistill.errors import ArtifactError, ConfigError
 from meddistill.nets import FlatParams, create_model, flatten_params, load_flat
 from meddistill.train import Diverged, TrainPlan, fit, sgd
-from meddistill.utils import atomic_path, autocast, code_version, config_hash, derive_seed, write_text_atomic
+from meddistill.utils import (
+    atomic_path,
+    autocast,
+    code_version,
+    config_hash,
+    derive_seed,
+    read_json_object,
+    write_text_atomic,
+)
 
 
 def expert_identity(cfg: RunConfig) -> dict:
@@ -62,6 +70,53 @@ def load_trajectory(path: Path) -> torch.Tensor:
         return load_file(str(path))["trajectory"]
     except (SafetensorError, OSError, KeyError) as exc:
         raise ArtifactError(f"expert file {path} is unreadable ({exc}); delete it to retrain") from None
+
+
+def trajectory_width(path: Path) -> int:
+    """Parameters per epoch in an expert file, read from its header (the tensor is not loaded)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return int(f.get_slice("trajectory").get_shape()[1])
+    except (SafetensorError, OSError, KeyError, IndexError) as exc:
+        raise ArtifactError(f"expert file {path} is unreadable ({exc}); delete it to retrain") from None
+
+
+def expert_files(folder: Path) -> list[Path]:
+    """The finished expert files of a folder, by index (``.partial`` files left out)."""
+    files = [f for f in folder.glob("expert_*.safetensors") if ".partial" not in f.name]
+    return sorted(files, key=lambda p: int(p.stem.split("_")[1]))
+
+
+def check_expert_files(folder: Path, num_params: int, net_tag: str) -> None:
+    """Every finished expert in ``folder`` holds ``num_params`` parameters per epoch."""
+    for f in expert_files(folder):
+        width = trajectory_width(f)
+        if width != num_params:
+            raise ArtifactError(
+                f"{f} holds {width} parameters per epoch, but {net_tag} on these images has {num_params} "
+                f"(another net or an older meddistill); delete {folder} to retrain"
+            )
+
+
+def read_meta(path: Path) -> dict:
+    """An expert folder's ``meta.json``; a corrupt one is an :class:`ArtifactError`."""
+    return read_json_object(path, f"delete {path.parent} to retrain these experts")
+
+
+def num_params(cfg: RunConfig, ds: MedDataset) -> int:
+    with torch.device("meta"):
+        return FlatParams.of(create_model(cfg.net, ds.shape, ds.num_classes)).total
+
+
+def require_experts(cfg: RunConfig, ds: MedDataset, how: str = "") -> Path:
+    """The folder of this config's finished experts, checked; an error (not training) if absent."""
+    folder = expert_dir(cfg)
+    if not (folder / "expert_0.safetensors").is_file():
+        raise ArtifactError(
+            f"no trained experts at {folder}{how}; pass --experts-dir, or train them with `meddistill experts`"
+        )
+    check_expert_files(folder, num_params(cfg, ds), cfg.net.tag())
+    return folder
 
 
 def _accuracy(net, x: torch.Tensor, y: torch.Tensor, device, bf16: bool, bs: int = 1024) -> float:
@@ -153,14 +208,15 @@ def train_experts(ds: MedDataset, cfg: RunConfig, device: torch.device, progress
     meta_path = out / "meta.json"
     meta = {
         "identity": expert_identity(cfg),
-        "num_params": FlatParams.of(create_model(cfg.net, ds.shape, ds.num_classes)).total,
+        "num_params": num_params(cfg, ds),
         "code_version": code_version(),
         "format": "trajectory: (epochs+1, num_params) float32, row 0 = init",
     }
     if meta_path.exists():
-        old = json.loads(meta_path.read_text())
+        old = read_meta(meta_path)
         if old.get("identity") != meta["identity"]:
             raise ArtifactError(f"{meta_path} describes different experts; remove {out} or change experts_dir")
+    check_expert_files(out, meta["num_params"], cfg.net.tag())
     write_text_atomic(meta_path, json.dumps(meta, indent=2, sort_keys=True))
     todo = [k for k in range(cfg.experts.num_experts) if not (out / f"expert_{k}.safetensors").exists()]
     total = len(todo) * cfg.experts.epochs
@@ -176,8 +232,7 @@ class ExpertBuffer:
 
     def __init__(self, folder: Path, num: int | None = None, max_cached: int = 16) -> None:
         self.folder = Path(folder)
-        files = sorted(self.folder.glob("expert_*.safetensors"), key=lambda p: int(p.stem.split("_")[1]))
-        files = [f for f in files if ".partial" not in f.name]
+        files = expert_files(self.folder)
         if num is not None:
             files = files[:num]
         if not files:

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from meddistill.config import read_yaml
 from meddistill.data.describe import card_source
 from meddistill.errors import ArtifactError
 from meddistill.synset import SynSet
-from meddistill.utils import atomic_path, write_text_atomic
+from meddistill.utils import atomic_path, read_json_object, write_text_atomic
 
 EXAMPLE = '''"""Train a small CNN on the exported synthetic set with plain PyTorch (no meddistill)."""
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
@@ -108,9 +109,15 @@ def export_run(run_dir: str | Path, out: str | Path, licence: str | None = None)
     run_dir, out = Path(run_dir), Path(out)
     syn = SynSet.load(run_dir)
     source, syn.meta["license"] = card_source(run_dir, syn.meta, licence)  # own images: the user's licence
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"export folder {out} is a file, not a folder")
     if out.exists() and any(out.iterdir()):
         raise ArtifactError(f"export folder {out} is not empty")
-    out.mkdir(parents=True, exist_ok=True)
+    config = read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else None
+    evals = [read_json_object(p, "delete it and run `meddistill eval`") for p in sorted(run_dir.glob("eval_*.json"))]
+    audit_path = run_dir / "audit.json"
+    audit = read_json_object(audit_path, "run `meddistill audit` again") if audit_path.exists() else None
+    out.mkdir(parents=True, exist_ok=True)  # everything is read (and checked) before anything is written
     arrays = {
         "train_images": to_uint8(syn),
         "train_labels": syn.labels.numpy().astype(np.int64).reshape(-1, 1),
@@ -124,9 +131,6 @@ def export_run(run_dir: str | Path, out: str | Path, licence: str | None = None)
         arrays["train_soft_labels"] = syn.soft_labels.numpy()
     with atomic_path(out / "synset.npz") as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else None
-    evals = [json.loads(p.read_text()) for p in sorted(run_dir.glob("eval_*.json"))]
-    audit = json.loads((run_dir / "audit.json").read_text()) if (run_dir / "audit.json").exists() else None
     write_text_atomic(out / "card.md", _card(syn, config, evals, audit, source))
     write_text_atomic(out / "meta.json", json.dumps(syn.meta, indent=2, sort_keys=True))
     write_text_atomic(out / "train_example.py", EXAMPLE)

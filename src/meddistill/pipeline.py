@@ -20,7 +20,7 @@ from meddistill.evaluate import EvalSummary, evaluate_images
 from meddistill.experts import expert_identity
 from meddistill.plots import save_curves, save_grid
 from meddistill.synset import SynSet
-from meddistill.utils import append_jsonl, config_hash, read_jsonl, resolve_device, write_text_atomic
+from meddistill.utils import append_jsonl, config_hash, read_json_object, read_jsonl, resolve_device, write_text_atomic
 
 
 def distill_identity(cfg: RunConfig) -> dict:
@@ -119,7 +119,7 @@ def evaluate_run(
     ehash = config_hash(eval_identity(cfg), 10)
     cache = run_dir / f"eval_{ehash}.json"
     if cache.exists():
-        row = json.loads(cache.read_text())
+        row = read_json_object(cache, "delete it to evaluate the set again")
         return None, row
     summary = evaluate_images(syn.images, syn.targets(), ds, cfg, device, lr=syn.lr, progress=progress)
     row = result_row(cfg, summary, syn.meta.get("config_hash", ""), ehash, run_dir, syn.lr)
@@ -165,11 +165,11 @@ def run_cell(cfg: RunConfig, progress: bool = True, restart: bool = False, evalu
     return CellResult(run_dir, syn, summary, row)
 
 
-def full_row(cfg: RunConfig, progress: bool = True) -> dict:
+def full_row(cfg: RunConfig, progress: bool = True, ds: MedDataset | None = None) -> dict:
     """The upper-bound row: the shared evaluation protocol trained on the whole real train split."""
     from meddistill.evaluate import evaluate_full
 
-    ds = load_data(cfg, progress)
+    ds = ds or load_data(cfg, progress)
     summary = evaluate_full(ds, cfg, resolve_device(cfg.device), progress)
     row = result_row(cfg, summary, "", config_hash(eval_identity(cfg), 10), None, cfg.eval.lr_default)
     row["train_images"] = len(ds.train)

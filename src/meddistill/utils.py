@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from meddistill.errors import ConfigError
+from meddistill.errors import ArtifactError, ConfigError
 
 
 def derive_seed(*parts: Any) -> int:
@@ -100,6 +100,17 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+def read_json_object(path: str | os.PathLike, fix: str) -> dict[str, Any]:
+    """A JSON file holding an object; a corrupt one is an :class:`ArtifactError` that says ``fix``."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path} is corrupt ({exc}); {fix}") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path} is corrupt (not a JSON object); {fix}")
+    return data
 
 
 def code_version() -> str:

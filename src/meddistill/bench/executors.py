@@ -175,6 +175,8 @@ def run_grid(
     cells = expand(grid, **extra)
     done = done_keys(store)
     todo = [c for c in cells if c.key not in done]
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ConfigError(f"limit must be a non-negative number of cells, got {limit!r}")
     if limit is not None:
         todo = todo[:limit]
     if workers < 1:

@@ -39,19 +39,88 @@ class Grid:
 
 
 GRID_KEYS = set(Grid.__dataclass_fields__)
+LIST_KEYS = ("datasets", "ipc", "methods", "seeds", "eval_nets", "overrides")
+OVERRIDE_MAPS = ("method_overrides", "ipc_overrides", "dataset_overrides")
+
+
+def _override_list(value: Any, where: str) -> list[str]:
+    """A list of ``key=value`` strings (a single string is a list of one)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+        raise ConfigError(f"{where} must be a list of key=value strings, got {value!r}")
+    return items
+
+
+def _override_map(value: Any, where: str) -> dict[Any, list[str]]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping (name: [key=value, ...]), got {type(value).__name__} {value!r}")
+    return {k: _override_list(v, f"{where}[{k!r}]") for k, v in value.items()}
+
+
+def _int_key(key: Any, where: str) -> int:
+    if isinstance(key, bool) or not isinstance(key, (int, str)) or not str(key).strip().lstrip("-").isdigit():
+        raise ConfigError(f"{where} has key {key!r}; its keys are ipc values (integers)")
+    return int(key)
+
+
+def _int_list(values: list[Any], where: str) -> None:
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int)]
+    if bad:
+        raise ConfigError(f"{where} must be integers, got {bad!r}")
 
 
 def load_grid(path: str | Path) -> Grid:
+    """Read and check a grid YAML: every name (dataset, method, net) and override is checked
+    here, not when its cell comes up."""
     data: dict[str, Any] = read_yaml(path)
     unknown = set(data) - GRID_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown grid keys {sorted(unknown)}; valid: {sorted(GRID_KEYS - {'name'})}")
     data.setdefault("name", Path(path).stem)
-    for key in ("datasets", "ipc", "methods", "seeds", "eval_nets", "overrides"):
+    for key in LIST_KEYS:
         if key in data and not isinstance(data[key], list):
             data[key] = [data[key]]
-    data["ipc_overrides"] = {int(k): v for k, v in (data.get("ipc_overrides") or {}).items()}
-    return Grid(**data)
+    for key in OVERRIDE_MAPS:
+        data[key] = _override_map(data.get(key), f"{path}: {key}")
+    data["ipc_overrides"] = {_int_key(k, f"{path}: ipc_overrides"): v for k, v in data["ipc_overrides"].items()}
+    grid = Grid(**data)
+    check_grid(grid, str(path))
+    return grid
+
+
+def check_grid(grid: Grid, where: str | None = None) -> None:
+    """Names a grid uses must exist (dataset names become their canonical form, e.g. ``BREAST`` →
+    ``breastmnist``); a :class:`ConfigError` naming the grid otherwise."""
+    from meddistill.config import PROFILES
+    from meddistill.data import get_info
+    from meddistill.distill import get_method
+    from meddistill.nets.registry import net_entry
+
+    where = where or f"grid {grid.name}"
+    try:
+        if grid.profile not in PROFILES:
+            raise ConfigError(f"unknown profile {grid.profile!r}; choose one of {', '.join(PROFILES)}")
+        _int_list(grid.ipc, "ipc")
+        _int_list(grid.seeds, "seeds")
+        grid.datasets = [_single_label(get_info(str(d)).name) for d in grid.datasets]
+        grid.dataset_overrides = {get_info(str(d)).name: v for d, v in grid.dataset_overrides.items()}
+        for m in [*grid.methods, *(m for m in grid.method_overrides if m != FULL)]:
+            get_method(str(m))
+        for n in grid.eval_nets:
+            net_entry(str(n))
+        _override_list(grid.overrides, "overrides")
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _single_label(name: str) -> str:
+    from meddistill.data import get_info
+
+    if get_info(name).multi_label:
+        raise ConfigError(f"{name} is multi-label; class-wise distillation supports single-label tasks")
+    return name
 
 
 @dataclass
@@ -98,6 +167,7 @@ def cell_key(cfg: RunConfig) -> str:
 
 def expand(grid: Grid, **extra: Any) -> list[Cell]:
     """All cells of a grid, in a deterministic order (full-data rows have ipc 0)."""
+    check_grid(grid)
     cells: list[Cell] = []
     for dataset in grid.datasets:
         for seed in grid.seeds:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from meddistill.distill import FULL
-from meddistill.errors import ArtifactError
+from meddistill.errors import ArtifactError, ConfigError
 from meddistill.utils import read_jsonl
 
 METRICS = {"acc": "acc_mean", "auc": "auc_mean"}
@@ -199,6 +199,35 @@ def _tables_and_plots(rows: list[dict], out: Path, order: list[str] | None, net:
     return written
 
 
+ROW_KEYS = ("dataset", "ipc", "method", "seed", "acc_mean", "auc_mean")
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_rows(rows: list, store: str | Path) -> None:
+    """Every row is a results row (what ``bench``/``run``/``eval`` write): an
+    :class:`ArtifactError` naming the first one that is not."""
+    for i, r in enumerate(rows, start=1):
+        if not isinstance(r, dict):
+            raise ArtifactError(f"{store}: row {i} is not a JSON object; is this a results file?")
+        missing = [k for k in ROW_KEYS if k not in r]
+        if missing:
+            raise ArtifactError(f"{store}: row {i} lacks {', '.join(missing)}; is this a results file?")
+        if not all(_is_int(r[k]) for k in ("ipc", "seed")) or not all(_is_num(r[k]) for k in METRICS.values()):
+            raise ArtifactError(f"{store}: row {i} has a non-numeric ipc, seed, acc_mean or auc_mean")
+        per_net = r.get("per_net", {})
+        if not isinstance(per_net, dict) or any(not isinstance(s, dict) for s in per_net.values()):
+            raise ArtifactError(f"{store}: row {i} has a malformed per_net")
+        if any(not _is_num(s.get(k)) for s in per_net.values() for k in METRICS.values()):
+            raise ArtifactError(f"{store}: row {i} has a per_net entry without acc_mean/auc_mean")
+
+
 def write_report(
     store: str | Path, out: str | Path, order: list[str] | None = None, net: str | None = None
 ) -> dict[str, Path]:
@@ -209,10 +238,16 @@ def write_report(
     rows = read_jsonl(store)
     if not rows:
         raise ArtifactError(f"no results in {store}")
+    check_rows(rows, store)
+    nets = list(dict.fromkeys(n for r in rows for n in r.get("per_net") or {}))
+    if net is not None and (net not in nets if net != "all" else not nets):
+        present = ", ".join(nets) or "none (the rows have no per_net results)"
+        raise ConfigError(f"no rows of {store} were evaluated with net {net!r}; nets present: {present}")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"report folder {out} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     if net == "all":
-        nets = list(dict.fromkeys(n for r in rows for n in r.get("per_net", {})))
         written = {f"{n}/{k}": p for n in nets for k, p in _tables_and_plots(rows, out / n, order, n).items()}
     else:
         written = _tables_and_plots(rows, out, order, net)

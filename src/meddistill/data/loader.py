@@ -43,10 +43,21 @@ def candidate_roots(data_root: str | os.PathLike | None = None) -> list[Path]:
 
 def file_md5(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+    except PermissionError:
+        raise DataError(f"cannot read {path}: permission denied") from None
     return h.hexdigest()
+
+
+def is_data_file(path: Path) -> bool:
+    """Whether ``path`` is a file; a folder that cannot be searched is a :class:`DataError`."""
+    try:
+        return path.is_file()
+    except PermissionError:
+        raise DataError(f"cannot look into {path.parent}: permission denied") from None
 
 
 def verify_file(path: Path, info: DatasetInfo, size: int) -> None:
@@ -61,13 +72,15 @@ def verify_file(path: Path, info: DatasetInfo, size: int) -> None:
 
 
 def download(url: str, dest: Path, md5: str, timeout: float = 30.0) -> None:
-    """Download ``url`` to ``dest`` atomically, keeping it only if its MD5 matches."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    """Download ``url`` to ``dest`` atomically, keeping it only if its MD5 matches. The folder
+    of ``dest`` is created only once the server answers: a failed lookup creates nothing."""
     tmp = dest.with_suffix(dest.suffix + ".part")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as f:
-            while block := resp.read(1 << 20):
-                f.write(block)
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                while block := resp.read(1 << 20):
+                    f.write(block)
         got = file_md5(tmp)
         if got != md5:
             raise DataError(f"downloaded {url} has MD5 {got}, expected {md5}; not kept")
@@ -85,7 +98,7 @@ def resolve_file(
     roots = candidate_roots(data_root)
     for root in roots:
         path = root / fname
-        if path.is_file():
+        if is_data_file(path):
             verify_file(path, info, size)
             return path
     dest = roots[0] / fname
@@ -96,7 +109,7 @@ def resolve_file(
             return dest
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             reason = f"download failed: {getattr(exc, 'reason', exc)}"
-    searched = ", ".join(str(r) for r in roots)
+    searched = ", ".join(str(r) + ("" if r.is_dir() else " (no such folder)") for r in roots)
     raise DataError(
         f"{fname} not found in [{searched}] ({reason}); download {info.url(size)} "
         f"(MD5 {info.md5[size]}) and place it at {dest}"
@@ -142,6 +155,8 @@ def _read_npz(path: Path, info: DatasetInfo) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             return {f"{s}_{k}": z[f"{s}_{k}"] for s in SPLITS for k in ("images", "labels")}
+    except PermissionError:
+        raise DataError(f"cannot read {path}: permission denied") from None
     except (zipfile.BadZipFile, ValueError, EOFError, OSError) as exc:
         raise DataError(f"{path} is not a readable npz file ({exc}); re-download {info.url()}") from None
     except KeyError as exc:

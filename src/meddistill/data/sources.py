@@ -124,8 +124,8 @@ def _load_medmnist(cfg: RunConfig, progress: bool | None = None) -> MedDataset:
     return load_dataset(info.name, cfg.size, cfg.data_root or None)
 
 
-register_source(
-    Source("medmnist", _is_medmnist, _load_medmnist, lambda cfg: {}, lambda d: d, lambda d: d)
+register_source(  # canonical: "BREAST" or "breast" → "breastmnist" (one name, one folder, one row label)
+    Source("medmnist", _is_medmnist, _load_medmnist, lambda cfg: {}, lambda d: d, lambda d: get_info(d).name)
 )  # fmt: skip
 
 

@@ -2,7 +2,7 @@
 
 from meddistill.nets import convnet, resnet, vgg  # noqa: F401  (registers the nets)
 from meddistill.nets.functional import FlatParams, call_flat, flatten_params, load_flat
-from meddistill.nets.registry import NetSpec, create_model, list_nets, register_net
+from meddistill.nets.registry import NetSpec, create_model, list_nets, register_net, spec_for
 
 __all__ = [
     "FlatParams",
@@ -13,4 +13,5 @@ __all__ = [
     "list_nets",
     "load_flat",
     "register_net",
+    "spec_for",
 ]

@@ -39,6 +39,13 @@ class ConvNet(nn.Module):
         return f if features else self.classifier(f)
 
 
-@register_net("convnet")
-def convnet(in_shape, num_classes, width=128, depth=3, norm="instance", pooling="avg", **_):
+@register_net("convnet", reads=("width", "depth", "norm", "pooling"))
+def convnet(
+    in_shape: tuple[int, int, int],
+    num_classes: int,
+    width: int = 128,
+    depth: int = 3,
+    norm: str = "instance",
+    pooling: str = "avg",
+) -> ConvNet:
     return ConvNet(in_shape, num_classes, width=width, depth=depth, norm=norm, pooling=pooling)

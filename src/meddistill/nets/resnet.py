@@ -47,6 +47,6 @@ class ResNet18(nn.Module):
         return f if features else self.classifier(f)
 
 
-@register_net("resnet18")
-def resnet18(in_shape, num_classes, width=64, norm="instance", **_):
+@register_net("resnet18", reads=("width", "norm"))
+def resnet18(in_shape: tuple[int, int, int], num_classes: int, width: int = 64, norm: str = "instance") -> ResNet18:
     return ResNet18(in_shape, num_classes, width=width, norm=norm)

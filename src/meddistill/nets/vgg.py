@@ -39,6 +39,6 @@ class VGG11Small(nn.Module):
         return f if features else self.classifier(f)
 
 
-@register_net("vgg11")
-def vgg11(in_shape, num_classes, width=64, norm="instance", **_):
+@register_net("vgg11", reads=("width", "norm"))
+def vgg11(in_shape: tuple[int, int, int], num_classes: int, width: int = 64, norm: str = "instance") -> VGG11Small:
     return VGG11Small(in_shape, num_classes, width=width, norm=norm)

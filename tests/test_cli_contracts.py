@@ -1,0 +1,264 @@
+"""Each sub-command accepts only the flags it reads, and bad input is one line, not a traceback."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from meddistill.cli import main, usage_table
+from meddistill.config import build_config, dump_yaml
+from meddistill.errors import ArtifactError
+from meddistill.runfolder import origin_dir, saved_path
+from meddistill.synset import SynSet
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _one_error_line(capsys, code: int, *needles: str) -> str:
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("meddistill: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def _fake_run(
+    root: Path, out_dir: str = "runs", experts_dir: str = "experts", seed: int = 0, **flags
+) -> tuple[Path, object]:
+    """A run folder as ``distill`` leaves it (config.yaml + synset.npz), without computing one."""
+    cfg = build_config("tiny", dataset="breastmnist", out_dir=out_dir, experts_dir=experts_dir, seed=seed, **flags)
+    runs = Path(out_dir) if Path(out_dir).is_absolute() else root / out_dir
+    run_dir = runs / "breastmnist_28" / f"ptm-ipc1-s{seed}-0123456789"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    meta = {"dataset": "breastmnist", "size": 28, "ipc": 1, "method": "ptm", "seed": seed}
+    SynSet(torch.randn(2, 1, 28, 28), torch.tensor([0, 1]), torch.zeros(1), torch.ones(1), 0.01, None, meta).save(
+        run_dir / "synset.npz"
+    )
+    return run_dir, cfg
+
+
+def _tiny(tmp_path: Path) -> list[str]:
+    return ["--profile", "tiny", "--out", str(tmp_path / "runs"), "--experts-dir", str(tmp_path / "ex")]
+
+
+# ------------------------------------------------------------------ A: honest contracts
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["audit", "RUN", "--set", "distill.ipc=3"],
+        ["audit", "RUN", "--config", "missing.yaml"],
+        ["audit", "RUN", "--profile", "cpu"],
+        ["audit", "RUN", "--seed", "1"],
+        ["audit", "RUN", "--out", "x"],
+        ["audit", "RUN", "--size", "64"],
+        ["experts", "breastmnist", "--seed", "1"],  # experts use experts.seed, not the run seed
+        ["experts", "breastmnist", "--out", "x"],
+        ["eval", "RUN", "--experts-dir", "x"],  # evaluation reads no experts
+        ["export", "RUN", "OUT", "--device", "cpu"],
+        ["report", "s.jsonl", "--device", "cpu"],
+        ["datasets", "--out", "x"],
+        ["bench", "g.yaml", "--set", "distill.ipc=2"],
+    ],
+)
+def test_subcommands_reject_flags_they_do_not_read(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_readme_command_table_is_the_parser():
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"<!-- cli-flags:begin -->\n(.*?)<!-- cli-flags:end -->", text, re.S)
+    assert block, "README.md lacks the <!-- cli-flags:begin/end --> block"
+    assert block.group(1) == usage_table(), (
+        "README's command table is out of date; paste: python -c 'from meddistill.cli import usage_table; "
+        "print(usage_table())'"
+    )
+
+
+def test_origin_of_relative_paths_is_where_the_run_folder_is(tmp_path):
+    run_dir, cfg = _fake_run(tmp_path / "proj", out_dir="results/runs", experts_dir="experts")
+    assert origin_dir(run_dir, cfg) == (tmp_path / "proj").resolve()
+    assert saved_path(run_dir, cfg, "experts_dir", "--experts-dir") == str((tmp_path / "proj" / "experts").resolve())
+    assert saved_path(run_dir, cfg, "data_root", "--data-root") == ""  # the default stays the default
+    cfg.out_dir = str(tmp_path / "proj" / "results" / "runs")  # absolute out_dir: relative to what?
+    with pytest.raises(ArtifactError, match=r"relative experts_dir 'experts'.*pass --experts-dir"):
+        saved_path(run_dir, cfg, "experts_dir", "--experts-dir")
+    cfg.out_dir = "elsewhere"  # the run folder is not where its out_dir says
+    assert origin_dir(run_dir, cfg) is None
+
+
+def test_audit_from_another_directory_does_not_train_experts_there(tmp_path, monkeypatch, capsys):
+    run_dir, _ = _fake_run(tmp_path / "proj")  # out_dir runs, experts_dir experts, both relative
+    monkeypatch.chdir(tmp_path)  # not proj: the old audit trained experts in ./experts here
+    code = main(["audit", str(run_dir), "--device", "cpu", "--no-progress"])
+    _one_error_line(capsys, code, "no trained experts at", str((tmp_path / "proj" / "experts").resolve()))
+    assert not (tmp_path / "experts").exists()
+    abs_run, _ = _fake_run(tmp_path / "abs", out_dir=str(tmp_path / "abs" / "runs"), experts_dir="experts")
+    code = main(["audit", str(abs_run), "--device", "cpu"])
+    _one_error_line(capsys, code, "pass --experts-dir")
+
+
+def test_eval_of_a_run_folder_refuses_settings_it_would_ignore(tmp_path, capsys):
+    run_dir, _ = _fake_run(tmp_path)
+    for flags, key in (
+        (["--set", "method.iterations=5"], "distill"),
+        (["--size", "64"], "size"),
+        (["--set", "net.width=8"], "net"),
+    ):
+        code = main(["eval", str(run_dir), "--device", "cpu", *flags])
+        _one_error_line(capsys, code, f"uses the run's own {key}")
+    assert not list(run_dir.glob("eval_*.json"))
+
+
+def test_eval_of_a_run_folder_uses_its_seed_and_runs_folder(tmp_path, monkeypatch, capsys):
+    import meddistill.pipeline as pipeline
+
+    run_dir, _ = _fake_run(tmp_path / "proj", seed=3)
+    seen = {}
+
+    def fake_evaluate(cfg, run_dir, syn, ds, progress=True):
+        seen.update(seed=cfg.seed, out=cfg.out_dir, net=cfg.net.width)
+        return None, {"per_net": {}}
+
+    monkeypatch.setattr(pipeline, "evaluate_run", fake_evaluate)
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", str(run_dir), "--device", "cpu", "--no-progress", "--set", "eval.epochs=2"]) == 0
+    assert seen == {"seed": 3, "out": str((tmp_path / "proj" / "runs").resolve()), "net": 16}
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bench_flags_that_would_be_ignored_are_errors(tmp_path, capsys):
+    grid = REPO / "configs" / "bench" / "cpu.yaml"
+    for flags, msg in (
+        (["--address", "ray://x"], "--address is the Ray cluster's address"),
+        (["--threads", "1"], "it needs --workers 2 or more"),
+        (["--executor", "ray", "--workers", "2"], "are for the local executor"),
+    ):
+        _one_error_line(capsys, main(["bench", str(grid), *flags]), msg)
+    for flags in (["--limit", "-1"], ["--workers", "0"]):
+        with pytest.raises(SystemExit) as e:
+            main(["bench", str(grid), *flags])
+        assert e.value.code == 2 and "must be" in capsys.readouterr().err
+
+
+def test_bench_passes_data_root_and_device_to_every_cell(tmp_path, monkeypatch, capsys):
+    import meddistill.bench as bench
+
+    seen = {}
+
+    def fake_run_grid(grid, executor, address, progress, limit, workers, threads, **extra):
+        seen.update(extra, limit=limit)
+        return 0, 0
+
+    monkeypatch.setattr(bench, "run_grid", fake_run_grid)
+    grid = tmp_path / "g.yaml"
+    grid.write_text(f"profile: tiny\nmethods: [random]\nstore: {tmp_path / 's.jsonl'}\nout_dir: {tmp_path / 'r'}\n")
+    argv = ["bench", str(grid), "--data-root", "/data", "--device", "cpu", "--limit", "0", "--no-progress"]
+    assert main([*argv, "--experts-dir", str(tmp_path / "ex")]) == 0
+    assert seen == {"data_root": "/data", "device": "cpu", "limit": 0}
+
+
+# ------------------------------------------------------------------ B: one line, not a traceback
+def test_config_file_that_is_binary_a_folder_or_bad_yaml(tmp_path, capsys):
+    junk = tmp_path / "junk.yaml"
+    junk.write_bytes(bytes(range(256)))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("distill:\n  ipc: [1, 2\n")
+    for path, msg in ((junk, "is not a YAML file (not UTF-8 text)"), (tmp_path, "is a folder"), (bad, "line 3")):
+        code = main(["distill", "breastmnist", "--config", str(path), "--dry-run", *_tiny(tmp_path)])
+        _one_error_line(capsys, code, msg)
+
+
+def test_dataset_names_resolve_to_the_canonical_name(tmp_path, capsys):
+    assert main(["distill", "BREAST", "--dry-run", "--device", "cpu", *_tiny(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "dry run: breastmnist ptm" in out and str(tmp_path / "runs" / "breastmnist_28") in out
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "ex").exists()
+    code = main(["distill", "breast_mnist", "--dry-run", *_tiny(tmp_path)])
+    _one_error_line(capsys, code, "unknown dataset 'breast_mnist'", "breastmnist, chestmnist")
+
+
+@pytest.mark.parametrize(
+    "flags,msg",
+    [
+        (["--ipc", "500"], "ipc 500 is larger than class 0"),
+        (["--method", "nope"], "unknown method 'nope'"),
+        (["--set", "eval.nets=[convnet,alexnet]"], "unknown net 'alexnet'"),
+        (["--set", "net.name=resnet18", "--set", "net.depth=4"], "'resnet18' does not read net.depth=4"),
+        (["--set", "net.extra={dropout: 0.1}"], "does not accept net.extra keys ['dropout']"),
+        # one line, without torch's "zero-element tensors" warning (the wording may become config.py's)
+        (["--set", "net.norm=group", "--set", "net.width=0"], ""),
+    ],
+)
+def test_a_cell_that_cannot_run_fails_before_making_any_folder(tmp_path, capsys, flags, msg):
+    code = main(["run", "breastmnist", "--device", "cpu", "--no-progress", *flags, *_tiny(tmp_path)])
+    _one_error_line(capsys, code, msg)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "ex").exists()
+
+
+def test_output_folders_that_are_files_or_read_only(tmp_path, capsys, monkeypatch):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    base = ["distill", "breastmnist", "--profile", "tiny", "--device", "cpu"]
+    code = main([*base, "--out", str(afile), "--experts-dir", str(tmp_path / "ex")])
+    _one_error_line(capsys, code, f"--out {afile} is a file, not a folder")
+    code = main([*base, "--out", str(tmp_path / "r"), "--experts-dir", str(afile / "sub")])
+    _one_error_line(capsys, code, f"{afile} is a file, not a folder")
+    import meddistill.checks as checks
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_access = checks.os.access
+    monkeypatch.setattr(checks.os, "access", lambda p, mode: Path(p) != ro and real_access(p, mode))
+    code = main([*base, "--out", str(ro / "runs"), "--experts-dir", str(tmp_path / "ex")])
+    _one_error_line(capsys, code, f"--out {ro / 'runs'} is not writable ({ro} is not writable)")
+    assert not (ro / "runs").exists()
+
+
+def test_export_and_report_outputs_that_are_files(tmp_path, capsys):
+    run_dir, _ = _fake_run(tmp_path)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    _one_error_line(capsys, main(["export", str(run_dir), str(afile)]), "export folder", "is a file")
+    store = tmp_path / "s.jsonl"
+    store.write_text(json.dumps({"dataset": "d", "ipc": 1, "method": "a", "seed": 0, "acc_mean": 0.5, "auc_mean": 0.5}))
+    _one_error_line(capsys, main(["report", str(store), "--out", str(afile)]), "--out", "is a file")
+    from meddistill.export import export_run
+
+    with pytest.raises(ArtifactError, match="is a file, not a folder"):
+        export_run(run_dir, afile)
+
+
+def test_corrupt_eval_json_is_one_line(tmp_path, capsys):
+    run_dir, _ = _fake_run(tmp_path)
+    (run_dir / "eval_0123456789.json").write_text('{"per_net": ')
+    code = main(["export", str(run_dir), str(tmp_path / "exp")])
+    _one_error_line(capsys, code, "eval_0123456789.json is corrupt")
+    assert not (tmp_path / "exp").exists()  # nothing half-written
+
+
+def test_unexpected_exceptions_are_one_line_with_exit_1(monkeypatch, capsys):
+    import meddistill.cli as cli
+
+    def boom(args):
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setitem(cli.COMMANDS, "datasets", boom)
+    monkeypatch.delenv("MEDDISTILL_DEBUG", raising=False)
+    assert main(["datasets"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "meddistill: internal error: RuntimeError: boom; second line (set MEDDISTILL_DEBUG=1 for the traceback)\n"
+    )
+    monkeypatch.setenv("MEDDISTILL_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["datasets"])

@@ -286,7 +286,7 @@ def test_manifest_with_bom_absolute_paths_and_extra_columns(grey, tmp_path):
         ({"data.channels": 2}, "data.channels must be 1, 3 or 0"),
         ({"data.split": [0.5, 0.5]}, "data.split must be three positive"),
         ({"data.on_bad_image": "ignore"}, "data.on_bad_image must be one of fail, skip"),
-        ({"size": 4}, "image size 4 is out of range"),
+        ({"size": 4}, "size=4 is out of range"),
     ],
 )
 def test_bad_data_settings_are_config_errors(grey, tmp_path, flags, msg):

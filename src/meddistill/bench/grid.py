@@ -94,7 +94,6 @@ def check_grid(grid: Grid, where: str | None = None) -> None:
     """Names a grid uses must exist (dataset names become their canonical form, e.g. ``BREAST`` →
     ``breastmnist``); a :class:`ConfigError` naming the grid otherwise."""
     from meddistill.config import PROFILES
-    from meddistill.data import get_info
     from meddistill.distill import get_method
     from meddistill.nets.registry import net_entry
 
@@ -104,8 +103,8 @@ def check_grid(grid: Grid, where: str | None = None) -> None:
             raise ConfigError(f"unknown profile {grid.profile!r}; choose one of {', '.join(PROFILES)}")
         _int_list(grid.ipc, "ipc")
         _int_list(grid.seeds, "seeds")
-        grid.datasets = [_single_label(get_info(str(d)).name) for d in grid.datasets]
-        grid.dataset_overrides = {get_info(str(d)).name: v for d, v in grid.dataset_overrides.items()}
+        grid.datasets = [_single_label(str(d)) for d in grid.datasets]
+        grid.dataset_overrides = {_single_label(str(d)): v for d, v in grid.dataset_overrides.items()}
         for m in [*grid.methods, *(m for m in grid.method_overrides if m != FULL)]:
             get_method(str(m))
         for n in grid.eval_nets:
@@ -115,12 +114,17 @@ def check_grid(grid: Grid, where: str | None = None) -> None:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def _single_label(name: str) -> str:
+def _single_label(dataset: str) -> str:
+    """The canonical name of a MedMNIST subset or own-image path; multi-label subsets refused."""
     from meddistill.data import get_info
+    from meddistill.data.sources import canonical_dataset, pick_source
 
-    if get_info(name).multi_label:
-        raise ConfigError(f"{name} is multi-label; class-wise distillation supports single-label tasks")
-    return name
+    if pick_source(dataset).name != "medmnist":
+        return canonical_dataset(dataset)
+    info = get_info(dataset)
+    if info.multi_label:
+        raise ConfigError(f"{info.name} is multi-label; class-wise distillation supports single-label tasks")
+    return info.name
 
 
 @dataclass

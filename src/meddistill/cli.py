@@ -104,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p, dataset=False)
 
+    p = sub.add_parser("stats", help="diversity and coverage of a run's set in an independent feature space")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--json", action="store_true", help="print the stats as one JSON line")
+    p.add_argument("--experts-dir", help="where the feature net is cached (default: the run's experts_dir)")
+    p.add_argument("--data-root", help="folder with MedMNIST npz files")
+    p.add_argument("--device", help="auto, cpu, cuda ... (default: the run's)")
+    p.add_argument("--no-progress", action="store_true")
+
     p = sub.add_parser("export", help="a self-contained folder another lab can use without meddistill")
     p.add_argument("run", help="run folder")
     p.add_argument("out", help="output folder (new or empty)")
@@ -311,6 +319,24 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    import json
+
+    from meddistill.pipeline import load_data
+    from meddistill.stats import STATS_FILE, run_stats, summary_line
+    from meddistill.synset import SynSet
+
+    run_dir = Path(args.run)
+    cfg = _run_config(run_dir, args)
+    cfg.experts_dir = args.experts_dir or cfg.experts_dir
+    stats = run_stats(cfg, run_dir, SynSet.load(run_dir), load_data(cfg), not args.no_progress)
+    if args.json:
+        print(json.dumps(stats, sort_keys=True))
+    else:
+        print(f"{run_dir}: {summary_line(stats)}  ({run_dir / STATS_FILE})")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from meddistill.export import export_run
 
@@ -321,6 +347,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "audit": cmd_audit,
+    "stats": cmd_stats,
     "export": cmd_export,
     "datasets": cmd_datasets,
     "experts": cmd_experts,

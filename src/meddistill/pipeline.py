@@ -20,6 +20,7 @@ from meddistill.errors import ConfigError
 from meddistill.evaluate import EvalSummary, evaluate_images
 from meddistill.experts import expert_identity
 from meddistill.plots import save_curves, save_grid
+from meddistill.stats import run_stats
 from meddistill.synset import SynSet
 from meddistill.utils import append_jsonl, config_hash, read_jsonl, resolve_device, write_text_atomic
 
@@ -162,6 +163,7 @@ def run_cell(cfg: RunConfig, progress: bool = True, restart: bool = False, evalu
     if not evaluate:
         return CellResult(run_dir, syn, None, None)
     summary, row = evaluate_run(cfg, run_dir, syn, ds, progress=progress)
+    row["stats"] = run_stats(cfg, run_dir, syn, ds, progress)  # diversity/coverage block (stats.py); cached
     return CellResult(run_dir, syn, summary, row)
 
 

@@ -176,6 +176,16 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     _progress(p)
 
 
+def _stats_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stats", help="diversity and coverage of a run's set in an independent feature space")
+    p.add_argument("run", help="run folder (its config.yaml says what to measure)")
+    p.add_argument("--json", action="store_true", help="print the stats as one JSON line")
+    _experts(p, "where the feature net is cached (default: the run's experts_dir)")
+    _data_root(p)
+    _device(p)
+    _progress(p)
+
+
 def _audit_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("audit", help="privacy audit of a run: nearest real images, membership inference")
     p.add_argument("run", help="run folder (its config.yaml says what to audit)")
@@ -204,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-nets", type=int, help="fresh nets (seeds) per evaluation net")
     _bench_parser(sub)
     _audit_parser(sub)
+    _stats_parser(sub)
     p = sub.add_parser("export", help="a self-contained folder another lab can use without meddistill")
     p.add_argument("run", help="run folder")
     p.add_argument("out", help="output folder (new or empty)")
@@ -544,6 +555,23 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    import json
+
+    from meddistill.pipeline import load_data
+    from meddistill.stats import STATS_FILE, run_stats, summary_line
+    from meddistill.synset import SynSet
+
+    run_dir = Path(args.run)
+    cfg, _ = _audit_config(args, run_dir)  # the run's config, its paths resolved from the run folder
+    stats = run_stats(cfg, run_dir, SynSet.load(run_dir), load_data(cfg), not args.no_progress)
+    if args.json:
+        print(json.dumps(stats, sort_keys=True))
+    else:
+        print(f"{run_dir}: {summary_line(stats)}  ({run_dir / STATS_FILE})")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from meddistill.checks import check_out_dir
     from meddistill.export import export_run
@@ -556,6 +584,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "audit": cmd_audit,
+    "stats": cmd_stats,
     "export": cmd_export,
     "datasets": cmd_datasets,
     "experts": cmd_experts,

@@ -26,12 +26,19 @@ from meddistill.utils import append_jsonl, resolve_device
 
 
 def run_one(cell: Cell, progress: bool = False) -> dict:
-    """Compute one cell's results row (no I/O to the store)."""
-    from meddistill.pipeline import full_row, run_cell
+    """Compute one cell's results row (no I/O to the store): the evaluation and, for a set,
+    its diversity/coverage block (``stats``, :mod:`meddistill.stats`; cached in the run folder)."""
+    from meddistill.pipeline import full_row, load_data, run_cell
+    from meddistill.stats import run_stats
 
     t0 = time.monotonic()
     cfg = cell.cfg
-    row = full_row(cfg, progress) if cell.method == FULL else run_cell(cfg, progress=progress).row
+    if cell.method == FULL:
+        row = full_row(cfg, progress)
+    else:
+        res = run_cell(cfg, progress=progress)
+        row = res.row
+        row["stats"] = run_stats(cfg, res.run_dir, res.synset, load_data(cfg, progress), progress)
     row.update(cell_key=cell.key, seconds=round(time.monotonic() - t0, 1))
     return row
 

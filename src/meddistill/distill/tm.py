@@ -437,6 +437,12 @@ class TrajectoryMatching:
         return row
 
     def run(self) -> SynSet:
+        # gradients on, whatever the caller's mode: an interrupt can land inside a no_grad
+        # block's exit and leave gradients off in a process that then resumes the run
+        with torch.enable_grad():
+            return self._run()
+
+    def _run(self) -> SynSet:
         st = self.load_checkpoint()
         if st is None:
             self.metrics_path.unlink(missing_ok=True)

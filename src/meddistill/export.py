@@ -5,17 +5,24 @@ Contents: ``synset.npz`` in MedMNIST layout (``train_images`` uint8 (N, H, W[, 3
 normalised space with ``mean``/``std``, optional ``train_soft_labels``, ``lr``), ``card.md``
 (source dataset and licence, method, config, measured accuracy/AUC, audit figures),
 ``meta.json``, the run's figures, and ``train_example.py``: plain PyTorch, about 20 lines.
+
+The set is validated first (:func:`meddistill.checks.check_synset`); the folder is written
+under a temporary name next to ``out`` and renamed at the end, so a failed export leaves no
+half-written folder; files get ordinary permissions (0666/0777 less the umask).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import shutil
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from meddistill.checks import check_synset
 from meddistill.data import get_info
 from meddistill.errors import ArtifactError
 from meddistill.synset import SynSet
@@ -108,12 +115,36 @@ def _card(syn: SynSet, config: dict | None, evals: list[dict], audit: dict | Non
     return "\n".join(lines) + "\n"
 
 
-def export_run(run_dir: str | Path, out: str | Path) -> Path:
-    run_dir, out = Path(run_dir), Path(out)
-    syn = SynSet.load(run_dir)
-    if out.exists() and any(out.iterdir()):
-        raise ArtifactError(f"export folder {out} is not empty")
-    out.mkdir(parents=True, exist_ok=True)
+def _check(syn: SynSet, run_dir: Path) -> None:
+    """The set must be a valid training set of the dataset its meta names."""
+    name = syn.meta.get("dataset")
+    if not name:
+        raise ArtifactError(f"the set in {run_dir} does not say which dataset it belongs to (no meta)")
+    info = get_info(name)
+    size = int(syn.meta.get("size") or syn.images.shape[-1])
+    check_synset(syn, (info.channels, size, size), info.num_classes, f"the set in {run_dir}")
+
+
+def _staging_dir(out: Path) -> Path:
+    """A new folder next to ``out`` (ordinary permissions), renamed to ``out`` when complete."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        tmp = out.parent / f".{out.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            tmp.mkdir()
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name next to {out}")
+
+
+def _evals_of(run_dir: Path, syn: SynSet) -> list[dict]:
+    """The run's evaluations of this very set (caches of an earlier content are left out)."""
+    rows = [json.loads(p.read_text()) for p in sorted(run_dir.glob("eval_*.json"))]
+    return [r for r in rows if r.get("synset_hash") == syn.content_hash()]
+
+
+def _write_folder(run_dir: Path, syn: SynSet, out: Path) -> None:
     arrays = {
         "train_images": to_uint8(syn),
         "train_labels": syn.labels.numpy().astype(np.int64).reshape(-1, 1),
@@ -128,13 +159,27 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     with atomic_path(out / "synset.npz") as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else None
-    evals = [json.loads(p.read_text()) for p in sorted(run_dir.glob("eval_*.json"))]
     audit = json.loads((run_dir / "audit.json").read_text()) if (run_dir / "audit.json").exists() else None
-    write_text_atomic(out / "card.md", _card(syn, config, evals, audit))
+    write_text_atomic(out / "card.md", _card(syn, config, _evals_of(run_dir, syn), audit))
     write_text_atomic(out / "meta.json", json.dumps(syn.meta, indent=2, sort_keys=True))
     write_text_atomic(out / "train_example.py", EXAMPLE)
     figures = [run_dir / n for n in ("config.yaml", "grid.png", "loss.png", "audit.json")]
     for src in [*figures, *sorted(run_dir.glob("audit*.png"))]:
         if src.exists():
-            shutil.copy(src, out / src.name)
+            shutil.copyfile(src, out / src.name)  # not copy(): a private source mode is not inherited
+
+
+def export_run(run_dir: str | Path, out: str | Path) -> Path:
+    run_dir, out = Path(run_dir), Path(out)
+    syn = SynSet.load(run_dir)
+    _check(syn, run_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ArtifactError(f"export folder {out} is not empty")
+    tmp = _staging_dir(out)
+    try:
+        _write_folder(run_dir, syn, tmp)
+        os.replace(tmp, out)  # also over an empty folder
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
     return out

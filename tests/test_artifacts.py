@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import stat
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -193,3 +194,31 @@ def test_a_read_only_run_folder_still_gives_and_records_the_result(run, tmp_path
     assert "warning: could not write the evaluation cache" in err and "Read-only file system" in err
     assert list(folder.glob("eval_*.json")) == []
     assert len(read_jsonl(tmp_path / "mine.jsonl")) == 1 and len(read_jsonl(tmp_path / "out" / "results.jsonl")) == 1
+
+
+def _pickle_free(p: Path) -> bool:
+    """No pickle stream, no torch.save archive, no npz array that needs allow_pickle."""
+    head = p.read_bytes()[:9]
+    if p.suffix == ".safetensors":  # an 8-byte header length, then a JSON header
+        return head[8:9] == b"{"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):  # pickle protocol 2-5
+        return False
+    if zipfile.is_zipfile(p):
+        with zipfile.ZipFile(p) as z:
+            if any(n.endswith(".pkl") for n in z.namelist()):
+                return False
+        with np.load(p, allow_pickle=False) as z:
+            [z[k] for k in z.files]  # an object array would raise here
+    return True
+
+
+def test_no_artifact_is_a_pickle(tiny, breast, tmp_path):
+    from meddistill.experts import expert_dir
+    from meddistill.pipeline import distill
+
+    cfg = tiny(**{"distill.ipc": 2, "distill.iterations": 2, "out_dir": str(tmp_path / "runs")})
+    run_dir, _ = distill(cfg, breast, progress=False)
+    out = export_run(run_dir, tmp_path / "exp")
+    files = [p for d in (run_dir, out, expert_dir(cfg)) for p in d.rglob("*") if p.is_file()]
+    assert {p.suffix for p in files} >= {".npz", ".safetensors", ".json", ".yaml", ".png", ".jsonl"}
+    assert [p for p in files if not _pickle_free(p)] == []

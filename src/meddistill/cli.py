@@ -419,6 +419,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from meddistill.checks import check_nets, check_out_dir, check_out_file
     from meddistill.pipeline import evaluate_run, load_data
     from meddistill.synset import SynSet
+    from meddistill.synset_check import check_synset
     from meddistill.utils import append_jsonl
 
     if args.full:
@@ -432,9 +433,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.results:
         check_out_file(args.results, "--results")
     ds = load_data(cfg)
-    if tuple(syn.images.shape[1:]) != ds.shape:
-        shape = tuple(syn.images.shape[1:])
-        raise ArtifactError(f"{target}: the images are {shape}, but {cfg.dataset} at size {cfg.size} is {ds.shape}")
+    check_synset(syn, ds.shape, ds.num_classes, str(target))  # before nets are built for its shape
     check_nets(cfg, ds.shape, ds.num_classes)
     _, row = evaluate_run(cfg, run_dir, syn, ds, progress=not args.no_progress)
     if args.results:

@@ -70,7 +70,7 @@ class DistillConfig:
 
     method: str = "ptm"
     ipc: int = setting(1, lo=1)
-    checkpoint_every_s: float = setting(120.0, lo=0, lo_open=True)
+    checkpoint_every_s: float = setting(120.0, lo=0)  # 0: after every iteration
     log_every: int = setting(10, lo=1)
     sections: dict[str, Any] = field(default_factory=_method_sections, repr=False)
 

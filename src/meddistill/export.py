@@ -5,11 +5,17 @@ Contents: ``synset.npz`` in MedMNIST layout (``train_images`` uint8 (N, H, W[, 3
 normalised space with ``mean``/``std``, optional ``train_soft_labels``, ``lr``), ``card.md``
 (source dataset and licence, method, config, measured accuracy/AUC, audit figures),
 ``meta.json``, the run's figures, and ``train_example.py``: plain PyTorch, about 20 lines.
+
+The set is validated first (:func:`meddistill.checks.check_synset`); the folder is written
+under a temporary name next to ``out`` and renamed at the end, so a failed export leaves no
+half-written folder; files get ordinary permissions (0666/0777 less the umask).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import shutil
 from pathlib import Path
 
@@ -17,9 +23,11 @@ import numpy as np
 import yaml
 
 from meddistill.config import read_yaml
+from meddistill.data import get_info
 from meddistill.data.describe import card_source
 from meddistill.errors import ArtifactError
 from meddistill.synset import SynSet
+from meddistill.synset_check import check_synset
 from meddistill.utils import atomic_path, read_json_object, write_text_atomic
 
 EXAMPLE = '''"""Train a small CNN on the exported synthetic set with plain PyTorch (no meddistill)."""
@@ -105,19 +113,43 @@ def _card(syn: SynSet, config: dict | None, evals: list[dict], audit: dict | Non
     return "\n".join(lines) + "\n"
 
 
-def export_run(run_dir: str | Path, out: str | Path, licence: str | None = None) -> Path:
-    run_dir, out = Path(run_dir), Path(out)
-    syn = SynSet.load(run_dir)
-    source, syn.meta["license"] = card_source(run_dir, syn.meta, licence)  # own images: the user's licence
-    if out.exists() and not out.is_dir():
-        raise ArtifactError(f"export folder {out} is a file, not a folder")
-    if out.exists() and any(out.iterdir()):
-        raise ArtifactError(f"export folder {out} is not empty")
-    config = read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else None
-    evals = [read_json_object(p, "delete it and run `meddistill eval`") for p in sorted(run_dir.glob("eval_*.json"))]
-    audit_path = run_dir / "audit.json"
-    audit = read_json_object(audit_path, "run `meddistill audit` again") if audit_path.exists() else None
-    out.mkdir(parents=True, exist_ok=True)  # everything is read (and checked) before anything is written
+def _check(syn: SynSet, run_dir: Path) -> None:
+    """The set must be a valid training set of the dataset its meta names (a MedMNIST subset's
+    registry facts; for own images, the classes and channels the set itself records)."""
+    from meddistill.data.registry import UnknownDatasetError
+
+    name = syn.meta.get("dataset")
+    if not name:
+        raise ArtifactError(f"the set in {run_dir} does not say which dataset it belongs to (no meta)")
+    size = int(syn.meta.get("size") or syn.images.shape[-1])
+    try:
+        info = get_info(name)
+        channels, num_classes = info.channels, info.num_classes
+    except UnknownDatasetError:  # own images
+        channels, num_classes = len(syn.mean), int(syn.meta.get("num_classes") or 0)
+    check_synset(syn, (channels, size, size), num_classes, f"the set in {run_dir}")
+
+
+def _staging_dir(out: Path) -> Path:
+    """A new folder next to ``out`` (ordinary permissions), renamed to ``out`` when complete."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        tmp = out.parent / f".{out.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            tmp.mkdir()
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name next to {out}")
+
+
+def _evals_of(run_dir: Path, syn: SynSet) -> list[dict]:
+    """The run's evaluations of this very set (caches of an earlier content are left out)."""
+    rows = [read_json_object(p, "delete it and run `meddistill eval`") for p in sorted(run_dir.glob("eval_*.json"))]
+    return [r for r in rows if r.get("synset_hash") == syn.content_hash()]
+
+
+def _write_folder(run_dir: Path, syn: SynSet, out: Path, card: str) -> None:
     arrays = {
         "train_images": to_uint8(syn),
         "train_labels": syn.labels.numpy().astype(np.int64).reshape(-1, 1),
@@ -131,11 +163,40 @@ def export_run(run_dir: str | Path, out: str | Path, licence: str | None = None)
         arrays["train_soft_labels"] = syn.soft_labels.numpy()
     with atomic_path(out / "synset.npz") as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
-    write_text_atomic(out / "card.md", _card(syn, config, evals, audit, source))
+    write_text_atomic(out / "card.md", card)
     write_text_atomic(out / "meta.json", json.dumps(syn.meta, indent=2, sort_keys=True))
     write_text_atomic(out / "train_example.py", EXAMPLE)
     figures = [run_dir / n for n in ("config.yaml", "grid.png", "loss.png", "audit.json")]
     for src in [*figures, *sorted(run_dir.glob("audit*.png"))]:
         if src.exists():
-            shutil.copy(src, out / src.name)
+            shutil.copyfile(src, out / src.name)  # not copy(): a private source mode is not inherited
+
+
+def _read_card(run_dir: Path, syn: SynSet, source: list[str]) -> str:
+    """The dataset card, from everything the run folder holds (read and checked before writing)."""
+    config = read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else None
+    audit_path = run_dir / "audit.json"
+    audit = read_json_object(audit_path, "run `meddistill audit` again") if audit_path.exists() else None
+    return _card(syn, config, _evals_of(run_dir, syn), audit, source)
+
+
+def export_run(run_dir: str | Path, out: str | Path, licence: str | None = None) -> Path:
+    """A standalone folder another lab can use; written to a temporary sibling and renamed, so a
+    failed export leaves nothing behind. ``licence``: own images only, the data's licence."""
+    run_dir, out = Path(run_dir), Path(out)
+    syn = SynSet.load(run_dir)
+    _check(syn, run_dir)
+    source, syn.meta["license"] = card_source(run_dir, syn.meta, licence)  # own images: the user's licence
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"export folder {out} is a file, not a folder")
+    if out.exists() and any(out.iterdir()):
+        raise ArtifactError(f"export folder {out} is not empty")
+    card = _read_card(run_dir, syn, source)
+    tmp = _staging_dir(out)
+    try:
+        _write_folder(run_dir, syn, tmp, card)
+        os.replace(tmp, out)  # also over an empty folder
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
     return out

@@ -1,13 +1,18 @@
 """One benchmark cell end to end: data → experts (cached) → distill (resumable) → evaluate.
 
 A run folder is keyed by the hash of everything that changes the synthetic set, so the
-same cell is never computed twice and an interrupted one resumes from its checkpoint.
+same cell is never computed twice and an interrupted one resumes from its checkpoint. A lock
+per run folder (:mod:`meddistill.locks`) makes a second identical command wait for the first
+and reuse its set and evaluation. An evaluation is cached per evaluation config *and* content
+of the set (:meth:`SynSet.content_hash`), and only a valid set is evaluated
+(:func:`meddistill.checks.check_synset`).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,8 +23,10 @@ from meddistill.data.sources import create_dataset, data_identity, dataset_tag, 
 from meddistill.distill import DistillContext, get_method, get_spec
 from meddistill.evaluate import EvalSummary, evaluate_images
 from meddistill.experts import expert_identity
+from meddistill.locks import LOCK_NAME, run_lock
 from meddistill.plots import save_curves, save_grid
 from meddistill.synset import SynSet
+from meddistill.synset_check import check_synset
 from meddistill.utils import append_jsonl, config_hash, read_json_object, read_jsonl, resolve_device, write_text_atomic
 
 
@@ -72,6 +79,17 @@ def load_data(cfg: RunConfig, progress: bool | None = None) -> MedDataset:
     return create_dataset(cfg, progress)
 
 
+def _clear_run_dir(run_dir: Path) -> None:
+    """Empty a run folder for ``--restart``, keeping its lock file (held by this process)."""
+    for p in run_dir.iterdir():
+        if p.name == LOCK_NAME:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
 def distill(
     cfg: RunConfig,
     ds: MedDataset | None = None,
@@ -84,16 +102,22 @@ def distill(
     ds = ds or load_data(cfg)
     device = resolve_device(cfg.device)
     run_dir = run_dir_for(cfg)
-    if restart and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_records(ds, run_dir)  # own images: split.csv, data.json
-    syn_path = run_dir / "synset.npz"
-    if syn_path.exists():
-        return run_dir, SynSet.load(syn_path)
-    write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
     ctx = DistillContext(ds, cfg, device, run_dir, progress, config_hash(distill_identity(cfg), 10), stop_at)
-    ctx.check_ipc()  # before experts are trained: a class with fewer train images than ipc fails at once
+    ctx.check_ipc()  # before the folder exists: an impossible ipc leaves no empty run folder behind
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):  # a second identical command waits here, then reuses the set
+        if restart:
+            _clear_run_dir(run_dir)
+        write_run_records(ds, run_dir)  # own images: split.csv, data.json
+        syn_path = run_dir / "synset.npz"
+        if syn_path.exists():
+            return run_dir, SynSet.load(syn_path)
+        return run_dir, _distill_into(ctx, method, syn_path)
+
+
+def _distill_into(ctx: DistillContext, method, syn_path: Path) -> SynSet:
+    cfg, ds, run_dir = ctx.cfg, ctx.ds, ctx.run_dir
+    write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
     t0 = time.monotonic()
     syn = method(ctx)
     syn.meta["distill_seconds"] = round(time.monotonic() - t0, 2)
@@ -108,23 +132,44 @@ def distill(
     rows = read_jsonl(run_dir / "metrics.jsonl")
     if rows:
         save_curves(rows, ["loss", "lr", "diversity", "max_overlap"], run_dir / "loss.png")
-    return run_dir, syn
+    return syn
+
+
+def _warn(msg: str) -> None:
+    print(f"meddistill: warning: {msg}", file=sys.stderr, flush=True)
+
+
+def _write_cache(cache: Path, row: dict) -> None:
+    """Write an evaluation cache; a folder that cannot be written to (read-only) only costs the
+    cache: the result is still returned (and printed, and appended to the results file)."""
+    try:
+        write_text_atomic(cache, json.dumps(row, indent=2, sort_keys=True))
+    except OSError as exc:
+        _warn(f"could not write the evaluation cache {cache} ({exc.strerror or exc}); the result is not cached")
+
+
+def eval_cache_path(cfg: RunConfig, run_dir: Path, syn: SynSet) -> Path:
+    """``eval_<evaluation hash>_<content hash>.json``: a changed set is never served an old result."""
+    return run_dir / f"eval_{config_hash(eval_identity(cfg), 10)}_{syn.content_hash(10)}.json"
 
 
 def evaluate_run(
     cfg: RunConfig, run_dir: Path, syn: SynSet, ds: MedDataset, progress: bool = True
 ) -> tuple[EvalSummary | None, dict]:
-    """Evaluate a synthetic set with the shared protocol; cached in ``eval_<hash>.json``."""
-    device = resolve_device(cfg.device)
-    ehash = config_hash(eval_identity(cfg), 10)
-    cache = run_dir / f"eval_{ehash}.json"
-    if cache.exists():
-        row = read_json_object(cache, "delete it to evaluate the set again")
-        return None, row
-    summary = evaluate_images(syn.images, syn.targets(), ds, cfg, device, lr=syn.lr, progress=progress)
-    row = result_row(cfg, summary, syn.meta.get("config_hash", ""), ehash, run_dir, syn.lr)
-    write_text_atomic(cache, json.dumps(row, indent=2, sort_keys=True))
-    append_jsonl(Path(cfg.out_dir) / "results.jsonl", row)
+    """Evaluate a (validated) synthetic set with the shared protocol; cached in
+    :func:`eval_cache_path`; a new result is appended to ``<out>/results.jsonl``."""
+    check_synset(syn, ds.shape, ds.num_classes, f"the set in {run_dir}")
+    cache = eval_cache_path(cfg, run_dir, syn)
+    with run_lock(run_dir):  # a second identical evaluation waits, then reads the cache
+        if cache.exists():
+            return None, read_json_object(cache, "delete it to evaluate the set again")
+        device = resolve_device(cfg.device)
+        summary = evaluate_images(syn.images, syn.targets(), ds, cfg, device, lr=syn.lr, progress=progress)
+        ehash = config_hash(eval_identity(cfg), 10)
+        row = result_row(cfg, summary, syn.meta.get("config_hash", ""), ehash, run_dir, syn.lr)
+        row["synset_hash"] = syn.content_hash()
+        _write_cache(cache, row)
+        append_jsonl(Path(cfg.out_dir) / "results.jsonl", row)
     return summary, row
 
 

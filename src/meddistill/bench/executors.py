@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from meddistill.bench.grid import Cell, Grid, done_keys, expand
 from meddistill.distill import FULL
 from meddistill.errors import ConfigError
+from meddistill.locks import store_lock
 from meddistill.utils import append_jsonl, resolve_device
 
 
@@ -177,23 +178,27 @@ def run_grid(
     threads: int | None = None,
     **extra,
 ) -> tuple[int, int]:
-    """Run the missing cells of ``grid``; returns (cells run now, cells already done)."""
+    """Run the missing cells of ``grid``; returns (cells run now, cells already done).
+
+    The store is locked for the whole run: a second identical command waits, then finds every
+    cell done, so no row is computed or written twice."""
     store = Path(grid.store)
     cells = expand(grid, **extra)
-    done = done_keys(store)
-    todo = [c for c in cells if c.key not in done]
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise ConfigError(f"limit must be a non-negative number of cells, got {limit!r}")
-    if limit is not None:
-        todo = todo[:limit]
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
-    if executor == "local" and workers > 1:
-        ran = run_pool(todo, store, progress, workers, threads)
-    elif executor == "local":
-        ran = run_local(todo, store, progress)
-    elif executor == "ray":
-        ran = run_ray(todo, store, progress, address)
-    else:
+    if executor not in ("local", "ray"):
         raise ConfigError(f"unknown executor {executor!r}; use local or ray")
+    with store_lock(store):
+        done = done_keys(store)
+        todo = [c for c in cells if c.key not in done]
+        if limit is not None:
+            todo = todo[:limit]
+        if executor == "ray":
+            ran = run_ray(todo, store, progress, address)
+        elif workers > 1:
+            ran = run_pool(todo, store, progress, workers, threads)
+        else:
+            ran = run_local(todo, store, progress)
     return ran, len(cells) - len([c for c in cells if c.key not in done])

@@ -170,7 +170,14 @@ def cell_key(cfg: RunConfig) -> str:
 
 
 def expand(grid: Grid, **extra: Any) -> list[Cell]:
-    """All cells of a grid, in a deterministic order (full-data rows have ipc 0)."""
+    """All distinct cells of a grid, in a deterministic order (full-data rows have ipc 0); a cell
+    listed twice (``seeds: [0, 0]``, or overrides that make two cells equal) is kept once."""
+    cells = _all_cells(grid, **extra)
+    unique = {c.key: c for c in reversed(cells)}  # the first occurrence of each key wins
+    return [c for c in cells if unique[c.key] is c]
+
+
+def _all_cells(grid: Grid, **extra: Any) -> list[Cell]:
     check_grid(grid)
     cells: list[Cell] = []
     for dataset in grid.datasets:

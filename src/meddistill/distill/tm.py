@@ -7,6 +7,13 @@ Every random choice (expert, start epoch, minibatches, DSA seeds, DOM replacemen
 from one ``torch.Generator`` whose state is checkpointed together with the images, the
 learnable lr, the momentum buffers and the loss history, so ``--resume`` continues exactly
 as the uninterrupted run would have (bit-for-bit on the same device).
+
+An interrupt (Ctrl-C) can land anywhere, also halfway through an in-place update of the images
+or a DOM replacement. The loop therefore keeps a copy of the state as it was at the start of
+the current iteration (:meth:`TrajectoryMatching.snapshot`) and checkpoints that copy on
+KeyboardInterrupt: the resumed run redoes the interrupted iteration from its start. The
+iteration counter is stored inside the checkpoint's tensor file, so a checkpoint write cut
+short (a second Ctrl-C) never pairs tensors of one iteration with the counter of another.
 """
 
 from __future__ import annotations
@@ -19,8 +26,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from meddistill.augment import dsa, for_dataset
@@ -142,20 +149,34 @@ class TrajectoryMatching:
         if st.label_logits is not None:
             tensors["label_logits"] = st.label_logits.detach().cpu()
             tensors["lab_mom"] = st.lab_mom.cpu()
-        with atomic_path(self.run_dir / CKPT) as tmp:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
         meta = {"it": st.it, "skipped": st.skipped, "replaced": st.replaced, "config_hash": self.ctx.config_hash}
+        # the counters travel inside the tensor file (one atomic write); the JSON is a readable copy
+        with atomic_path(self.run_dir / CKPT) as tmp:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"meta": json.dumps(meta)})
         write_text_atomic(self.run_dir / CKPT_META, json.dumps(meta, indent=2))
 
-    def load_checkpoint(self) -> TMState | None:
+    def _read_checkpoint(self) -> tuple[dict, dict[str, torch.Tensor]] | None:
+        """(counters, tensors) of the checkpoint, or None if there is none; counters come from
+        the tensor file itself (older checkpoints: from ``checkpoint.json``)."""
         path, meta_path = self.run_dir / CKPT, self.run_dir / CKPT_META
-        if not (path.exists() and meta_path.exists()):
+        if not path.exists():
             return None
         try:
-            meta = json.loads(meta_path.read_text())
-            t = load_file(str(path))
+            with safe_open(str(path), framework="pt") as f:
+                embedded = (f.metadata() or {}).get("meta")
+                t = {k: f.get_tensor(k) for k in f.keys()}
+            if embedded is None and not meta_path.exists():
+                return None
+            meta = json.loads(embedded if embedded is not None else meta_path.read_text())
         except (SafetensorError, OSError, json.JSONDecodeError) as exc:
             raise ArtifactError(f"checkpoint in {self.run_dir} is unreadable ({exc}); rerun with --restart") from None
+        return meta, t
+
+    def load_checkpoint(self) -> TMState | None:
+        found = self._read_checkpoint()
+        if found is None:
+            return None
+        meta, t = found
         if meta.get("config_hash") != self.ctx.config_hash:
             raise ArtifactError(f"checkpoint in {self.run_dir} belongs to another config; rerun with --restart")
         gen = torch.Generator()
@@ -180,6 +201,32 @@ class TrajectoryMatching:
         rows = [r for r in read_jsonl(self.metrics_path) if r.get("it", -1) < st.it]
         write_text_atomic(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
         return st
+
+    @staticmethod
+    def snapshot(st: TMState) -> TMState:
+        """A copy of ``st`` that no later in-place update touches: the state to checkpoint if an
+        interrupt lands in the middle of an iteration."""
+
+        def copy(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x.detach().clone()
+
+        gen = torch.Generator(device=st.gen.device)
+        gen.set_state(st.gen.get_state())
+        return TMState(
+            copy(st.images),
+            copy(st.labels),
+            copy(st.lr),
+            copy(st.label_logits),
+            gen,
+            st.used.clone(),
+            copy(st.img_mom),
+            copy(st.lr_mom),
+            copy(st.lab_mom),
+            it=st.it,
+            skipped=st.skipped,
+            replaced=st.replaced,
+            losses=list(st.losses),
+        )
 
     # ------------------------------------------------------------------ core
     def _endpoints(self, k: int, t: int, span: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -384,7 +431,31 @@ class TrajectoryMatching:
         return replaced
 
     # ------------------------------------------------------------------- run
+    def iteration(self, st: TMState, t0: float) -> dict:
+        """One iteration: a matching step, DOM when due, and the metrics row (every ``log_every``)."""
+        d = self.d
+        row = self.step(st)
+        if self.dom_due(st.it):
+            row["dom_replaced"] = self.dom_step(st)
+        if st.it % self.cfg.distill.log_every == 0 or st.it == d.iterations or "dom_replaced" in row:
+            imgs = st.images.detach()
+            row.update(
+                diversity=class_diversity(imgs, st.labels),
+                max_overlap=max_overlap(imgs, st.labels),
+                skipped_total=st.skipped,
+                replaced_total=st.replaced,
+                elapsed_s=round(time.monotonic() - t0, 3),
+            )
+            append_jsonl(self.metrics_path, row)
+        return row
+
     def run(self) -> SynSet:
+        # gradients on, whatever the caller's mode: an interrupt can land inside a no_grad
+        # block's exit and leave gradients off in a process that then resumes the run
+        with torch.enable_grad():
+            return self._run()
+
+    def _run(self) -> SynSet:
         st = self.load_checkpoint()
         if st is None:
             self.metrics_path.unlink(missing_ok=True)
@@ -394,28 +465,20 @@ class TrajectoryMatching:
         last_ckpt = time.monotonic()
         t0 = time.monotonic()
         bar = tqdm(total=d.iterations, initial=st.it, desc=f"distill {shared.method}", disable=not self.ctx.progress)
+        safe = self.snapshot(st)  # consistent state to checkpoint if interrupted (see module doc)
         try:
             while st.it < stop:
-                row = self.step(st)
-                if self.dom_due(st.it):
-                    row["dom_replaced"] = self.dom_step(st)
-                if st.it % shared.log_every == 0 or st.it == d.iterations or "dom_replaced" in row:
-                    imgs = st.images.detach()
-                    row.update(
-                        diversity=class_diversity(imgs, st.labels),
-                        max_overlap=max_overlap(imgs, st.labels),
-                        skipped_total=st.skipped,
-                        replaced_total=st.replaced,
-                        elapsed_s=round(time.monotonic() - t0, 3),
-                    )
-                    append_jsonl(self.metrics_path, row)
+                safe = self.snapshot(st)
+                row = self.iteration(st, t0)
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.4g}", stage=row["stage"])
                 if time.monotonic() - last_ckpt > shared.checkpoint_every_s:
                     self.save_checkpoint(st)
                     last_ckpt = time.monotonic()
         except KeyboardInterrupt:
-            self.save_checkpoint(st)
+            # ``st`` may be halfway through an update; ``safe`` is the start of this iteration.
+            # A second Ctrl-C here aborts the write; the previous checkpoint then stays whole.
+            self.save_checkpoint(safe)
             raise
         finally:
             bar.close()

@@ -30,6 +30,7 @@ import numpy as np
 from meddistill.bench import run_grid
 from meddistill.bench.grid import Grid
 from meddistill.data import get_info
+from meddistill.distill import is_trajectory_method
 from meddistill.distill.scaling import RULES, expert_steps_per_span, rule_overrides
 from meddistill.utils import read_jsonl
 
@@ -43,7 +44,8 @@ def val_acc(row: dict) -> float:
 
 
 def grids(args: argparse.Namespace) -> list[Grid]:
-    """One grid for ``random`` (no TM keys) and one per ipc for the TM methods with the rule."""
+    """One grid for ``random`` and any other non-TM method (no rule: they do not read its
+    keys), and one per ipc for the TM methods with the rule applied."""
     common = dict(
         profile="cpu",
         datasets=args.datasets,
@@ -55,7 +57,9 @@ def grids(args: argparse.Namespace) -> list[Grid]:
         experts_dir=args.experts_dir,
     )
     ov = BASE_OVERRIDES + args.set
-    out = [Grid(name="tm_diag_random", ipc=args.ipc, methods=["random"], overrides=ov, **common)]
+    tm = [m for m in args.methods if is_trajectory_method(m)]
+    plain = ["random"] + [m for m in args.methods if m not in tm and m != "random"]
+    out = [Grid(name="tm_diag_random", ipc=args.ipc, methods=plain, overrides=ov, **common)]
     rule = RULES[args.rule]
     for ipc in args.ipc:
         by_ds = {ds: rule_overrides(ds, ipc, rule, "cpu", ov) for ds in args.datasets}
@@ -63,7 +67,7 @@ def grids(args: argparse.Namespace) -> list[Grid]:
             Grid(
                 name=f"tm_diag_{args.rule}_ipc{ipc}",
                 ipc=[ipc],
-                methods=args.methods,
+                methods=tm,
                 overrides=ov,
                 dataset_overrides=by_ds,
                 **common,
@@ -168,7 +172,7 @@ def main() -> None:
     curves: dict[str, dict[str, list]] = defaultdict(dict)
     order = {d: i for i, d in enumerate(args.datasets)}
     tm = sorted(
-        (r for r in rows if r["method"] != "random"),
+        (r for r in rows if is_trajectory_method(r["method"])),
         key=lambda r: (order.get(r["dataset"], 99), r["ipc"], r["method"], r["seed"]),
     )
     for r in tm:

@@ -74,13 +74,14 @@ def test_monotone_in_alpha_above_one_ratio(n, a1, a2):
     alphas,
     kappas,
     st.integers(1, 1024),
+    st.floats(0.05, 1.0),
 )
-def test_ranges(n, classes, ipc, batch, lr, epochs, alpha, kappa, max_batch):
-    out = scale_tm(n, classes, ipc, batch, lr, epochs, alpha=alpha, kappa=kappa, max_batch_syn=max_batch)
+def test_ranges(n, classes, ipc, batch, lr, epochs, alpha, kappa, max_batch, gain):
+    out = scale_tm(n, classes, ipc, batch, lr, epochs, alpha=alpha, kappa=kappa, gain=gain, max_batch_syn=max_batch)
     s, steps = out["expert_steps"], out["syn_steps"]
     assert out["ratio"] == pytest.approx(s / steps)
-    # lr_init lies between the expert lr and expert_lr × S / N (alpha in [0, 1]), up to rounding
-    lo, hi = sorted((lr, lr * s / steps))
+    # lr_init lies between gain × the expert lr and gain × expert_lr × S / N (alpha in [0, 1])
+    lo, hi = sorted((gain * lr, gain * lr * s / steps))
     assert lo * (1 - 1e-3) <= out["lr_init"] <= min(1.0, hi) * (1 + 1e-3)
     assert out["lr_init"] > 0 and out["lr_lr"] > 0
     assert out["lr_lr"] == pytest.approx(kappa * out["lr_init"] ** 2, rel=1e-3)
@@ -105,6 +106,8 @@ def test_invalid_inputs():
         scale_tm(100, 2, 10, 64, 0.0, 2)
     with pytest.raises(ValueError):
         scale_tm(100, 2, 10, 64, 0.01, 2, alpha=-1)
+    with pytest.raises(ValueError):
+        scale_tm(100, 2, 10, 64, 0.01, 2, gain=0.0)
 
 
 def test_rule_overrides_are_valid_config():
@@ -120,4 +123,4 @@ def test_rule_overrides_are_valid_config():
                 "batch_syn",
                 "iterations",
             }
-            assert cfg.distill.lr_init == pytest.approx(0.01 * (374 / 10) ** rule.alpha, rel=1e-3), name
+            assert cfg.distill.lr_init == pytest.approx(rule.gain * 0.01 * (374 / 10) ** rule.alpha, rel=1e-3), name

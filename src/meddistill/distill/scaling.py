@@ -11,10 +11,11 @@ matching at scale").
 :func:`scale_tm` derives the student's settings from ``S`` = expert SGD steps per matched
 span (``expert_epochs × ceil(n_train / expert_batch)``) and ``N`` = student steps:
 
-- ``lr_init = expert_lr × (S / N) ** alpha`` — ``alpha = 1`` lets N steps cover the
-  distance of S expert steps if every step went the same way; expert steps are stochastic
-  mini-batch steps that partly cancel, so ``alpha < 1`` damps it. ``alpha = 0`` is today's
-  rule (the expert's lr).
+- ``lr_init = gain × expert_lr × (S / N) ** alpha`` — ``alpha = 1``, ``gain = 1`` lets N
+  steps cover the distance of S expert steps if every step went the same way; expert steps
+  are stochastic mini-batch steps that partly cancel (and a full-batch step on real images
+  moves further than a mini-batch step), so ``gain < 1`` or ``alpha < 1`` damps it.
+  ``alpha = 0``, ``gain = 1`` is today's rule (the expert's lr).
 - ``lr_lr = kappa × lr_init ** 2`` — the gradient of the normalised matching loss w.r.t. the
   lr scales like ``1 / lr``, so the *relative* change of the lr per iteration is
   ``∝ lr_lr / lr ** 2``; a fixed ``kappa`` gives the same relative mobility at every scale
@@ -57,6 +58,7 @@ class Rule:
     name: str
     alpha: float = 0.5
     kappa: float | None = 0.03
+    gain: float = 1.0
     max_batch_syn: int = 256
     syn_steps_max: int | None = None  # None: keep the base syn_steps
     max_ratio: float = 10.0  # expert steps per student step that syn_steps growth aims at
@@ -69,6 +71,7 @@ RULES: dict[str, Rule | None] = {
     "learn": Rule("learn", alpha=0.0, kappa=0.03),  # only make the lr learnable
     "sqrt": Rule("sqrt", alpha=0.5, kappa=0.03),
     "linear": Rule("linear", alpha=1.0, kappa=0.03),
+    "linear4": Rule("linear4", alpha=1.0, kappa=0.03, gain=0.25),
 }
 
 
@@ -95,6 +98,7 @@ def scale_tm(
     *,
     alpha: float = 0.5,
     kappa: float | None = 0.03,
+    gain: float = 1.0,
     max_batch_syn: int = 256,
     syn_steps_max: int | None = None,
     max_ratio: float = 10.0,
@@ -107,14 +111,14 @@ def scale_tm(
     base = base or TMBase()
     if num_classes < 1 or ipc < 1:
         raise ValueError("num_classes and ipc must be positive")
-    if expert_lr <= 0 or alpha < 0 or (kappa is not None and kappa <= 0) or max_batch_syn < 1:
-        raise ValueError("expert_lr and kappa must be > 0, alpha >= 0, max_batch_syn >= 1")
+    if expert_lr <= 0 or gain <= 0 or alpha < 0 or (kappa is not None and kappa <= 0) or max_batch_syn < 1:
+        raise ValueError("expert_lr, gain and kappa must be > 0, alpha >= 0, max_batch_syn >= 1")
     s = expert_steps_per_span(n_train, expert_batch, expert_epochs_per_span)
     steps = base.syn_steps
     if syn_steps_max is not None and syn_steps_max > steps:
         steps = min(syn_steps_max, max(steps, math.ceil(s / max_ratio)))
     ratio = s / steps
-    lr_init = _sig(min(lr_init_max, expert_lr * ratio**alpha))
+    lr_init = _sig(min(lr_init_max, gain * expert_lr * ratio**alpha))
     lr_lr = base.lr_lr if kappa is None else _sig(kappa * lr_init**2)
     n_syn = ipc * num_classes
     batch_syn = base.batch_syn if n_syn <= max_batch_syn else max_batch_syn
@@ -154,6 +158,7 @@ def rule_overrides(dataset: str, ipc: int, rule: Rule | None, profile: str = "cp
         base,
         alpha=rule.alpha,
         kappa=rule.kappa,
+        gain=rule.gain,
         max_batch_syn=rule.max_batch_syn,
         syn_steps_max=rule.syn_steps_max,
         max_ratio=rule.max_ratio,

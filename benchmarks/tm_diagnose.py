@@ -88,10 +88,15 @@ def moved(run_dir: Path, start_dir: Path) -> float:
     return float(np.linalg.norm(x - x0) / np.linalg.norm(x0))
 
 
+def _mean(xs: list[float]) -> float:
+    return statistics.mean(xs) if xs else float("nan")
+
+
 def run_stats(row: dict, start: dict | None) -> dict:
     rd = Path(row["run_dir"])
     m = [r for r in read_jsonl(rd / "metrics.jsonl") if "loss" in r]
-    loss = [r["loss"] for r in m if r.get("status") != "skipped"]
+    ok = [r for r in m if r.get("status") != "skipped"]
+    loss = [r["loss"] for r in ok]
     lr = [r["lr"] for r in m]
     d = row["config"]["distill"]
     at100 = next((r["lr"] for r in m if r["it"] == 100), float("nan"))
@@ -106,6 +111,10 @@ def run_stats(row: dict, start: dict | None) -> dict:
         "loss_first": m[0]["loss"],
         "loss_last10": statistics.mean(loss[-10:]),
         "loss_min": min(loss),
+        # start epochs 0-1 only (PTM's first stage; ~1/4 of MTT's draws), first vs last 50 iterations:
+        # a single iteration's loss depends mostly on the drawn start epoch
+        "early_first": _mean([r["loss"] for r in ok if r["it"] < 50 and r["start"] < 2]),
+        "early_last": _mean([r["loss"] for r in ok if r["it"] >= m[-1]["it"] - 49 and r["start"] < 2]),
         "moved": moved(rd, Path(start["run_dir"])) if start else float("nan"),
         "skipped": sum(r.get("status") == "skipped" for r in m),
         "replaced": int(m[-1].get("replaced_total", 0)),
@@ -171,9 +180,11 @@ def main() -> None:
     rows = [r for r in read_jsonl(args.store) if r.get("cell_key") in keys]
     start = {(r["dataset"], r["ipc"], r["seed"]): r for r in rows if r["method"] == "random"}
     cols = "| dataset | train images | S expert steps / span | N student steps | S/N | method | seed "
-    cols += "| lr: start → it 100 → end (min–max) | loss: first / last-10 mean / min | images moved (rel. L2) "
-    cols += "| skipped | DOM replaced | val ACC |"
-    print(cols + "\n" + "|---" * 13 + "|")
+    cols += "| lr: start → it 100 → end (min–max) | loss: it 0 / last-10 mean / min "
+    cols += (
+        "| loss, start epoch 0–1: first 50 → last 50 its | images moved (rel. L2) | skipped | DOM replaced | val ACC |"
+    )
+    print(cols + "\n" + "|---" * 14 + "|")
     curves: dict[str, dict[str, list]] = defaultdict(dict)
     order = {d: i for i, d in enumerate(args.datasets)}
     tm = sorted(
@@ -188,9 +199,10 @@ def main() -> None:
         steps = cfg["distill"]["syn_steps"]
         lr = f"{s['lr_init']:.4g} → {s['lr100']:.4g} → {s['lr_end']:.4g} ({s['lr_min']:.4g}–{s['lr_max']:.4g})"
         loss = f"{s['loss_first']:.3f} / {s['loss_last10']:.3f} / {s['loss_min']:.3f}"
+        early = f"{s['early_first']:.3f} → {s['early_last']:.3f}"
         print(
             f"| {r['dataset']} | {n} | {big_s} | {steps} | {big_s / steps:.1f} | {r['method']} | {r['seed']} | {lr} "
-            f"| {loss} | {100 * s['moved']:.1f} % | {s['skipped']} | {s['replaced']} | {100 * s['val']:.2f} |"
+            f"| {loss} | {early} | {100 * s['moved']:.1f} % | {s['skipped']} | {s['replaced']} | {100 * s['val']:.2f} |"
         )
         if r["seed"] == args.seeds[0] and r["ipc"] == args.ipc[0]:
             curves[r["dataset"]][r["method"]] = s["curve"]

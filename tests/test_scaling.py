@@ -116,11 +116,16 @@ def test_rule_overrides_are_valid_config():
         ov = rule_overrides("bloodmnist", 10, rule)
         cfg = build_config("cpu", None, ov)  # every override is a known key of the right type
         if rule is not None:
-            assert {next(iter(parse_override(o)["distill"])) for o in ov} == {
-                "lr_init",
-                "lr_lr",
-                "syn_steps",
-                "batch_syn",
-                "iterations",
-            }
+            keys = {"lr_init", "lr_lr", "syn_steps", "batch_syn", "iterations"} | (
+                {"lr_img"} if rule.img_comp else set()
+            )
+            assert {next(iter(parse_override(o)["distill"])) for o in ov} == keys
             assert cfg.distill.lr_init == pytest.approx(rule.gain * 0.01 * (374 / 10) ** rule.alpha, rel=1e-3), name
+
+
+@settings(max_examples=100, deadline=None)
+@given(sizes, alphas, st.floats(0.05, 1.0))
+def test_img_comp_keeps_lr_img_times_lr_init(n, alpha, gain):
+    out = scale_tm(n, 2, 10, 64, 0.01, 2, TMBase(lr_img=100.0), alpha=alpha, gain=gain, img_comp=True)
+    assert out["lr_img"] * out["lr_init"] == pytest.approx(100.0 * 0.01, rel=2e-3)
+    assert "lr_img" not in scale_tm(n, 2, 10, 64, 0.01, 2, alpha=alpha, gain=gain)

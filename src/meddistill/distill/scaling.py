@@ -26,6 +26,9 @@ span (``expert_epochs × ceil(n_train / expert_batch)``) and ``N`` = student ste
 - ``syn_steps`` — the base value, grown towards ``ceil(S / max_ratio)`` only up to
   ``syn_steps_max`` (default: the base value, i.e. unchanged: the unroll's cost is linear
   in it, and it was not swept on this 2-core CPU).
+- ``lr_img`` (only with ``img_comp``) — ``base lr_img × expert_lr / lr_init``: the image
+  gradient of the unrolled loss grows about linearly with the student lr, so this keeps the
+  image step of the regime where lr_img was tuned (lr_init = expert lr).
 - ``iterations`` — the base value (with mini-batches every image is still in most
   iterations' unroll: P = 1 − (1 − b/n)^N).
 
@@ -49,6 +52,7 @@ class TMBase:
     lr_lr: float = 1e-7
     iterations: int = 200
     batch_syn: int = 0
+    lr_img: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class Rule:
     alpha: float = 0.5
     kappa: float | None = 0.03
     gain: float = 1.0
+    img_comp: bool = False  # scale lr_img by expert_lr / lr_init
     max_batch_syn: int = 256
     syn_steps_max: int | None = None  # None: keep the base syn_steps
     max_ratio: float = 10.0  # expert steps per student step that syn_steps growth aims at
@@ -72,6 +77,7 @@ RULES: dict[str, Rule | None] = {
     "sqrt": Rule("sqrt", alpha=0.5, kappa=0.03),
     "linear": Rule("linear", alpha=1.0, kappa=0.03),
     "linear4": Rule("linear4", alpha=1.0, kappa=0.03, gain=0.25),
+    "linear4i": Rule("linear4i", alpha=1.0, kappa=0.03, gain=0.25, img_comp=True),
 }
 
 
@@ -99,6 +105,7 @@ def scale_tm(
     alpha: float = 0.5,
     kappa: float | None = 0.03,
     gain: float = 1.0,
+    img_comp: bool = False,
     max_batch_syn: int = 256,
     syn_steps_max: int | None = None,
     max_ratio: float = 10.0,
@@ -122,7 +129,7 @@ def scale_tm(
     lr_lr = base.lr_lr if kappa is None else _sig(kappa * lr_init**2)
     n_syn = ipc * num_classes
     batch_syn = base.batch_syn if n_syn <= max_batch_syn else max_batch_syn
-    return {
+    out = {
         "lr_init": lr_init,
         "lr_lr": lr_lr,
         "syn_steps": steps,
@@ -131,9 +138,12 @@ def scale_tm(
         "expert_steps": s,
         "ratio": ratio,
     }
+    if img_comp:
+        out["lr_img"] = _sig(base.lr_img * expert_lr / lr_init)
+    return out
 
 
-DISTILL_KEYS = ("lr_init", "lr_lr", "syn_steps", "batch_syn", "iterations")
+DISTILL_KEYS = ("lr_init", "lr_lr", "syn_steps", "batch_syn", "iterations", "lr_img")
 
 
 def rule_overrides(dataset: str, ipc: int, rule: Rule | None, profile: str = "cpu", overrides=()) -> list[str]:
@@ -147,7 +157,7 @@ def rule_overrides(dataset: str, ipc: int, rule: Rule | None, profile: str = "cp
     cfg = build_config(profile, None, list(overrides))
     info = get_info(dataset)
     d = cfg.distill
-    base = TMBase(d.syn_steps, d.lr_lr, d.iterations, d.batch_syn)
+    base = TMBase(d.syn_steps, d.lr_lr, d.iterations, d.batch_syn, d.lr_img)
     out = scale_tm(
         info.n_samples[0],
         info.num_classes,
@@ -159,9 +169,10 @@ def rule_overrides(dataset: str, ipc: int, rule: Rule | None, profile: str = "cp
         alpha=rule.alpha,
         kappa=rule.kappa,
         gain=rule.gain,
+        img_comp=rule.img_comp,
         max_batch_syn=rule.max_batch_syn,
         syn_steps_max=rule.syn_steps_max,
         max_ratio=rule.max_ratio,
         lr_init_max=rule.lr_init_max,
     )
-    return [f"distill.{k}={out[k]!r}" for k in DISTILL_KEYS]
+    return [f"distill.{k}={out[k]!r}" for k in DISTILL_KEYS if k in out]

@@ -6,6 +6,7 @@ run's own config (instance norm, DSA, 300 epochs, the set's learned lr, val-only
 choice). Uses the Python API ``evaluate_images``: ``meddistill eval RUN_DIR --set net.width=128``
 does not do this, because ``eval`` takes the net spec from the run's saved config.
 
+A width equal to the run's own, with as many nets as its row, reuses the row's numbers.
 Rows go to ``--store`` (one per run folder and width; finished ones are skipped), then a table
 of val and test ACC per method and width is printed. Nothing here chooses a setting.
 
@@ -34,6 +35,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("source", help="a results store whose rows name run folders")
     ap.add_argument("--methods", default="random,herding,dm,mtt,ptm")
+    ap.add_argument("--datasets", default="bloodmnist")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--widths", default="32,128")
     ap.add_argument("--nets", type=int, default=2)
@@ -44,7 +46,12 @@ def main() -> None:
     methods = args.methods.split(",")
     seeds = {int(s) for s in args.seeds.split(",")}
     widths = [int(w) for w in args.widths.split(",")]
-    src = [r for r in read_jsonl(args.source) if r["method"] in methods and r["seed"] in seeds and r.get("run_dir")]
+    dsets = set(args.datasets.split(","))
+    src = [
+        r
+        for r in read_jsonl(args.source)
+        if r["method"] in methods and r["seed"] in seeds and r["dataset"] in dsets and r.get("run_dir")
+    ]
     done = {(r["run_dir"], r["width"]) for r in read_jsonl(args.store)}
     for width in widths:
         for r in src:
@@ -56,10 +63,14 @@ def main() -> None:
             cfg.eval.num_nets = args.nets
             cfg.eval.nets = ["convnet"]
             syn = SynSet.load(rd)
-            ds = load_data(cfg)
-            dev = resolve_device(cfg.device)
-            s = evaluate_images(syn.images, syn.targets(), ds, cfg, dev, lr=syn.lr, progress=False)
-            runs = [{"val_acc": x.val_acc, "acc": x.test_acc, "auc": x.test_auc} for x in s.results]
+            if width == r["config"]["net"]["width"] and len(r["runs"]) == args.nets:
+                # the source row is this very evaluation (same protocol, nets and seeds): reuse it
+                runs = [{"val_acc": x["val_acc"], "acc": x["test_acc"], "auc": x["test_auc"]} for x in r["runs"]]
+            else:
+                ds = load_data(cfg)
+                dev = resolve_device(cfg.device)
+                s = evaluate_images(syn.images, syn.targets(), ds, cfg, dev, lr=syn.lr, progress=False)
+                runs = [{"val_acc": x.val_acc, "acc": x.test_acc, "auc": x.test_auc} for x in s.results]
             row = {
                 "run_dir": str(rd),
                 "dataset": r["dataset"],

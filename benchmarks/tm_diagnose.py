@@ -94,6 +94,14 @@ def _mean(xs: list[float]) -> float:
 
 def run_stats(row: dict, start: dict | None) -> dict:
     rd = Path(row["run_dir"])
+    if not (rd / "metrics.jsonl").exists():  # run folder gone (runs/ is not committed): the row's numbers only
+        nan = float("nan")
+        d = row["config"]["distill"]
+        keys = ("lr100", "lr_min", "lr_max", "loss_first", "loss_last10", "loss_min", "early_first", "early_last")
+        out = dict.fromkeys(keys, nan)
+        out.update(lr_init=d["lr_init"], lr_lr=d["lr_lr"], lr_end=row["eval_lr"], moved=nan, skipped=-1)
+        out.update(replaced=-1, val=val_acc(row), curve=[])
+        return out
     m = [r for r in read_jsonl(rd / "metrics.jsonl") if "loss" in r]
     ok = [r for r in m if r.get("status") != "skipped"]
     loss = [r["loss"] for r in ok]
@@ -204,7 +212,7 @@ def main() -> None:
             f"| {r['dataset']} | {n} | {big_s} | {steps} | {big_s / steps:.1f} | {r['method']} | {r['seed']} | {lr} "
             f"| {loss} | {early} | {100 * s['moved']:.1f} % | {s['skipped']} | {s['replaced']} | {100 * s['val']:.2f} |"
         )
-        if r["seed"] == args.seeds[0] and r["ipc"] == args.ipc[0]:
+        if r["seed"] == args.seeds[0] and r["ipc"] == args.ipc[0] and s["curve"]:
             curves[r["dataset"]][r["method"]] = s["curve"]
     for r in sorted(start.values(), key=lambda r: (order.get(r["dataset"], 99), r["ipc"], r["seed"])):
         print(f"| {r['dataset']} | random (the start) | seed {r['seed']} | val ACC {100 * val_acc(r):.2f} |")

@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--experts-dir", default="experts")
     ap.add_argument("--workers", type=int, default=1, help="cells at once, 1 torch thread each when > 1")
     ap.add_argument("--no-run", action="store_true", help="only report what the stores hold")
+    ap.add_argument("--cells", action="store_true", help="also list every finished cell")
     args = ap.parse_args()
     rules = args.rules.split(",")
     args.datasets = args.datasets.split(",")
@@ -80,7 +81,7 @@ def main() -> None:
             continue
 
         def mean(sel, i=0, m=mine):
-            xs = [v[i] for k, v in m.items() if sel(k)]
+            xs = [v[i] for k, v in m.items() if sel(k) and v[i] == v[i]]  # NaN: run folder gone
             return (statistics.mean(xs), len(xs)) if xs else (float("nan"), 0)
 
         allv, n = mean(lambda k: True)
@@ -96,6 +97,18 @@ def main() -> None:
             lrs = [v[2] for k, v in mine.items() if k[0] == m]
             cells.append(f"{min(lrs):.3g}–{max(lrs):.3g}" if lrs else "–")
         print(f"| {rule} | {n} | " + " | ".join(cells) + " |")
+    if args.cells:
+        print("\n| dataset | method | seed | " + " | ".join(f"{r} val ACC (learned lr)" for r in rules) + " |")
+        print("|---|---|---|" + "---|" * len(rules))
+        for d in args.datasets:
+            for m in args.methods:
+                for sd in args.seeds:
+                    cells = []
+                    for rule in rules:
+                        v = val.get((rule, m, d, args.ipc[0], sd))
+                        cells.append(f"{100 * v[0]:.2f} ({v[2]:.3g})" if v else "–")
+                    if any(c != "–" for c in cells):
+                        print(f"| {d} | {m} | {sd} | " + " | ".join(cells) + " |")
     by_ds = defaultdict(list)
     for k, v in rand.items():
         by_ds[k[0]].append(v)

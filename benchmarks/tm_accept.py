@@ -61,14 +61,19 @@ def main() -> None:
     for r in rows:
         acc[r["method"]][r["seed"]] = 100 * r["acc_mean"]
     print(f"## {args.dataset} ipc {args.ipc}, rule {args.rule}, {args.nets} ConvNet-D3 per set\n")
-    print("| method | seed | loss it 0 | loss last-10 mean | loss min | lr start → end | test ACC |")
-    print("|---|---|---|---|---|---|---|")
+    start = {r["seed"]: r for r in rows if r["method"] == "random"}
+    print(
+        "| method | seed | loss it 0 | loss last-10 mean | loss min | loss, start epoch 0–1: first 50 → last 50 its "
+        "| images moved | lr start → end | test ACC |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: (r["method"], r["seed"])):
         if r["method"] in ("mtt", "ptm", "ptm_nodom", "datm"):
-            s = run_stats(r, None)
+            s = run_stats(r, start.get(r["seed"]))
             print(
                 f"| {r['method']} | {r['seed']} | {s['loss_first']:.3f} | {s['loss_last10']:.3f} | "
-                f"{s['loss_min']:.3f} | {s['lr_init']:.4g} → {s['lr_end']:.4g} | {100 * r['acc_mean']:.2f} |"
+                f"{s['loss_min']:.3f} | {s['early_first']:.3f} → {s['early_last']:.3f} | {100 * s['moved']:.1f} % "
+                f"| {s['lr_init']:.4g} → {s['lr_end']:.4g} | {100 * r['acc_mean']:.2f} |"
             )
     print("\n| method | seeds | test ACC mean ± std | per seed |\n|---|---|---|---|")
     for m in ns.methods:

@@ -62,3 +62,15 @@ def tiny(session_dirs):
         return tiny_config(dataset, session_dirs["runs"], session_dirs["experts"], **flags)
 
     return make
+
+
+def distill_ctx(ds, cfg, run_dir: Path, stop_at: int | None = None):
+    """A DistillContext on the CPU for ``cfg`` in ``run_dir`` (created), as the pipeline makes it."""
+    import torch
+
+    from meddistill.distill import DistillContext
+    from meddistill.pipeline import distill_identity
+    from meddistill.utils import config_hash
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return DistillContext(ds, cfg, torch.device("cpu"), run_dir, False, config_hash(distill_identity(cfg)), stop_at)

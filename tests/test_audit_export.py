@@ -23,7 +23,7 @@ def test_ssim_is_one_for_identical_images_and_lower_otherwise():
 
 
 def test_audit_flags_copies_and_passes_a_distilled_set(breast, tiny, tmp_path):
-    from tests.test_distill import _ctx
+    from tests.conftest import distill_ctx as _ctx
 
     cfg = tiny(**{"distill.ipc": 3})
     copy = get_method("random")(_ctx(breast, cfg, tmp_path / "copy"))
@@ -81,7 +81,7 @@ def test_export_refuses_a_folder_without_synset(tmp_path, capsys):
 
 def test_audit_figure_shows_every_synthetic_image(breast, tiny, tmp_path):
     from meddistill.audit import audit_figure
-    from tests.test_distill import _ctx
+    from tests.conftest import distill_ctx as _ctx
 
     cfg = tiny(**{"distill.ipc": 3})
     syn = get_method("random")(_ctx(breast, cfg, tmp_path / "r"))

@@ -7,17 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from meddistill.distill import DistillContext, get_method, list_methods
+from meddistill.distill import get_method, list_methods
 from meddistill.distill.methods_tm import build_engine
 from meddistill.errors import ConfigError, RunStopped
-from meddistill.pipeline import distill, distill_identity, run_dir_for
+from meddistill.pipeline import distill, run_dir_for
 from meddistill.synset import SynSet
-from meddistill.utils import config_hash, read_jsonl
-
-
-def _ctx(ds, cfg, run_dir, stop_at=None):
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return DistillContext(ds, cfg, torch.device("cpu"), run_dir, False, config_hash(distill_identity(cfg)), stop_at)
+from meddistill.utils import read_jsonl
+from tests.conftest import distill_ctx as _ctx
 
 
 def test_methods_are_registered():

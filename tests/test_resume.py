@@ -20,7 +20,7 @@ from meddistill.cli import main
 from meddistill.distill import get_method
 from meddistill.synset import SynSet
 from meddistill.utils import read_jsonl
-from tests.test_distill import _ctx
+from tests.conftest import distill_ctx as _ctx
 
 TRACED = {tm_mod.__file__, dom_mod.__file__, utils_mod.__file__}
 # 4 iterations, DOM after iteration 2, a checkpoint after every iteration (checkpoint_every_s=0),

@@ -11,6 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "medmnist"
 if not os.environ.get("MEDDISTILL_DATA") and SHARED.is_dir():
     os.environ["MEDDISTILL_DATA"] = str(SHARED)
+if os.environ.get("MEDDISTILL_DATA"):  # CI sets it relative; several tests chdir elsewhere
+    os.environ["MEDDISTILL_DATA"] = str(Path(os.environ["MEDDISTILL_DATA"]).resolve())
 
 DATA = Path(os.environ.get("MEDDISTILL_DATA", str(SHARED)))
 

@@ -62,12 +62,12 @@ def main() -> None:
         cfg = build_config("cpu", dataset=str(folder), device="cpu", **flags)
         t_first, ds = timed_load(cfg)
         t_cached, ds2 = timed_load(cfg)
-        same = all(torch.equal(ds.split(s).images, ds2.split(s).images) for s in SPLITS)
+        same = all(torch.equal(getattr(ds, s).images, getattr(ds2, s).images) for s in SPLITS)
         n = sum(counts.values())
         exact = ""
         if args.limit is None and args.size == 28:
             ref = load_data(build_config("cpu", dataset=args.dataset, device="cpu"))
-            exact = str(all(torch.equal(ds.split(s).images, ref.split(s).images) for s in SPLITS))
+            exact = str(all(torch.equal(getattr(ds, s).images, getattr(ref, s).images) for s in SPLITS))
         cache_mb = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) / 1e6
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {n} PNGs ({counts}), size {args.size}")
         print("| images | write PNGs s | first load (hash + decode + cache) s | cached load s | cache MB |"

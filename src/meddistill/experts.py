@@ -152,6 +152,22 @@ def _resume(
     return rows, val_acc
 
 
+def expert_plan(ds: MedDataset, cfg: RunConfig, order_tag: tuple, dsa_tag: tuple) -> TrainPlan:
+    """How a net is trained on the real train split with the expert settings (``cfg.experts``)."""
+    e = cfg.experts
+    return TrainPlan(
+        lr=e.lr,
+        batch_size=e.batch_size,
+        order_tag=order_tag,
+        dsa_tag=dsa_tag,
+        momentum=e.momentum,
+        weight_decay=e.weight_decay,
+        dsa=for_dataset(ds.info, cfg.dsa) if e.dsa else None,
+        bf16=e.bf16 is True,
+        check_finite=True,
+    )
+
+
 def train_one_expert(
     ds: MedDataset,
     cfg: RunConfig,
@@ -162,17 +178,7 @@ def train_one_expert(
 ) -> dict:
     """Train expert ``k`` (resuming from its partial file) and save its trajectory."""
     ecfg: ExpertConfig = cfg.experts
-    plan = TrainPlan(
-        lr=ecfg.lr,
-        batch_size=ecfg.batch_size,
-        order_tag=(ecfg.seed, "expert-order", k),
-        dsa_tag=(ecfg.seed, "expert-dsa", k),
-        momentum=ecfg.momentum,
-        weight_decay=ecfg.weight_decay,
-        dsa=for_dataset(ds.info, cfg.dsa) if ecfg.dsa else None,
-        bf16=ecfg.bf16,
-        check_finite=True,
-    )
+    plan = expert_plan(ds, cfg, (ecfg.seed, "expert-order", k), (ecfg.seed, "expert-dsa", k))
     torch.manual_seed(derive_seed(ecfg.seed, "expert-init", k))
     net = create_model(cfg.net, ds.shape, ds.num_classes).to(device)
     opt = sgd(net, plan)

@@ -201,8 +201,14 @@ def result_row(
     return row
 
 
-def run_cell(cfg: RunConfig, progress: bool = True, restart: bool = False, evaluate: bool = True) -> CellResult:
-    ds = load_data(cfg, progress)
+def run_cell(
+    cfg: RunConfig,
+    progress: bool = True,
+    restart: bool = False,
+    evaluate: bool = True,
+    ds: MedDataset | None = None,
+) -> CellResult:
+    ds = ds or load_data(cfg, progress)
     run_dir, syn = distill(cfg, ds, progress=progress, restart=restart)
     if not evaluate:
         return CellResult(run_dir, syn, None, None)

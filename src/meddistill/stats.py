@@ -39,14 +39,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from meddistill.augment import for_dataset
 from meddistill.config import RunConfig
 from meddistill.data.loader import MedDataset
 from meddistill.errors import ArtifactError, ConfigError
-from meddistill.experts import expert_identity
+from meddistill.experts import expert_identity, expert_plan
 from meddistill.nets import create_model
 from meddistill.synset import SynSet
-from meddistill.train import Diverged, TrainPlan, fit, sgd
+from meddistill.train import Diverged, fit, sgd
 from meddistill.utils import atomic_path, code_version, config_hash, derive_seed, resolve_device, write_text_atomic
 
 STATS_TAG = "stats-net"
@@ -184,17 +183,7 @@ def train_stats_net(ds: MedDataset, cfg: RunConfig, device: torch.device, progre
     """A fresh ``cfg.net`` trained with :func:`train.fit` on the real train split, with the
     expert training settings and the ``stats-net`` seed tags (the caller's RNG is untouched)."""
     e = cfg.experts
-    plan = TrainPlan(
-        lr=e.lr,
-        batch_size=e.batch_size,
-        order_tag=(e.seed, STATS_TAG, "order"),
-        dsa_tag=(e.seed, STATS_TAG, "dsa"),
-        momentum=e.momentum,
-        weight_decay=e.weight_decay,
-        dsa=for_dataset(ds.info, cfg.dsa) if e.dsa else None,
-        bf16=e.bf16 is True,
-        check_finite=True,
-    )
+    plan = expert_plan(ds, cfg, (e.seed, STATS_TAG, "order"), (e.seed, STATS_TAG, "dsa"))
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(derive_seed(e.seed, STATS_TAG))
         net = create_model(cfg.net, ds.shape, ds.num_classes).to(device)

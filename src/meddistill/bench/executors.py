@@ -37,9 +37,10 @@ def run_one(cell: Cell, progress: bool = False) -> dict:
     if cell.method == FULL:
         row = full_row(cfg, progress)
     else:
-        res = run_cell(cfg, progress=progress)
+        ds = load_data(cfg, progress)  # once for the cell and its stats
+        res = run_cell(cfg, progress=progress, ds=ds)
         row = res.row
-        row["stats"] = run_stats(cfg, res.run_dir, res.synset, load_data(cfg, progress), progress)
+        row["stats"] = run_stats(cfg, res.run_dir, res.synset, ds, progress)
     row.update(cell_key=cell.key, seconds=round(time.monotonic() - t0, 1))
     return row
 

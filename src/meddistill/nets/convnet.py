@@ -9,6 +9,7 @@ from meddistill.nets.layers import make_norm, make_pool
 from meddistill.nets.registry import register_net
 
 
+@register_net("convnet", reads=("width", "depth", "norm", "pooling"))
 class ConvNet(nn.Module):
     """``depth`` blocks of conv3x3 → norm → ReLU → pool, then a linear classifier."""
 
@@ -37,15 +38,3 @@ class ConvNet(nn.Module):
     def forward(self, x: torch.Tensor, features: bool = False) -> torch.Tensor:
         f = self.features(x).flatten(1)
         return f if features else self.classifier(f)
-
-
-@register_net("convnet", reads=("width", "depth", "norm", "pooling"))
-def convnet(
-    in_shape: tuple[int, int, int],
-    num_classes: int,
-    width: int = 128,
-    depth: int = 3,
-    norm: str = "instance",
-    pooling: str = "avg",
-) -> ConvNet:
-    return ConvNet(in_shape, num_classes, width=width, depth=depth, norm=norm, pooling=pooling)

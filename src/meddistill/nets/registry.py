@@ -58,7 +58,8 @@ def _check_signature(name: str, fn: NetFactory, options: tuple[str, ...]) -> Non
 def register_net(
     name: str, reads: tuple[str, ...] = ALL_OPTIONS, extra: tuple[str, ...] = ()
 ) -> Callable[[NetFactory], NetFactory]:
-    """Register a factory ``f(in_shape, num_classes, **options) -> nn.Module`` under ``name``.
+    """Register a factory ``f(in_shape, num_classes, **options) -> nn.Module`` (usually the
+    ``nn.Module`` class itself) under ``name``.
 
     ``reads``: the :class:`NetSpec` fields it honours (the others must keep their defaults);
     ``extra``: the ``NetSpec.extra`` keys it accepts."""

@@ -27,6 +27,7 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+@register_net("resnet18", reads=("width", "norm"))
 class ResNet18(nn.Module):
     def __init__(self, in_shape, num_classes: int, width: int = 64, norm: str = "instance") -> None:
         super().__init__()
@@ -45,8 +46,3 @@ class ResNet18(nn.Module):
     def forward(self, x: torch.Tensor, features: bool = False) -> torch.Tensor:
         f = F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1).flatten(1)
         return f if features else self.classifier(f)
-
-
-@register_net("resnet18", reads=("width", "norm"))
-def resnet18(in_shape: tuple[int, int, int], num_classes: int, width: int = 64, norm: str = "instance") -> ResNet18:
-    return ResNet18(in_shape, num_classes, width=width, norm=norm)

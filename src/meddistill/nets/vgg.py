@@ -14,6 +14,7 @@ from meddistill.nets.registry import register_net
 VGG11 = (1, "M", 2, "M", 4, 4, "M", 8, 8, "M", 8, 8, "M")
 
 
+@register_net("vgg11", reads=("width", "norm"))
 class VGG11Small(nn.Module):
     def __init__(self, in_shape, num_classes: int, width: int = 64, norm: str = "instance") -> None:
         super().__init__()
@@ -37,8 +38,3 @@ class VGG11Small(nn.Module):
     def forward(self, x: torch.Tensor, features: bool = False) -> torch.Tensor:
         f = F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
         return f if features else self.classifier(f)
-
-
-@register_net("vgg11", reads=("width", "norm"))
-def vgg11(in_shape: tuple[int, int, int], num_classes: int, width: int = 64, norm: str = "instance") -> VGG11Small:
-    return VGG11Small(in_shape, num_classes, width=width, norm=norm)

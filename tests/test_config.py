@@ -129,3 +129,28 @@ def test_every_shipped_profile_is_valid_and_its_method_defaults_are_the_cpu_prof
         build_config(name)
     assert profile_data("cpu")["distill"] == {"checkpoint_every_s": 120, "log_every": 10}
     assert build_config("cpu").distill.sections == RunConfig().distill.sections
+
+
+def test_an_option_at_its_neutral_value_leaves_the_identity_unchanged():
+    from dataclasses import dataclass, field
+
+    from meddistill.config import identity_dict, setting
+
+    @dataclass
+    class Inner:
+        a: int = 1
+
+    @dataclass
+    class Before:
+        x: float = 0.5
+        inner: Inner = field(default_factory=Inner)
+
+    @dataclass
+    class After:
+        x: float = 0.5
+        inner: Inner = field(default_factory=Inner)
+        extra: float = setting(0.0, lo=0, neutral=0.0)
+
+    assert identity_dict(After()) == identity_dict(Before()) == {"x": 0.5, "inner": {"a": 1}}
+    assert identity_dict(After(extra=0.3)) == {"x": 0.5, "inner": {"a": 1}, "extra": 0.3}
+

@@ -7,6 +7,7 @@ overrides → explicit CLI flags.  The resolved config is dumped beside every re
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -32,13 +33,30 @@ def setting(
     lo_open: bool = False,
     choices: tuple[Any, ...] | None = None,
     factory: Any = MISSING,
+    neutral: Any = MISSING,
 ) -> Any:
     """A config field with its allowed range: ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``) or
-    one of ``choices``. Every float must also be finite. Checked by :func:`validate`."""
-    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices}
+    one of ``choices``. Every float must also be finite. Checked by :func:`validate`.
+
+    ``neutral``: the value at which the field changes nothing (an option that is off). At that
+    value :func:`identity_dict` leaves the field out, so adding an option to a section does
+    not re-key the runs stored before it existed."""
+    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "neutral": neutral}
     if factory is not MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def identity_dict(obj: Any) -> dict:
+    """``asdict(obj)`` without the fields that are at their ``neutral`` value (recursively)."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        neutral = f.metadata.get("neutral", MISSING)
+        if neutral is not MISSING and value == neutral:
+            continue
+        out[f.name] = identity_dict(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
+    return out
 
 
 @dataclass

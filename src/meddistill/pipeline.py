@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from meddistill.config import RunConfig, dump_yaml
+from meddistill.config import RunConfig, dump_yaml, identity_dict
 from meddistill.data.loader import MedDataset
 from meddistill.data.sources import create_dataset, data_identity, dataset_tag, write_run_records
 from meddistill.distill import DistillContext, get_method, get_spec
@@ -45,7 +45,7 @@ def distill_identity(cfg: RunConfig) -> dict:
     }
     section = cfg.distill.section()
     if section is not None:
-        ident["settings"] = asdict(section)
+        ident["settings"] = identity_dict(section)
     if spec.needs_experts:
         ident["experts"] = {**expert_identity(cfg), "num_experts": cfg.experts.num_experts}
     if "net" in spec.reads:

@@ -63,6 +63,14 @@ def _device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
 
 
+def _workers(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--workers",
+        type=_nonneg_int,
+        help="CPU processes for independent trainings (experts, evaluation nets); 0 = one per core (default)",
+    )
+
+
 def _data_root(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="folder with MedMNIST npz files (then $MEDDISTILL_DATA, ~/.medmnist)")
 
@@ -114,6 +122,7 @@ def _cell_flags(p: argparse.ArgumentParser) -> None:
     _size(p)
     _seed(p)
     _device(p)
+    _workers(p)
     _data_root(p)
     _out(p)
     _experts(p)
@@ -135,6 +144,7 @@ def _experts_parser(sub: argparse._SubParsersAction) -> None:
     _config_flags(p)
     _size(p)
     _device(p)
+    _workers(p)
     _data_root(p)
     _experts(p)
     _progress(p)
@@ -153,6 +163,7 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     _size(p)
     _seed(p, "evaluation seed (default 0; for a run folder, the run's seed)")
     _device(p)
+    _workers(p)
     _data_root(p)
     _out(p, "folder of results.jsonl (default: runs; for a run folder, the runs folder holding it)")
     _progress(p)
@@ -253,6 +264,7 @@ def config_from_args(args: argparse.Namespace, dataset: str | None = None) -> Ru
         "size": getattr(args, "size", None),
         "seed": getattr(args, "seed", None),
         "device": getattr(args, "device", None),
+        "workers": getattr(args, "workers", None),
         "data_root": getattr(args, "data_root", None),
         "out_dir": getattr(args, "out_dir", None),
         "experts_dir": getattr(args, "experts_dir", None),

@@ -28,6 +28,7 @@ from meddistill.data.loader import MedDataset
 from meddistill.data.sources import data_identity, dataset_tag
 from meddistill.errors import ArtifactError, ConfigError
 from meddistill.nets import FlatParams, create_model, flatten_params, load_flat
+from meddistill.parallel import plan_workers, run_tasks
 from meddistill.train import Diverged, TrainPlan, fit, sgd
 from meddistill.utils import (
     atomic_path,
@@ -225,12 +226,17 @@ def train_experts(ds: MedDataset, cfg: RunConfig, device: torch.device, progress
     check_expert_files(out, meta["num_params"], cfg.net.tag())
     write_text_atomic(meta_path, json.dumps(meta, indent=2, sort_keys=True))
     todo = [k for k in range(cfg.experts.num_experts) if not (out / f"expert_{k}.safetensors").exists()]
-    total = len(todo) * cfg.experts.epochs
-    with tqdm(total=total, desc=f"experts {cfg.dataset}", unit="epoch", disable=not progress) as bar:
-        for k in todo:
-            info = train_one_expert(ds, cfg, k, out / f"expert_{k}.safetensors", device, lambda _e: bar.update(1))
+    plan = plan_workers(cfg.workers, device, len(todo))
+    tasks = [(ds, cfg, k, str(out / f"expert_{k}.safetensors"), device) for k in todo]
+    desc = f"experts {cfg.dataset}" + (f" ({plan.processes} processes)" if plan.processes > 1 else "")
+    with tqdm(total=len(todo) * cfg.experts.epochs, desc=desc, unit="epoch", disable=not progress) as bar:
+        for info in run_tasks(_expert_task, tasks, plan, lambda: bar.update(1)):
             bar.set_postfix(val_acc=f"{info['final_val_acc']:.3f}")
     return out
+
+
+def _expert_task(ds: MedDataset, cfg: RunConfig, k: int, path: str, device: torch.device, tick) -> dict:
+    return train_one_expert(ds, cfg, k, Path(path), device, lambda _epoch: tick())
 
 
 class ExpertBuffer:

@@ -13,6 +13,7 @@ order, hence the last bits of results.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -169,6 +170,12 @@ def run_ray(
     return _store_rows(finished(), len(cells), store, "bench (ray)", progress, on_row)
 
 
+def _in_process(cells: list[Cell]) -> list[Cell]:
+    """The cells with ``workers = 1``: a cell that already runs in a pool or Ray worker trains
+    its experts and evaluation nets in that worker's process."""
+    return [dataclasses.replace(c, cfg=dataclasses.replace(c.cfg, workers=1)) for c in cells]
+
+
 def run_grid(
     grid: Grid,
     executor: str = "local",
@@ -197,9 +204,9 @@ def run_grid(
         if limit is not None:
             todo = todo[:limit]
         if executor == "ray":
-            ran = run_ray(todo, store, progress, address)
+            ran = run_ray(_in_process(todo), store, progress, address)
         elif workers > 1:
-            ran = run_pool(todo, store, progress, workers, threads)
+            ran = run_pool(_in_process(todo), store, progress, workers, threads)
         else:
             ran = run_local(todo, store, progress)
     return ran, len(cells) - len([c for c in cells if c.key not in done])

@@ -101,7 +101,7 @@ def _losses(run_dir: Path) -> list[float]:
 
 
 CORE = {"step", "matching_loss", "_student_step", "_apply", "run", "save_checkpoint", "atomic_path"}
-LOOP = CORE | {"iteration", "dom_step", "select_overlapping", "append_jsonl"}
+LOOP = CORE | {"iteration", "dom_step", "greedy_overlapping", "append_jsonl"}
 
 
 @pytest.mark.parametrize("method,names,spread", [("ptm", LOOP, 3), ("datm", {"_apply", "matching_loss"}, 0)])

@@ -23,7 +23,6 @@ from meddistill.distill.dom import (
     TRIGGERS,
     DOMConfig,
     Probe,
-    cosine_matrix,
     farthest_first,
     lr_multipliers,
     rate_count,
@@ -55,8 +54,18 @@ def _sym(n: int, pairs: dict[tuple[int, int], float], base: float = 0.0) -> torc
 
 @pytest.mark.parametrize(
     "rate,n,k",
-    [(0.1, 10, 1), (0.1, 50, 5), (0.1, 30, 3), (0.25, 2, 1), (0.5, 3, 2), (0.15, 10, 2), (1.0, 4, 3), (0.0, 10, 0)]
-    + [(0.5, 1, 0), (0.01, 10, 1)],
+    [
+        (0.1, 10, 1),
+        (0.1, 50, 5),
+        (0.1, 30, 3),
+        (0.25, 2, 1),
+        (0.5, 3, 2),
+        (0.15, 10, 2),
+        (1.0, 4, 3),
+        (0.0, 10, 0),
+        (0.5, 1, 0),
+        (0.01, 10, 1),
+    ],
 )
 def test_rate_count_is_the_documented_ceiling(rate, n, k):
     """ceil(rate · n) with the product rounded first (0.1 · 30 = 3.0000000000000004 → 3),
@@ -147,7 +156,8 @@ def test_triggers_and_retrain_multipliers():
 
 
 def test_options_are_registry_choices_and_off_by_default_in_the_identity():
-    original = {"enabled", "every", "start", "stop", "pixel_threshold", "feature_threshold", "max_replace_frac", "noise"}
+    original = {"enabled", "every", "start", "stop", "pixel_threshold", "feature_threshold", "max_replace_frac"}
+    original.add("noise")
     assert set(identity_dict(DOMConfig())) == original
     assert set(identity_dict(DOMConfig(rule="rate", reinit="kcenter"))) == original | {"rule", "reinit"}
     assert set(identity_dict(PTMConfig())["dom"]) == original
@@ -158,9 +168,10 @@ def test_options_are_registry_choices_and_off_by_default_in_the_identity():
     # the run identities of PTM at default settings are those computed before the options existed
     pinned = {"tiny": "6ca0a8b20000", "cpu": "421428a655ff", "paper": "9f17891f5b5e"}
     for profile, key in pinned.items():
-        cfg = build_config(profile, dataset="pneumoniamnist", device="cpu", **{"distill.method": "ptm", "distill.ipc": 10})
-        assert config_hash(distill_identity(cfg)) == key, profile
-    variant = build_config("tiny", dataset="pneumoniamnist", device="cpu", overrides=[f"{D}rule=rate"], **{"distill.ipc": 10})
+        cfg = build_config(profile, dataset="pneumoniamnist", device="cpu", **{"distill.ipc": 10})
+        assert cfg.distill.method == "ptm" and config_hash(distill_identity(cfg)) == key, profile
+    ov = [f"{D}rule=rate", "distill.ipc=10"]
+    variant = build_config("tiny", dataset="pneumoniamnist", device="cpu", overrides=ov)
     assert config_hash(distill_identity(variant)) != pinned["tiny"]
 
 
@@ -319,7 +330,7 @@ def test_ptm_at_default_dom_settings_is_bit_identical_to_before(breast, tmp_path
     torch.set_num_threads(1)  # the experts too: trained here, in this thread count
     try:
         for case, (flags, digest, replaced) in PINNED.items():
-            cfg = tiny_config("breastmnist", tmp_path / "runs", tmp_path / "experts", **{"distill.method": "ptm", **flags})
+            cfg = tiny_config("breastmnist", tmp_path / "runs", tmp_path / "experts", **flags)
             syn = get_method("ptm")(_ctx(breast, cfg, tmp_path / case))
             assert (syn.content_hash(), syn.meta["dom_replaced"]) == (digest, replaced), case
     finally:

@@ -538,4 +538,3 @@ class TrajectoryMatching:
             skipped=st.skipped,
             dom_replaced=st.replaced,
         )
-

@@ -58,6 +58,8 @@ def _sym(n: int, pairs: dict[tuple[int, int], float], base: float = 0.0) -> torc
         (0.1, 10, 1),
         (0.1, 50, 5),
         (0.1, 30, 3),
+        (0.14, 50, 7),
+        (0.07, 100, 7),
         (0.25, 2, 1),
         (0.5, 3, 2),
         (0.15, 10, 2),
@@ -68,7 +70,7 @@ def _sym(n: int, pairs: dict[tuple[int, int], float], base: float = 0.0) -> torc
     ],
 )
 def test_rate_count_is_the_documented_ceiling(rate, n, k):
-    """ceil(rate · n) with the product rounded first (0.1 · 30 = 3.0000000000000004 → 3),
+    """ceil(rate · n) with the product rounded first (0.14 · 50 = 7.000000000000001 → 7),
     at most n − 1 (one image of a class always stays)."""
     assert rate_count(rate, n) == k
 
@@ -221,8 +223,16 @@ VARIANT = {
 }
 
 
-def test_dom_replaces_exactly_what_its_rule_selects_and_retrains_them_as_specified(breast, tiny, tmp_path):
+def test_dom_replaces_exactly_what_its_rule_selects_and_retrains_them_as_specified(breast, tiny, tmp_path, monkeypatch):
     cfg = tiny(**VARIANT)
+    seen = []  # the kept images k-center covers from: the class's images minus the replaced one
+
+    def spy(inp):
+        seen.append(inp.kept.clone())
+        return kcenter(inp)
+
+    kcenter = REINITS["kcenter"]
+    monkeypatch.setitem(REINITS, "kcenter", spy)
     tm = build_engine(_ctx(breast, cfg, tmp_path / "steps"))
     d, dc = cfg.distill.active, cfg.distill.active.dom
     st = tm.init_state()
@@ -255,11 +265,14 @@ def test_dom_replaces_exactly_what_its_rule_selects_and_retrains_them_as_specifi
             changed = (st.images.detach() != old).flatten(1).any(1)
             assert torch.nonzero(changed).view(-1).tolist() == sorted(replaced)
             for c, pos in picks.items():
+                keep = [i for i in torch.nonzero(st.labels == c).view(-1).tolist() if i != pos]
+                assert torch.equal(seen[c], old[keep])
                 assert torch.equal(st.images.detach()[pos], breast.train.images[sources[c]])
                 assert bool(st.used[sources[c]]) and not st.img_mom[pos].any()
             assert st.boost_until.tolist() == [st.it + 4 if i in replaced else 0 for i in range(8)]
             events.append((st.it, replaced))
     assert [e[0] for e in events] == [6]
+    monkeypatch.undo()
     assert len(moved["boosted"]) == 4
     # boosted ×10: the new images move several times as far as the others in their window
     assert sum(moved["boosted"]) > 3 * sum(moved["other"])

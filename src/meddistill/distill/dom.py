@@ -179,7 +179,7 @@ def redundancy_margin(views: list[View]) -> torch.Tensor:
 
 def rate_count(rate: float, n: int) -> int:
     """Images the rate rule replaces in a class of ``n``: ``ceil(rate · n)`` (the product
-    rounded to 9 decimals first, so 0.1 · 30 is 3, not 4), at most ``n − 1``; 0 when n < 2."""
+    rounded to 9 decimals first, so 0.14 · 50 is 7, not 8), at most ``n − 1``; 0 when n < 2."""
     if n < 2:
         return 0
     return min(n - 1, math.ceil(round(rate * n, 9)))

@@ -5,8 +5,9 @@ start-epoch schedule, whether DOM runs and whether labels are learnable soft lab
 
 Every random choice (expert, start epoch, minibatches, DSA seeds, DOM replacements) comes
 from one ``torch.Generator`` whose state is checkpointed together with the images, the
-learnable lr, the momentum buffers and the loss history, so ``--resume`` continues exactly
-as the uninterrupted run would have (bit-for-bit on the same device).
+learnable lr, the momentum buffers, the loss history and DOM's retrain windows (a per-image
+image-lr multiplier, :func:`meddistill.distill.dom.lr_multipliers`), so ``--resume`` continues
+exactly as the uninterrupted run would have (bit-for-bit on the same device).
 
 An interrupt (Ctrl-C) can land anywhere, also halfway through an in-place update of the images
 or a DOM replacement. The loop therefore keeps a copy of the state as it was at the start of

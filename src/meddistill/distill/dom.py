@@ -57,10 +57,11 @@ class Probe:
     theta: torch.Tensor
 
     def features(self, x: torch.Tensor, index: torch.Tensor | None = None, bs: int = 1024) -> torch.Tensor:
-        """Penultimate features of ``x`` (of ``x[index]``), ``bs`` images per forward pass, on
-        ``theta``'s device (rows of ``x`` are indexed a chunk at a time, never copied at once)."""
+        """Penultimate features of ``x`` in one forward pass, or of ``x[index]`` ``bs`` images
+        per pass (indexed a chunk at a time, never copied at once), on ``theta``'s device."""
         dev = self.theta.device
         n = len(x) if index is None else len(index)
+        bs = max(1, n) if index is None else bs  # the synthetic set: one pass, as DOM always did
         with torch.no_grad():
             parts = [
                 call_flat(

@@ -74,7 +74,7 @@ def test_dom_replaces_collapsed_images(breast, tiny, tmp_path):
     tm = build_engine(_ctx(breast, cfg, tmp_path))
     st = tm.init_state()
     before = st.images.detach().clone()
-    n = tm.dom_step(st)
+    n = len(tm.dom_step(st))
     assert n == 2 * max(1, int(cfg.distill.active.dom.max_replace_frac * 4))
     assert int(st.used.sum()) == 8 + n  # replacements come from unused real images
     assert (st.images.detach() != before).flatten(1).any(1).sum() == n

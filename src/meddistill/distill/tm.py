@@ -5,8 +5,9 @@ start-epoch schedule, whether DOM runs and whether labels are learnable soft lab
 
 Every random choice (expert, start epoch, minibatches, DSA seeds, DOM replacements) comes
 from one ``torch.Generator`` whose state is checkpointed together with the images, the
-learnable lr, the momentum buffers and the loss history, so ``--resume`` continues exactly
-as the uninterrupted run would have (bit-for-bit on the same device).
+learnable lr, the momentum buffers, the loss history and DOM's retrain windows (a per-image
+image-lr multiplier, :func:`meddistill.distill.dom.lr_multipliers`), so ``--resume`` continues
+exactly as the uninterrupted run would have (bit-for-bit on the same device).
 
 An interrupt (Ctrl-C) can land anywhere, also halfway through an in-place update of the images
 or a DOM replacement. The loop therefore keeps a copy of the state as it was at the start of
@@ -32,7 +33,18 @@ from tqdm.auto import tqdm
 
 from meddistill.augment import dsa, for_dataset
 from meddistill.distill.base import REFERENCE_EXPERT, DistillContext, distill_generator, real_init
-from meddistill.distill.dom import DOMConfig, class_diversity, cosine_matrix, max_overlap, select_overlapping
+from meddistill.distill.dom import (
+    REINITS,
+    SELECTION_RULES,
+    SPACES,
+    TRIGGERS,
+    DOMConfig,
+    Probe,
+    ReinitInputs,
+    class_diversity,
+    lr_multipliers,
+    max_overlap,
+)
 from meddistill.distill.schedule import Schedule
 from meddistill.errors import ArtifactError, RunStopped
 from meddistill.experts import ExpertBuffer
@@ -65,6 +77,9 @@ class TMState:
     skipped: int = 0
     replaced: int = 0
     losses: list[float] = field(default_factory=list)
+    # DOM's retrain windows: image i's image lr is multiplied while it < boost_until[i] (None:
+    # no retrain policy; int64 on the CPU)
+    boost_until: torch.Tensor | None = None
 
 
 class TrajectoryMatching:
@@ -133,7 +148,13 @@ class TrajectoryMatching:
             torch.zeros_like(images),
             torch.zeros_like(lr),
             None if logits is None else torch.zeros_like(logits),
+            boost_until=torch.zeros(len(labels), dtype=torch.long) if self._retrains else None,
         )
+
+    @property
+    def _retrains(self) -> bool:
+        """DOM runs with a retrain policy (its windows are part of the state)."""
+        return self.dom is not None and self.dom.retrain != "none"
 
     def save_checkpoint(self, st: TMState) -> None:
         tensors = {
@@ -149,6 +170,8 @@ class TrajectoryMatching:
         if st.label_logits is not None:
             tensors["label_logits"] = st.label_logits.detach().cpu()
             tensors["lab_mom"] = st.lab_mom.cpu()
+        if st.boost_until is not None:
+            tensors["boost_until"] = st.boost_until.cpu()
         meta = {"it": st.it, "skipped": st.skipped, "replaced": st.replaced, "config_hash": self.ctx.config_hash}
         # the counters travel inside the tensor file (one atomic write); the JSON is a readable copy
         with atomic_path(self.run_dir / CKPT) as tmp:
@@ -196,7 +219,10 @@ class TrajectoryMatching:
             skipped=int(meta["skipped"]),
             replaced=int(meta["replaced"]),
             losses=t["losses"].tolist(),
+            boost_until=t.get("boost_until"),
         )
+        if self._retrains and st.boost_until is None:
+            raise ArtifactError(f"checkpoint in {self.run_dir} has no DOM retrain windows; rerun with --restart")
         # drop metric rows written after the checkpoint so the log has no duplicates
         rows = [r for r in read_jsonl(self.metrics_path) if r.get("it", -1) < st.it]
         write_text_atomic(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
@@ -226,6 +252,7 @@ class TrajectoryMatching:
             skipped=st.skipped,
             replaced=st.replaced,
             losses=list(st.losses),
+            boost_until=copy(st.boost_until),
         )
 
     # ------------------------------------------------------------------ core
@@ -367,9 +394,14 @@ class TrajectoryMatching:
         new_lr_mom = d.momentum * st.lr_mom + g_lr
         new_lr = st.lr.detach() - d.lr_lr * new_lr_mom
         status = "ok"
+        mult = None if st.boost_until is None else lr_multipliers(self.dom, st.boost_until, st.it)
         with torch.no_grad():
             st.img_mom.mul_(d.momentum).add_(g_img)
-            st.images.sub_(d.lr_img * st.img_mom)
+            if mult is None:
+                st.images.sub_(d.lr_img * st.img_mom)
+            else:  # DOM's retrain policy: a per-image lr
+                lr_img = (d.lr_img * mult).to(self.dev).view(-1, *([1] * (st.images.dim() - 1)))
+                st.images.sub_(lr_img * st.img_mom)
             if not torch.isfinite(new_lr):
                 st.lr_mom.zero_()
                 status = "lr_held"
@@ -389,46 +421,57 @@ class TrajectoryMatching:
 
     # ------------------------------------------------------------------- DOM
     def dom_due(self, it: int) -> bool:
+        """A DOM event after ``it`` iterations (``dom.when``, within ``[start, stop]`` of the run)."""
         dc = self.dom
         if dc is None:
             return False
         frac = it / max(1, self.d.iterations)
-        return it > 0 and it % dc.every == 0 and dc.start <= frac <= dc.stop and self.ipc > 1
+        fires = it > 0 and TRIGGERS[dc.when](it, dc, self.schedule.stage_of)
+        return fires and dc.start <= frac <= dc.stop and self.ipc > 1
+
+    def dom_probe(self, point: tuple[int, int] | None = None) -> Probe:
+        """The net at the parameters DOM's space measures with: the reference expert's last
+        epoch, or for a ``current``-point space ``point`` = (expert, start epoch) of the
+        iteration the event follows (the reference expert's last epoch if None)."""
+        k, t = point if point is not None and SPACES[self.dom.space].point == "current" else (REFERENCE_EXPERT, -1)
+        return Probe(self.net, self.spec, self.buffer.get(k)[t].to(self.dev))
 
     @torch.no_grad()
-    def dom_step(self, st: TMState) -> int:
+    def dom_step(self, st: TMState, point: tuple[int, int] | None = None) -> list[int]:
+        """One DOM event: per class, the images ``dom.rule`` selects in ``dom.space`` are
+        re-initialised from real images of the class (``dom.reinit``), their momentum reset and
+        their retrain window opened. Returns the replaced positions in the set, in order."""
         dc = self.dom
-        theta = self.buffer.get(REFERENCE_EXPERT)[-1].to(self.dev)
-        feats = call_flat(self.net, self.spec, theta, st.images, features=True)
-        budget = max(1, int(dc.max_replace_frac * self.ipc))
+        probe = self.dom_probe(point)
+        views = SPACES[dc.space].views(st.images.detach(), self._targets(st, graph=False), probe, dc)
         train = self.ctx.ds.train
-        replaced = 0
+        done: list[int] = []
         for c, cls_idx in enumerate(self.ctx.class_indices()):
             ids = torch.nonzero(st.labels == c).view(-1)
-            sel = select_overlapping(
-                cosine_matrix(st.images[ids]),
-                cosine_matrix(feats[ids]),
-                dc.pixel_threshold,
-                dc.feature_threshold,
-                budget,
-            )
+            sel = SELECTION_RULES[dc.rule](views(ids), dc)
+            if not sel:
+                continue
+            kept = ids[[j for j in range(len(ids)) if j not in sel]]
+            pick = REINITS[dc.reinit](ReinitInputs(st.gen, train.images, cls_idx, st.images.detach()[kept], probe))
             for j in sel:
-                free = cls_idx[~st.used[cls_idx]]
-                pool = free if len(free) else cls_idx
-                r = pool[int(torch.randint(len(pool), (1,), generator=st.gen))]
+                free = ~st.used[cls_idx]
+                exhausted = not bool(free.any())
+                r = cls_idx[pick(torch.ones_like(free) if exhausted else free)]
                 st.used[r] = True
                 new = train.images[r].clone()
-                if dc.noise > 0 or not len(free):
+                if dc.noise > 0 or exhausted:
                     new += max(dc.noise, 0.1) * torch.randn(new.shape, generator=st.gen)
-                pos = ids[j]
+                pos = int(ids[j])
                 st.images[pos] = new.to(self.dev)
                 st.img_mom[pos] = 0
                 if st.label_logits is not None:
                     st.label_logits[pos] = self._expert_logits(new.unsqueeze(0))[0]
                     st.lab_mom[pos] = 0
-                replaced += 1
-        st.replaced += replaced
-        return replaced
+                if st.boost_until is not None:
+                    st.boost_until[pos] = st.it + dc.retrain_window
+                done.append(pos)
+        st.replaced += len(done)
+        return done
 
     # ------------------------------------------------------------------- run
     def iteration(self, st: TMState, t0: float) -> dict:
@@ -436,7 +479,8 @@ class TrajectoryMatching:
         d = self.d
         row = self.step(st)
         if self.dom_due(st.it):
-            row["dom_replaced"] = self.dom_step(st)
+            ids = self.dom_step(st, (row["expert"], row["start"]))
+            row.update(dom_replaced=len(ids), dom_ids=ids)
         if st.it % self.cfg.distill.log_every == 0 or st.it == d.iterations or "dom_replaced" in row:
             imgs = st.images.detach()
             row.update(
@@ -495,4 +539,3 @@ class TrajectoryMatching:
             skipped=st.skipped,
             dom_replaced=st.replaced,
         )
-

@@ -31,6 +31,9 @@ span (``expert_epochs × ceil(n_train / expert_batch)``) and ``N`` = student ste
   image step of the regime where lr_img was tuned (lr_init = expert lr).
 - ``iterations`` — the base value (with mini-batches every image is still in most
   iterations' unroll: P = 1 − (1 − b/n)^N).
+- ``expert_epochs`` (only with ``short_span``) — 1 when one expert epoch alone already holds
+  ``max_ratio × syn_steps`` (base) expert steps: the shortest span the per-epoch buffer has,
+  so that fewer student steps reach the ratio ``max_ratio``.
 
 The function is pure (no I/O); :func:`rule_overrides` turns it into ``method.*=value``
 overrides for one dataset and ipc, so the same rule is applied unchanged to MTT, PTM and
@@ -68,6 +71,7 @@ class Rule:
     syn_steps_max: int | None = None  # None: keep the base syn_steps
     max_ratio: float = 10.0  # expert steps per student step that syn_steps growth aims at
     lr_init_max: float = 1.0
+    short_span: bool = False  # match a 1-epoch span where one epoch is long
 
 
 # Candidates compared on validation accuracy (benchmarks/tm_scale_sweep.py, docs/results.md).
@@ -80,6 +84,9 @@ RULES: dict[str, Rule | None] = {
     "linear4i": Rule("linear4i", alpha=1.0, kappa=0.03, gain=0.25, img_comp=True),
     # after kappa 0.03 let MTT's lr collapse on BloodMNIST (to 2.5e-44): a 10x smaller kappa
     "linear4ik": Rule("linear4ik", alpha=1.0, kappa=0.003, gain=0.25, img_comp=True),
+    # keep the expert's lr and lr_lr; shorten the span and add student steps until
+    # S / N <= 4 (the regime of the small sets, where the loss fell), at most 50 steps
+    "steps4": Rule("steps4", alpha=0.0, kappa=None, syn_steps_max=50, max_ratio=4.0, short_span=True),
 }
 
 
@@ -112,6 +119,7 @@ def scale_tm(
     syn_steps_max: int | None = None,
     max_ratio: float = 10.0,
     lr_init_max: float = 1.0,
+    short_span: bool = False,
 ) -> dict[str, Any]:
     """Trajectory-matching settings for one dataset size (pure; see the module docstring).
 
@@ -122,7 +130,10 @@ def scale_tm(
         raise ValueError("num_classes and ipc must be positive")
     if expert_lr <= 0 or gain <= 0 or alpha < 0 or (kappa is not None and kappa <= 0) or max_batch_syn < 1:
         raise ValueError("expert_lr, gain and kappa must be > 0, alpha >= 0, max_batch_syn >= 1")
-    s = expert_steps_per_span(n_train, expert_batch, expert_epochs_per_span)
+    span = expert_epochs_per_span
+    if short_span and expert_steps_per_span(n_train, expert_batch, 1) >= max_ratio * base.syn_steps:
+        span = 1
+    s = expert_steps_per_span(n_train, expert_batch, span)
     steps = base.syn_steps
     if syn_steps_max is not None and syn_steps_max > steps:
         steps = min(syn_steps_max, max(steps, math.ceil(s / max_ratio)))
@@ -140,12 +151,14 @@ def scale_tm(
         "expert_steps": s,
         "ratio": ratio,
     }
+    if short_span:
+        out["expert_epochs"] = span
     if img_comp:
         out["lr_img"] = _sig(base.lr_img * expert_lr / lr_init)
     return out
 
 
-DISTILL_KEYS = ("lr_init", "lr_lr", "syn_steps", "batch_syn", "iterations", "lr_img")
+DISTILL_KEYS = ("lr_init", "lr_lr", "syn_steps", "batch_syn", "iterations", "lr_img", "expert_epochs")
 
 
 def rule_overrides(dataset: str, ipc: int, rule: Rule | None, profile: str = "cpu", overrides=()) -> list[str]:
@@ -177,5 +190,6 @@ def rule_overrides(dataset: str, ipc: int, rule: Rule | None, profile: str = "cp
         syn_steps_max=rule.syn_steps_max,
         max_ratio=rule.max_ratio,
         lr_init_max=rule.lr_init_max,
+        short_span=rule.short_span,
     )
     return [f"method.{k}={out[k]!r}" for k in DISTILL_KEYS if k in out]

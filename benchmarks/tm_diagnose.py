@@ -92,11 +92,17 @@ def _mean(xs: list[float]) -> float:
     return statistics.mean(xs) if xs else float("nan")
 
 
+def method_settings(row: dict) -> dict:
+    """The row's trajectory-matching settings: its method's own section (older rows: flat)."""
+    d = row["config"]["distill"]
+    return d.get(d["method"], d)
+
+
 def run_stats(row: dict, start: dict | None) -> dict:
     rd = Path(row["run_dir"])
     if not (rd / "metrics.jsonl").exists():  # run folder gone (runs/ is not committed): the row's numbers only
         nan = float("nan")
-        d = row["config"]["distill"]
+        d = method_settings(row)
         keys = ("lr100", "lr_min", "lr_max", "loss_first", "loss_last10", "loss_min", "early_first", "early_last")
         out = dict.fromkeys(keys, nan)
         out.update(lr_init=d["lr_init"], lr_lr=d["lr_lr"], lr_end=row["eval_lr"], moved=nan, skipped=-1)
@@ -106,7 +112,7 @@ def run_stats(row: dict, start: dict | None) -> dict:
     ok = [r for r in m if r.get("status") != "skipped"]
     loss = [r["loss"] for r in ok]
     lr = [r["lr"] for r in m]
-    d = row["config"]["distill"]
+    d = method_settings(row)
     at100 = next((r["lr"] for r in m if r["it"] == 100), float("nan"))
     syn = np.load(rd / "synset.npz", allow_pickle=True)
     return {

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from meddistill.config import build_config, config_from_dict, dump_yaml, parse_override
+from meddistill.distill.scaling import auto_span
 from meddistill.errors import ConfigError
 
 
@@ -128,7 +130,35 @@ def test_every_shipped_profile_is_valid_and_its_method_defaults_are_the_cpu_prof
     for name in ("tiny", "cpu", "paper"):
         build_config(name)
     assert profile_data("cpu")["distill"] == {"checkpoint_every_s": 120, "log_every": 10}
-    assert build_config("cpu").distill.sections == RunConfig().distill.sections
+    expected = RunConfig().distill.sections
+    for section in expected.values():  # the auto settings, resolved for pneumoniamnist (4,708 train images)
+        if getattr(section, "syn_steps", None) == "auto":
+            section.syn_steps, section.expert_epochs = auto_span(4708, 64)
+    assert build_config("cpu").distill.sections == expected
+
+
+@pytest.mark.parametrize(
+    "dataset, steps, span",
+    [("breastmnist", 10, 2), ("retinamnist", 10, 2), ("pneumoniamnist", 19, 1), ("bloodmnist", 47, 1)],
+)
+def test_auto_student_steps_and_span_are_resolved_per_dataset_and_recorded(dataset, steps, span):
+    from meddistill.config import dump_yaml
+
+    for method in ("mtt", "ptm", "ptm_nodom", "datm"):
+        cfg = build_config("cpu", dataset=dataset, **{"distill.method": method})
+        assert (cfg.distill.active.syn_steps, cfg.distill.active.expert_epochs) == (steps, span)
+        dumped = yaml.safe_load(dump_yaml(cfg))["distill"][method]
+        assert (dumped["syn_steps"], dumped["expert_epochs"]) == (steps, span)
+    explicit = build_config("cpu", None, ["method.syn_steps=12"], dataset=dataset, **{"distill.method": "ptm"})
+    assert (explicit.distill.active.syn_steps, explicit.distill.active.expert_epochs) == (12, span)
+    assert build_config("tiny", dataset=dataset).distill.active.syn_steps == 4  # profiles with numbers keep them
+
+
+def test_auto_accepts_only_integers_or_auto():
+    with pytest.raises(ConfigError, match="must be an integer or auto"):
+        build_config("cpu", overrides=["method.syn_steps=fast"])
+    with pytest.raises(ConfigError, match="out of range"):
+        build_config("cpu", overrides=["method.syn_steps=0"])
 
 
 def test_an_option_at_its_neutral_value_leaves_the_identity_unchanged():

@@ -265,3 +265,17 @@ def test_bench_grid_takes_a_folder(own, tmp_path):
     assert row["dataset"] == "breast" and row["method"] == "random"
     written = write_report(tmp_path / "store.jsonl", tmp_path / "report")
     assert "acc_vs_ipc_breast.png" in {p.name for p in written.values()}
+
+
+def test_auto_settings_follow_the_listed_train_split(own):
+    from meddistill.config import build_config
+    from meddistill.data.sources import train_size
+    from meddistill.distill.scaling import auto_span
+
+    for name in ("breast", "blood_nosplit.csv"):
+        cfg = own_cfg(own, name)
+        ds = load_data(cfg, progress=False)
+        assert train_size(cfg) == len(ds.train)
+        cpu = build_config("cpu", dataset=str(own["root"] / name), **{"distill.method": "ptm"})
+        active = cpu.distill.active
+        assert (active.syn_steps, active.expert_epochs) == auto_span(len(ds.train), cpu.experts.batch_size)

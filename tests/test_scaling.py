@@ -111,12 +111,13 @@ def test_invalid_inputs():
 
 
 def test_rule_overrides_are_valid_config():
-    assert rule_overrides("bloodmnist", 10, RULES["base"]) == []
+    # the base pins the small-set values, so its cells do not follow the auto defaults
+    assert rule_overrides("bloodmnist", 10, RULES["base"]) == ["method.syn_steps=10", "method.expert_epochs=2"]
     for name, rule in RULES.items():
         ov = rule_overrides("bloodmnist", 10, rule)
         cfg = build_config("cpu", None, ov)  # every override is a known key of the right type
         if rule is not None:
-            keys = {"lr_init", "lr_lr", "syn_steps", "batch_syn", "iterations"} | (
+            keys = {"lr_init", "lr_lr", "syn_steps", "batch_syn", "iterations", "expert_epochs"} | (
                 {"lr_img"} if rule.img_comp else set()
             )
             assert {next(iter(parse_override(o)["method"])) for o in ov} == keys
@@ -130,3 +131,19 @@ def test_img_comp_keeps_lr_img_times_lr_init(n, alpha, gain):
     out = scale_tm(n, 2, 10, 64, 0.01, 2, TMBase(lr_img=100.0), alpha=alpha, gain=gain, img_comp=True)
     assert out["lr_img"] * out["lr_init"] == pytest.approx(100.0 * 0.01, rel=2e-3)
     assert "lr_img" not in scale_tm(n, 2, 10, 64, 0.01, 2, alpha=alpha, gain=gain)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n_train=st.integers(1, 300_000), batch=st.sampled_from([32, 64, 128, 256]))
+def test_auto_span_is_the_steps4_rule(n_train, batch):
+    from meddistill.distill.scaling import RULES, auto_span, scale_tm
+
+    rule = RULES["steps4"]
+    steps, span = auto_span(n_train, batch)
+    out = scale_tm(
+        n_train, 2, 10, batch, 0.01, 2, alpha=rule.alpha, kappa=rule.kappa, syn_steps_max=rule.syn_steps_max,
+        max_ratio=rule.max_ratio, short_span=rule.short_span,
+    )  # fmt: skip
+    assert (steps, span) == (out["syn_steps"], out["expert_epochs"])
+    assert 10 <= steps <= 50 and span in (1, 2)
+    assert expert_steps_per_span(n_train, batch, span) / steps <= 4 or steps == 50

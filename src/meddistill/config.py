@@ -165,6 +165,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool) or value == "auto":
             return value
         raise ConfigError(f"{key} must be true, false or auto, got {value!r}")
+    if tp == int | str:  # a count that may also be "auto" (resolved by build_config)
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        raise ConfigError(f"{key} must be an integer or auto, got {value!r}")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -256,6 +260,8 @@ def validate(obj: Any, prefix: str = "") -> None:
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{key} must be a finite number, got {value}")
         has_range = any(f.metadata.get(k) is not None for k in ("lo", "hi", "choices"))
+        if value == "auto" and f.default == "auto":
+            continue  # resolved once the dataset is known
         if has_range and not isinstance(value, bool) and not _in_range(value, f.metadata):
             raise ConfigError(f"{key}={value!r} is out of range; allowed: {_range_text(f.metadata)}")
 
@@ -390,8 +396,9 @@ def check_config(cfg: RunConfig) -> None:
 
 
 def resolve_auto(cfg: RunConfig) -> RunConfig:
-    """Turn ``experts.bf16: auto`` into true/false for the run's device, so the resolved
-    config (and every identity hashed from it) records what was actually used."""
+    """Turn ``experts.bf16: auto`` into true/false for the run's device and the
+    trajectory-matching ``auto`` settings into numbers for the dataset, so the resolved config
+    (and every identity hashed from it) records what was actually used."""
     if cfg.experts.bf16 == "auto":
         from meddistill.utils import bf16_native, resolve_device
 
@@ -399,6 +406,9 @@ def resolve_auto(cfg: RunConfig) -> RunConfig:
     from meddistill.data.sources import canonical_dataset  # own images: a folder/CSV as an absolute path
 
     cfg.dataset = canonical_dataset(cfg.dataset)
+    from meddistill.distill.scaling import resolve_tm_auto  # TM settings that follow the train split's size
+
+    resolve_tm_auto(cfg)
     return cfg
 
 

@@ -26,6 +26,7 @@ from meddistill.data.listing import Listing, read_manifest, scan_folder
 from meddistill.data.loader import MedDataset, load_dataset
 from meddistill.data.local import LocalDataset, dataset_name, load_local, local_fingerprint, write_records
 from meddistill.data.registry import DATASETS, SIZES, UnknownDatasetError, get_info
+from meddistill.data.splits import assign
 from meddistill.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class Source:
     identity: Callable[[RunConfig], dict[str, Any]]  # entries added to expert/run/cell identities
     tag: Callable[[str], str]  # short, file-system-safe name (folders, result rows)
     canonical: Callable[[str], str]  # the argument as stored in the config
+    train_size: Callable[[RunConfig], int]  # images in the train split, without decoding them
 
 
 _SOURCES: dict[str, Source] = {}
@@ -81,6 +83,11 @@ def data_identity(cfg: RunConfig) -> dict[str, Any]:
     """Entries to add to an identity dict: ``{}`` for MedMNIST (keys unchanged), else the
     dataset's short name (replacing its path) and ``data`` (fingerprint and array-changing keys)."""
     return pick_source(cfg.dataset).identity(cfg)
+
+
+def train_size(cfg: RunConfig) -> int:
+    """How many images the train split of ``cfg.dataset`` holds (own images: listed ones)."""
+    return pick_source(cfg.dataset).train_size(cfg)
 
 
 def dataset_tag(dataset: str) -> str:
@@ -125,8 +132,16 @@ def _load_medmnist(cfg: RunConfig, progress: bool | None = None) -> MedDataset:
 
 
 register_source(  # canonical: "BREAST" or "breast" → "breastmnist" (one name, one folder, one row label)
-    Source("medmnist", _is_medmnist, _load_medmnist, lambda cfg: {}, lambda d: d, lambda d: get_info(d).name)
-)  # fmt: skip
+    Source(
+        "medmnist",
+        _is_medmnist,
+        _load_medmnist,
+        lambda cfg: {},
+        lambda d: d,
+        lambda d: get_info(d).name,
+        lambda cfg: get_info(cfg.dataset).n_samples[0],
+    )
+)
 
 
 # ---- own images: CSV manifest and image folder --------------------------------------------
@@ -157,6 +172,17 @@ def _local_loader(reader: Callable[[Path], Listing]) -> Callable[[RunConfig, boo
     return load
 
 
+def _local_train_size(reader: Callable[[Path], Listing]) -> Callable[[RunConfig], int]:
+    def size(cfg: RunConfig) -> int:
+        listing = reader(Path(cfg.dataset).expanduser())
+        labels = [e.label for e in listing.entries]
+        given = [e.split for e in listing.entries]
+        splits, _ = assign(labels, given, cfg.data.split, cfg.data.split_seed, str(listing.source))
+        return sum(s == "train" for s in splits)
+
+    return size
+
+
 def _absolute(dataset: str) -> str:
     return str(Path(dataset).expanduser().resolve())
 
@@ -173,6 +199,7 @@ register_source(
         _local_identity(read_manifest),
         _local_tag,
         _absolute,
+        _local_train_size(read_manifest),
     )
 )
 register_source(
@@ -183,5 +210,6 @@ register_source(
         _local_identity(scan_folder),
         _local_tag,
         _absolute,
+        _local_train_size(scan_folder),
     )
 )

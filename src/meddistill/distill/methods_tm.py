@@ -22,11 +22,15 @@ TM_READS = ("experts", "net", "dsa")
 class TMConfig:
     """The trajectory-matching engine: a student starts at expert epoch ``t`` (drawn from
     ``[min_start_epoch, max_start_epoch)`` by the method's schedule), takes ``syn_steps`` SGD
-    steps on the synthetic set and is pulled to expert epoch ``t + expert_epochs``."""
+    steps on the synthetic set and is pulled to expert epoch ``t + expert_epochs``.
+
+    ``syn_steps`` and ``expert_epochs`` default to ``auto``: set from the number of expert SGD
+    steps per epoch of the train split (:func:`meddistill.distill.scaling.auto_span`) when the
+    config is built, and recorded as numbers in the dumped config."""
 
     iterations: int = setting(200, lo=1)
-    syn_steps: int = setting(10, lo=1)  # N student steps
-    expert_epochs: int = setting(2, lo=1)  # M: target is expert epoch t + M
+    syn_steps: int | str = setting("auto", lo=1)  # N student steps
+    expert_epochs: int | str = setting("auto", lo=1)  # M: target is expert epoch t + M
     min_start_epoch: int = setting(0, lo=0)
     max_start_epoch: int = setting(8, lo=1)
     lr_img: float = setting(100.0, lo=0, lo_open=True)

@@ -56,6 +56,7 @@ class TMBase:
     iterations: int = 200
     batch_syn: int = 0
     lr_img: float = 100.0
+    expert_epochs: int = 2
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,45 @@ RULES: dict[str, Rule | None] = {
     # S / N <= 4 (the regime of the small sets, where the loss fell), at most 50 steps
     "steps4": Rule("steps4", alpha=0.0, kappa=None, syn_steps_max=50, max_ratio=4.0, short_span=True),
 }
+
+
+AUTO = "auto"
+AUTO_RULE = "steps4"  # what ``syn_steps: auto`` / ``expert_epochs: auto`` apply (docs/results.md)
+
+
+def auto_span(n_train: int, expert_batch: int, base: TMBase | None = None) -> tuple[int, int]:
+    """``(syn_steps, expert_epochs)`` of the ``auto`` settings for a train split of ``n_train``
+    images: the :data:`AUTO_RULE` rule from the small-set base (10 student steps, a 2-epoch
+    span) — a 1-epoch span where one expert epoch holds at least 4 × 10 SGD steps, and
+    ``ceil(S / 4)`` student steps for the S expert steps of the span, within [10, 50]."""
+    base = base or TMBase()
+    rule = RULES[AUTO_RULE]
+    assert rule is not None
+    span = base.expert_epochs
+    if rule.short_span and expert_steps_per_span(n_train, expert_batch, 1) >= rule.max_ratio * base.syn_steps:
+        span = 1
+    s = expert_steps_per_span(n_train, expert_batch, span)
+    steps = base.syn_steps
+    if rule.syn_steps_max is not None and rule.syn_steps_max > steps:
+        steps = min(rule.syn_steps_max, max(steps, math.ceil(s / rule.max_ratio)))
+    return steps, span
+
+
+def resolve_tm_auto(cfg) -> None:
+    """Set every ``auto`` ``syn_steps`` / ``expert_epochs`` of the config's trajectory-matching
+    sections from the size of ``cfg.dataset``'s train split (read only if one is ``auto``)."""
+    keys = ("syn_steps", "expert_epochs")
+    sections = [s for s in cfg.distill.sections.values() if any(getattr(s, k, None) == AUTO for k in keys)]
+    if not sections:
+        return
+    from meddistill.data.sources import train_size
+
+    steps, span = auto_span(train_size(cfg), cfg.experts.batch_size)
+    for s in sections:
+        if s.syn_steps == AUTO:
+            s.syn_steps = steps
+        if s.expert_epochs == AUTO:
+            s.expert_epochs = span
 
 
 def expert_steps_per_span(n_train: int, expert_batch: int, expert_epochs_per_span: int) -> int:
@@ -163,17 +203,22 @@ DISTILL_KEYS = ("lr_init", "lr_lr", "syn_steps", "batch_syn", "iterations", "lr_
 
 def rule_overrides(dataset: str, ipc: int, rule: Rule | None, profile: str = "cpu", overrides=()) -> list[str]:
     """``method.*=value`` overrides (the active trajectory-matching method's section) that apply
-    ``rule`` to ``dataset`` at ``ipc`` (none for ``rule=None``); the expert settings and the base
-    come from the resolved profile (PTM's section: every TM method shares these keys)."""
+    ``rule`` to ``dataset`` at ``ipc``. The student steps and the span start from the small-set
+    base (:class:`TMBase`: 10 steps, 2 epochs) and are always written out, so a rule's cells do
+    not follow the ``auto`` defaults; ``rule=None`` is that base itself. The expert settings and
+    the other base values come from the resolved profile (PTM's section: every TM method
+    shares these keys)."""
+    small = TMBase()
+    pins = [f"method.syn_steps={small.syn_steps}", f"method.expert_epochs={small.expert_epochs}"]
     if rule is None:
-        return []
+        return pins
     from meddistill.config import build_config
     from meddistill.data import get_info
 
-    cfg = build_config(profile, None, list(overrides), **{"distill.method": "ptm"})
+    cfg = build_config(profile, None, [*overrides, *pins], **{"distill.method": "ptm"})
     info = get_info(dataset)
     d = cfg.distill.active
-    base = TMBase(d.syn_steps, d.lr_lr, d.iterations, d.batch_syn, d.lr_img)
+    base = TMBase(d.syn_steps, d.lr_lr, d.iterations, d.batch_syn, d.lr_img, d.expert_epochs)
     out = scale_tm(
         info.n_samples[0],
         info.num_classes,
@@ -192,4 +237,5 @@ def rule_overrides(dataset: str, ipc: int, rule: Rule | None, profile: str = "cp
         lr_init_max=rule.lr_init_max,
         short_span=rule.short_span,
     )
+    out.setdefault("expert_epochs", d.expert_epochs)
     return [f"method.{k}={out[k]!r}" for k in DISTILL_KEYS if k in out]

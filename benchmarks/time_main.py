@@ -5,11 +5,12 @@ script runs that job once per variant, each in a fresh process with empty expert
 folders (a new user's first run), and times its stages with the functions the CLI calls:
 process start + imports, data, experts, distillation, evaluation. Variants are lists of
 ``--set`` overrides; the default pair is ``workers=1`` (everything in one process, as before
-the worker processes) against the default (``workers=0``: one process per core for experts
-and evaluation nets). Writes ``time_main.json`` and ``time_main.md`` to ``--out``.
+the worker processes, all expert epochs trained) against the default (``workers=0``: one
+process per core for experts and evaluation nets; experts trained as far as the method reads
+them). Writes ``time_main.json`` and ``time_main.md`` to ``--out``.
 
     MEDDISTILL_DATA=../shared/data/medmnist python benchmarks/time_main.py --out results/time_main
-    python benchmarks/time_main.py --variant one=workers=1 --variant auto= --dataset breastmnist
+    python benchmarks/time_main.py --variant one+full=workers=1 --variant auto= --dataset breastmnist
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from pathlib import Path
 STAGES = ("start", "data", "experts", "distill", "eval")
 
 
-def run_variant(profile: str, dataset: str, ipc: int, overrides: list[str], work: Path) -> dict:
+def run_variant(profile: str, dataset: str, ipc: int, overrides: list[str], work: Path, full_experts: bool) -> dict:
     """Child process: the main job with stage times (seconds) and its evaluated accuracy."""
     t0 = time.perf_counter()
     import torch
 
     from meddistill.config import build_config
     from meddistill.distill.base import get_spec
+    from meddistill.distill.methods_tm import SCHEDULES, expert_epochs_read
     from meddistill.experts import train_experts
     from meddistill.pipeline import distill, evaluate_run, load_data
     from meddistill.utils import resolve_device
@@ -50,8 +52,9 @@ def run_variant(profile: str, dataset: str, ipc: int, overrides: list[str], work
         return out
 
     ds = stage("data", lambda: load_data(cfg, progress=False))
-    if get_spec(cfg.distill.method).needs_experts:
-        stage("experts", lambda: train_experts(ds, cfg, device, progress=False))
+    if get_spec(cfg.distill.method).needs_experts:  # as far as the method reads them, or all epochs
+        until = None if full_experts or cfg.distill.method not in SCHEDULES else expert_epochs_read(cfg)
+        stage("experts", lambda: train_experts(ds, cfg, device, progress=False, epochs=until))
     run_dir, syn = stage("distill", lambda: distill(cfg, ds, progress=False))
     _, row = stage("eval", lambda: evaluate_run(cfg, run_dir, syn, ds, progress=False))
     return {
@@ -64,6 +67,7 @@ def run_variant(profile: str, dataset: str, ipc: int, overrides: list[str], work
         "cpu": torch.backends.cpu.get_cpu_capability(),
         "bf16_experts": cfg.experts.bf16,
         "workers": cfg.workers,
+        "full_experts": full_experts,
     }
 
 
@@ -72,6 +76,7 @@ def measure(name: str, overrides: list[str], args: argparse.Namespace) -> dict:
         cmd = [sys.executable, __file__, "--child", tmp, "--profile", args.profile, "--dataset", args.dataset]
         cmd += ["--ipc", str(args.ipc)]
         cmd += [a for o in overrides for a in ("--set", o)]
+        cmd += ["--full-experts"] if name.endswith("+full") else []
         t = time.perf_counter()
         out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
         wall = time.perf_counter() - t
@@ -97,6 +102,8 @@ def markdown(results: list[dict]) -> str:
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
+    """``NAME=key=value,key=value``; a NAME ending in ``+full`` trains every expert epoch (the
+    behaviour before experts were trained on demand) instead of those the method reads."""
     name, _, rest = text.partition("=")
     return name, [o for o in rest.split(",") if o]
 
@@ -109,16 +116,18 @@ def main() -> None:
     ap.add_argument(
         "--variant",
         action="append",
-        help="NAME=key=value,key=value (repeatable; the first is the reference); default: one=workers=1, auto=",
+        help="NAME[+full]=key=value,... (repeatable; the first is the reference); default: one+full=workers=1, auto=",
     )
     ap.add_argument("--out", default="results/time_main")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
+    ap.add_argument("--full-experts", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(run_variant(args.profile, args.dataset, args.ipc, args.set, Path(args.child))))
+        res = run_variant(args.profile, args.dataset, args.ipc, args.set, Path(args.child), args.full_experts)
+        print(json.dumps(res))
         return
-    variants = [parse_variant(v) for v in (args.variant or ["one=workers=1", "auto="])]
+    variants = [parse_variant(v) for v in (args.variant or ["one+full=workers=1", "auto="])]
     results = [measure(name, ov, args) for name, ov in variants]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -108,3 +108,35 @@ def test_an_expert_of_the_wrong_width_is_found_before_it_is_used(breast, tiny, t
     (folder / "expert_0.safetensors").write_bytes(b"junk")
     with pytest.raises(ArtifactError, match=r"expert_0\.safetensors is unreadable"):
         require_experts(cfg, breast)
+
+
+def test_a_distillation_trains_experts_only_as_far_as_it_reads_them(breast, tmp_path):
+    """Experts on demand: PTM's schedule reads epochs 0..need; the partial files then hold
+    exactly the first epochs of the full trajectories, and the set equals the one distilled
+    from fully trained experts."""
+    from conftest import tiny_config
+
+    from meddistill.distill import get_method
+    from meddistill.distill.base import DistillContext
+    from meddistill.experts import epochs_trained, expert_files, load_trajectory, partial_path
+
+    flags = {"experts.epochs": 6, "method.max_start_epoch": 2, "workers": 1}
+    lazy = tiny_config(out=tmp_path / "runs_a", experts=tmp_path / "lazy", **flags)
+    full = tiny_config(out=tmp_path / "runs_b", experts=tmp_path / "full", **flags)
+    train_experts(breast, full, torch.device("cpu"), progress=False)
+    sets = []
+    for cfg in (lazy, full):
+        ctx = DistillContext(breast, cfg, torch.device("cpu"), tmp_path / f"run_{cfg.experts_dir[-4:]}", False)
+        ctx.run_dir.mkdir()
+        sets.append(get_method("ptm")(ctx))
+    folder = expert_dir(lazy)
+    need = 2 - 1 + 1  # window hi - 1 + span (tiny: expert_epochs 1)
+    assert [epochs_trained(folder, k, 6) for k in range(2)] == [need, need]
+    assert not expert_files(folder)  # no expert was finished
+    for k, f in enumerate(expert_files(expert_dir(full))):
+        assert torch.equal(load_trajectory(partial_path(folder, k)), load_trajectory(f)[: need + 1])
+    assert torch.equal(sets[0].images, sets[1].images)
+    # `meddistill experts` (all epochs) continues the partial experts to the full trajectories
+    train_experts(breast, lazy, torch.device("cpu"), progress=False)
+    for a, b in zip(expert_files(folder), expert_files(expert_dir(full)), strict=True):
+        assert torch.equal(load_trajectory(a), load_trajectory(b))

@@ -8,6 +8,11 @@ changes a trajectory, so two profiles never share (or clobber) buffers.
 Resumable: after every epoch the partial trajectory is written atomically to
 ``expert_<k>.partial.safetensors``; a killed run continues from the last finished epoch and
 produces the same trajectory it would have produced uninterrupted.
+
+On demand: a distillation trains its experts only as far as its schedule reads them
+(``train_experts(..., epochs=n)``); the partial files then hold epochs 0..n and serve as the
+trajectories, bit for bit the first n epochs of the full ones. A later run that reads further
+(or ``meddistill experts``) continues them; the folder's identity is that of the full experts.
 """
 
 from __future__ import annotations
@@ -109,13 +114,18 @@ def num_params(cfg: RunConfig, ds: MedDataset) -> int:
         return FlatParams.of(create_model(cfg.net, ds.shape, ds.num_classes)).total
 
 
-def require_experts(cfg: RunConfig, ds: MedDataset, how: str = "") -> Path:
-    """The folder of this config's finished experts, checked; an error (not training) if absent."""
+def require_experts(cfg: RunConfig, ds: MedDataset, how: str = "", device: torch.device | None = None) -> Path:
+    """The folder of this config's finished experts, checked. Experts that a distillation
+    trained only as far as it read them are finished here (given a ``device``); no experts at
+    all is an error, not a reason to train."""
     folder = expert_dir(cfg)
     if not (folder / "expert_0.safetensors").is_file():
-        raise ArtifactError(
-            f"no trained experts at {folder}{how}; pass --experts-dir, or train them with `meddistill experts`"
-        )
+        if device is None or not partial_path(folder, 0).is_file():
+            raise ArtifactError(
+                f"no trained experts at {folder}{how}; pass --experts-dir, or train them with `meddistill experts`"
+            )
+        print(f"meddistill: note: finishing the experts in {folder} (trained only as far as a run read them)")
+        train_experts(ds, cfg, device, progress=True)
     check_expert_files(folder, num_params(cfg, ds), cfg.net.tag())
     return folder
 
@@ -176,8 +186,10 @@ def train_one_expert(
     path: Path,
     device: torch.device,
     on_epoch: Callable[[int], None] | None = None,
+    until: int | None = None,
 ) -> dict:
-    """Train expert ``k`` (resuming from its partial file) and save its trajectory."""
+    """Train expert ``k`` (resuming from its partial file) to epoch ``until`` (default: all of
+    ``cfg.experts.epochs``, which finishes its file ``path``; fewer leave the partial file)."""
     ecfg: ExpertConfig = cfg.experts
     plan = expert_plan(ds, cfg, (ecfg.seed, "expert-order", k), (ecfg.seed, "expert-dsa", k))
     torch.manual_seed(derive_seed(ecfg.seed, "expert-init", k))
@@ -196,18 +208,23 @@ def train_one_expert(
         if on_epoch:
             on_epoch(epoch)
 
+    last = ecfg.epochs if until is None else min(until, ecfg.epochs)
     try:
-        epochs = range(len(rows) - 1, ecfg.epochs)
+        epochs = range(len(rows) - 1, last)
         fit(net, opt, ds.train.images, ds.train.labels, plan, epochs, device, on_epoch=save_epoch)
     except Diverged as exc:
         raise ConfigError(f"expert {k} diverged ({exc}); lower experts.lr") from None
-    _save(path, torch.stack(rows), {"val_acc": torch.tensor(val_acc)})
-    partial.unlink(missing_ok=True)
+    if len(rows) - 1 == ecfg.epochs:
+        _save(path, torch.stack(rows), {"val_acc": torch.tensor(val_acc)})
+        partial.unlink(missing_ok=True)
     return {"expert": k, "final_val_acc": val_acc[-1] if val_acc else None}
 
 
-def train_experts(ds: MedDataset, cfg: RunConfig, device: torch.device, progress: bool = True) -> Path:
-    """Train (or finish) ``cfg.experts.num_experts`` experts; return their folder."""
+def train_experts(
+    ds: MedDataset, cfg: RunConfig, device: torch.device, progress: bool = True, epochs: int | None = None
+) -> Path:
+    """Train (or finish) ``cfg.experts.num_experts`` experts up to epoch ``epochs`` (default: all
+    ``cfg.experts.epochs``); return their folder."""
     if ds.info.multi_label:
         raise ConfigError(f"{ds.info.name} is multi-label; class-wise distillation supports single-label tasks")
     out = expert_dir(cfg)
@@ -225,26 +242,60 @@ def train_experts(ds: MedDataset, cfg: RunConfig, device: torch.device, progress
             raise ArtifactError(f"{meta_path} describes different experts; remove {out} or change experts_dir")
     check_expert_files(out, meta["num_params"], cfg.net.tag())
     write_text_atomic(meta_path, json.dumps(meta, indent=2, sort_keys=True))
-    todo = [k for k in range(cfg.experts.num_experts) if not (out / f"expert_{k}.safetensors").exists()]
+    target = cfg.experts.epochs if epochs is None else min(epochs, cfg.experts.epochs)
+    have = {k: epochs_trained(out, k, cfg.experts.epochs) for k in range(cfg.experts.num_experts)}
+    todo = [k for k, n in have.items() if n < target]
     plan = plan_workers(cfg.workers, device, len(todo))
-    tasks = [(ds, cfg, k, str(out / f"expert_{k}.safetensors"), device) for k in todo]
+    tasks = [(ds, cfg, k, str(out / f"expert_{k}.safetensors"), device, target) for k in todo]
     desc = f"experts {cfg.dataset}" + (f" ({plan.processes} processes)" if plan.processes > 1 else "")
-    with tqdm(total=len(todo) * cfg.experts.epochs, desc=desc, unit="epoch", disable=not progress) as bar:
+    total = sum(target - have[k] for k in todo)
+    with tqdm(total=total, desc=desc, unit="epoch", disable=not progress) as bar:
         for info in run_tasks(_expert_task, tasks, plan, lambda: bar.update(1)):
             bar.set_postfix(val_acc=f"{info['final_val_acc']:.3f}")
     return out
 
 
-def _expert_task(ds: MedDataset, cfg: RunConfig, k: int, path: str, device: torch.device, tick) -> dict:
-    return train_one_expert(ds, cfg, k, Path(path), device, lambda _epoch: tick())
+def _expert_task(ds: MedDataset, cfg: RunConfig, k: int, path: str, device: torch.device, until: int, tick) -> dict:
+    return train_one_expert(ds, cfg, k, Path(path), device, lambda _epoch: tick(), until)
+
+
+def partial_path(folder: Path, k: int) -> Path:
+    return Path(folder) / f"expert_{k}.partial.safetensors"
+
+
+def trajectory_rows(path: Path) -> int:
+    """Rows (epochs + 1) of an expert file, read from its header (the tensor is not loaded)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return int(f.get_slice("trajectory").get_shape()[0])
+    except (SafetensorError, OSError, KeyError, IndexError) as exc:
+        raise ArtifactError(f"expert file {path} is unreadable ({exc}); delete it to retrain") from None
+
+
+def epochs_trained(folder: Path, k: int, full: int) -> int:
+    """Epochs expert ``k`` of ``folder`` has: ``full`` when finished, else its partial file's
+    (an unreadable partial file counts as none: training starts over)."""
+    if (Path(folder) / f"expert_{k}.safetensors").exists():
+        return full
+    part = partial_path(folder, k)
+    if not part.exists():
+        return 0
+    try:
+        return trajectory_rows(part) - 1
+    except ArtifactError:
+        return 0
 
 
 class ExpertBuffer:
     """Lazy access to a folder of saved trajectories."""
 
-    def __init__(self, folder: Path, num: int | None = None, max_cached: int = 16) -> None:
+    def __init__(self, folder: Path, num: int | None = None, max_cached: int = 16, epochs: int | None = None) -> None:
+        """The first ``num`` experts (default: the finished ones); with ``epochs``, an expert
+        trained only that far (its partial file) serves too."""
         self.folder = Path(folder)
         files = expert_files(self.folder)
+        if epochs is not None:
+            files = self._with_partials(num if num is not None else len(files), epochs)
         if num is not None:
             files = files[:num]
         if not files:
@@ -265,6 +316,20 @@ class ExpertBuffer:
             self._cache[k] = load_trajectory(self.files[k])
         return self._cache[k]
 
+    def _with_partials(self, num: int, epochs: int) -> list[Path]:
+        files = []
+        for k in range(num):
+            done = self.folder / f"expert_{k}.safetensors"
+            part = partial_path(self.folder, k)
+            if done.exists():
+                files.append(done)
+            elif part.exists() and trajectory_rows(part) > epochs:
+                files.append(part)
+            else:
+                break
+        return files
+
     @property
     def num_epochs(self) -> int:
-        return self.get(0).shape[0] - 1
+        """Epochs every expert of the buffer holds."""
+        return min(trajectory_rows(f) for f in self.files) - 1

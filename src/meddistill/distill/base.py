@@ -25,15 +25,16 @@ class DistillContext:
     progress: bool = True
     config_hash: str = ""
     stop_at: int | None = None  # testing aid: stop (after checkpointing) at this iteration
-    _experts: Path | None = field(default=None, repr=False)
+    _experts: Path | None = field(default=None, repr=False)  # a given expert folder: never trained here
 
-    def experts_folder(self) -> Path:
-        """Train (or reuse cached) expert trajectories for this dataset and net."""
-        if self._experts is None:
-            from meddistill.experts import train_experts
+    def experts_folder(self, epochs: int | None = None) -> Path:
+        """Train (or reuse cached) expert trajectories for this dataset and net, up to epoch
+        ``epochs`` (default: all of ``cfg.experts.epochs``)."""
+        if self._experts is not None:
+            return self._experts
+        from meddistill.experts import train_experts
 
-            self._experts = train_experts(self.ds, self.cfg, self.device, self.progress)
-        return self._experts
+        return train_experts(self.ds, self.cfg, self.device, self.progress, epochs)
 
     def class_indices(self) -> list[torch.Tensor]:
         return class_indices(self.ds.train.labels, self.ds.num_classes)

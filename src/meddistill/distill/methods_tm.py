@@ -12,7 +12,7 @@ from meddistill.config import setting
 from meddistill.distill.base import DistillContext, register_method
 from meddistill.distill.dom import DOMConfig
 from meddistill.distill.schedule import datm_schedule, mtt_schedule, ptm_schedule
-from meddistill.distill.tm import TrajectoryMatching
+from meddistill.distill.tm import TrajectoryMatching, epochs_read
 from meddistill.synset import SynSet
 
 TM_READS = ("experts", "net", "dsa")
@@ -70,24 +70,33 @@ class DATMConfig(TMConfig):
     soft_temperature: float = setting(1.0, lo=0, lo_open=True)  # soft labels = softmax(logits / T)
 
 
+SCHEDULES = {"mtt": mtt_schedule, "ptm": ptm_schedule, "ptm_nodom": ptm_schedule, "datm": datm_schedule}
+
+
 def _mtt(ctx: DistillContext) -> TrajectoryMatching:
     d: TMConfig = ctx.cfg.distill.active
-    return TrajectoryMatching(ctx, d, mtt_schedule(d))
+    return TrajectoryMatching(ctx, d, SCHEDULES["mtt"](d))
 
 
 def _ptm(ctx: DistillContext) -> TrajectoryMatching:
     d: PTMConfig = ctx.cfg.distill.active
-    return TrajectoryMatching(ctx, d, ptm_schedule(d), dom=d.dom if d.dom.enabled else None)
+    return TrajectoryMatching(ctx, d, SCHEDULES["ptm"](d), dom=d.dom if d.dom.enabled else None)
 
 
 def _ptm_nodom(ctx: DistillContext) -> TrajectoryMatching:
     d: StagedConfig = ctx.cfg.distill.active
-    return TrajectoryMatching(ctx, d, ptm_schedule(d))
+    return TrajectoryMatching(ctx, d, SCHEDULES["ptm_nodom"](d))
 
 
 def _datm(ctx: DistillContext) -> TrajectoryMatching:
     d: DATMConfig = ctx.cfg.distill.active
-    return TrajectoryMatching(ctx, d, datm_schedule(d), soft=d)
+    return TrajectoryMatching(ctx, d, SCHEDULES["datm"](d), soft=d)
+
+
+def expert_epochs_read(cfg) -> int:
+    """How many expert epochs the active trajectory-matching method reads (what it trains)."""
+    d = cfg.distill.active
+    return epochs_read(SCHEDULES[cfg.distill.method](d), d)
 
 
 ENGINES = {"mtt": _mtt, "ptm": _ptm, "ptm_nodom": _ptm_nodom, "datm": _datm}

@@ -51,15 +51,17 @@ class Schedule:
             lo = self.min_start
         return Window(s, lo, hi, self.span + s * self.span_growth)
 
-    def check(self, num_epochs: int) -> None:
+    def epochs_needed(self) -> int:
+        """The last expert epoch any iteration matches (its target epoch)."""
         if self.max_start <= self.min_start:
             raise ConfigError(f"max_start_epoch ({self.max_start}) must exceed min_start_epoch ({self.min_start})")
-        last = self.window(self.iterations - 1)
-        need = last.hi - 1 + last.span
-        first_need = self.window(0).hi - 1 + self.window(0).span
-        if max(need, first_need) > num_epochs:
+        return max(w.hi - 1 + w.span for w in (self.window(0), self.window(self.iterations - 1)))
+
+    def check(self, num_epochs: int) -> None:
+        need = self.epochs_needed()
+        if need > num_epochs:
             raise ConfigError(
-                f"the schedule matches up to expert epoch {max(need, first_need)} but experts have "
+                f"the schedule matches up to expert epoch {need} but experts have "
                 f"{num_epochs} epochs; lower distill.max_start_epoch/expert_epochs or train longer experts"
             )
 

@@ -82,6 +82,12 @@ class TMState:
     boost_until: torch.Tensor | None = None
 
 
+def epochs_read(schedule, settings) -> int:
+    """The last expert epoch a run reads: its schedule's last target, or the soft-label epoch
+    ``max_start_epoch`` (DATM-style), whichever is later."""
+    return max(schedule.epochs_needed(), settings.max_start_epoch)
+
+
 class TrajectoryMatching:
     def __init__(
         self,
@@ -102,7 +108,9 @@ class TrajectoryMatching:
         self.schedule = schedule
         self.dom = dom
         self.soft = soft
-        self.buffer = ExpertBuffer(ctx.experts_folder(), self.cfg.experts.num_experts)
+        schedule.check(self.cfg.experts.epochs)  # before any expert is trained
+        need = epochs_read(schedule, settings)
+        self.buffer = ExpertBuffer(ctx.experts_folder(need), self.cfg.experts.num_experts, epochs=need)
         schedule.check(self.buffer.num_epochs)
         self.net = create_model(self.cfg.net, ctx.ds.shape, ctx.ds.num_classes).to(self.dev)
         for p in self.net.parameters():

@@ -1,4 +1,4 @@
-"""Experts and evaluation nets in worker processes give what one process gives."""
+"""Experts in worker processes give what one process gives."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import torch
 from conftest import tiny_config
 
 from meddistill.errors import ConfigError
-from meddistill.evaluate import evaluate_images
 from meddistill.experts import expert_files, load_trajectory, train_experts
 from meddistill.parallel import WorkerPlan, plan_workers, run_tasks, usable_cores
 
@@ -63,13 +62,3 @@ def test_experts_in_two_processes_equal_experts_in_one(breast, tmp_path, one_thr
     for a, b in zip(sums[1], sums[2], strict=True):
         assert torch.equal(a, b)
 
-
-def test_evaluation_nets_in_two_processes_equal_one_process(breast, one_thread):
-    x = breast.train.images[:20]
-    y = breast.train.labels[:20]
-    results = {}
-    for workers in (1, 2):
-        cfg = tiny_config(workers=workers, **{"eval.num_nets": 3})
-        results[workers] = evaluate_images(x, y, breast, cfg, CPU, progress=False).results
-    assert len(results[2]) == 3
-    assert results[1] == results[2]

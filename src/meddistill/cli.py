@@ -67,7 +67,7 @@ def _workers(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers",
         type=_nonneg_int,
-        help="CPU processes for independent trainings (experts, evaluation nets); 0 = one per core (default)",
+        help="CPU processes that train experts; 0 = one per core (default), 1 = this process only",
     )
 
 
@@ -163,7 +163,6 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     _size(p)
     _seed(p, "evaluation seed (default 0; for a run folder, the run's seed)")
     _device(p)
-    _workers(p)
     _data_root(p)
     _out(p, "folder of results.jsonl (default: runs; for a run folder, the runs folder holding it)")
     _progress(p)

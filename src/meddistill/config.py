@@ -139,7 +139,7 @@ class RunConfig:
     data_root: str = ""
     seed: int = setting(0, lo=0)
     device: str = "auto"
-    workers: int = setting(0, lo=0)  # processes for independent trainings on a CPU; 0: one per core
+    workers: int = setting(0, lo=0)  # processes that train experts on a CPU; 0: one per core
     profile: str = "cpu"
     out_dir: str = "runs"
     experts_dir: str = "experts"

@@ -22,7 +22,6 @@ from meddistill.config import RunConfig
 from meddistill.data.loader import MedDataset, Split
 from meddistill.metrics import medmnist_acc, medmnist_auc
 from meddistill.nets import create_model, spec_for
-from meddistill.parallel import plan_workers, run_tasks
 from meddistill.train import TrainPlan, fit, sgd
 from meddistill.utils import autocast, derive_seed
 
@@ -146,23 +145,15 @@ def evaluate_images(
     ecfg = cfg.eval
     lr = ecfg.lr if ecfg.lr > 0 else (lr if lr else ecfg.lr_default)
     epochs = epochs or ecfg.epochs
+    summary = EvalSummary()
     seeds = [derive_seed(cfg.seed, "eval", s) for s in range(ecfg.num_nets)]
-    tasks = [
-        (images, labels, ds, cfg, net_name, seed, lr, epochs, device, batch_size, val_every)
-        for net_name in ecfg.nets
-        for seed in seeds
-    ]
-    plan = plan_workers(cfg.workers, device, len(tasks))
-    with tqdm(total=len(tasks), desc=desc, unit="net", disable=not progress) as bar:
-        results = run_tasks(_eval_task, tasks, plan, lambda: bar.update(1))
-    return EvalSummary(results)
-
-
-def _eval_task(*args) -> NetResult:
-    *task, tick = args
-    result = train_eval_net(*task)
-    tick()
-    return result
+    with tqdm(total=len(ecfg.nets) * len(seeds), desc=desc, unit="net", disable=not progress) as bar:
+        for net_name in ecfg.nets:
+            for seed in seeds:
+                res = train_eval_net(images, labels, ds, cfg, net_name, seed, lr, epochs, device, batch_size, val_every)
+                summary.results.append(res)
+                bar.update(1)
+    return summary
 
 
 def evaluate_full(ds: MedDataset, cfg: RunConfig, device: torch.device, progress: bool = True) -> EvalSummary:

@@ -1,4 +1,4 @@
-"""Independent trainings (experts, evaluation nets) in worker processes on a CPU.
+"""Independent trainings (expert trajectories) in worker processes on a CPU.
 
 Small nets on a few CPU cores train faster as one single-thread process per core than as one
 process whose torch ops are split over the cores. :func:`plan_workers` decides how many

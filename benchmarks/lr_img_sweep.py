@@ -21,6 +21,12 @@ from meddistill.utils import read_jsonl
 METHODS = ["mtt", "datm", "ptm"]
 
 
+V1_PINS = [
+    *(f"distill.{m}.{k}" for m in ("mtt", "ptm", "ptm_nodom", "datm") for k in ("syn_steps=10", "expert_epochs=2")),
+    "distill.ptm.dom.feature_epoch=last",
+]
+
+
 def val_acc(row: dict) -> float:
     """A row's mean validation ACC over its evaluation nets."""
     return statistics.mean(x["val_acc"] for x in row["runs"])
@@ -36,7 +42,8 @@ def grid(lr: float, args: argparse.Namespace) -> Grid:
         seeds=[0, 1],
         eval_nets=["convnet"],
         full=False,
-        overrides=["experts.bf16=false", "eval.num_nets=2", f"method.lr_img={lr:g}"],
+        # the settings its stored rows were measured with (now `auto` / `read` by default)
+        overrides=["experts.bf16=false", "eval.num_nets=2", f"method.lr_img={lr:g}", *V1_PINS],
         method_overrides={"datm": ["method.lr_label=0"]},
         store=f"{args.results}/lr_img_val_{lr:g}.jsonl",
         out_dir=args.out_dir,

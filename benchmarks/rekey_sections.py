@@ -111,6 +111,8 @@ def migrate_distill(old: dict) -> dict:
     mapping = SECTION_KEYS.get(method)
     if mapping:
         new[method] = {k: copy.deepcopy(old[o]) for k, o in mapping.items() if o in old}
+    if method == "ptm":  # these rows' DOM measured at expert 0's final epoch (now `read` by default)
+        new[method].setdefault("dom", {})["feature_epoch"] = "last"
     return new
 
 

@@ -184,3 +184,8 @@ def test_an_option_at_its_neutral_value_leaves_the_identity_unchanged():
     assert identity_dict(After()) == identity_dict(Before()) == {"x": 0.5, "inner": {"a": 1}}
     assert identity_dict(After(extra=0.3)) == {"x": 0.5, "inner": {"a": 1}, "extra": 0.3}
 
+
+
+def test_an_invalid_expert_batch_is_a_range_error_not_a_crash_of_the_auto_settings():
+    with pytest.raises(ConfigError, match=r"experts\.batch_size=0 is out of range"):
+        build_config("cpu", overrides=["experts.batch_size=0"])

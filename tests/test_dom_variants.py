@@ -160,9 +160,13 @@ def test_triggers_and_retrain_multipliers():
 def test_options_are_registry_choices_and_off_by_default_in_the_identity():
     original = {"enabled", "every", "start", "stop", "pixel_threshold", "feature_threshold", "max_replace_frac"}
     original.add("noise")
-    assert set(identity_dict(DOMConfig())) == original
-    assert set(identity_dict(DOMConfig(rule="rate", reinit="kcenter"))) == original | {"rule", "reinit"}
-    assert set(identity_dict(PTMConfig())["dom"]) == original
+    assert set(identity_dict(DOMConfig(feature_epoch="last"))) == original
+    assert set(identity_dict(DOMConfig(rule="rate", reinit="kcenter", feature_epoch="last"))) == original | {
+        "rule",
+        "reinit",
+    }
+    # every option is neutral at its default except the reference epoch, now ``read``
+    assert set(identity_dict(PTMConfig())["dom"]) == original | {"feature_epoch"}
     for key, reg in (("space", SPACES), ("rule", SELECTION_RULES), ("reinit", REINITS), ("retrain", RETRAINS)):
         assert build_config("tiny", overrides=[f"{D}{key}={next(iter(reg))}"])
         with pytest.raises(ConfigError, match=f"{key}='bogus' is out of range; allowed: one of"):
@@ -172,7 +176,7 @@ def test_options_are_registry_choices_and_off_by_default_in_the_identity():
     pinned = {"tiny": "6ca0a8b20000", "cpu": "421428a655ff", "paper": "9f17891f5b5e"}
     then = {"cpu": ["method.syn_steps=10", "method.expert_epochs=2"]}
     for profile, key in pinned.items():
-        ov = then.get(profile, [])
+        ov = [*then.get(profile, []), "method.dom.feature_epoch=last"]
         cfg = build_config(profile, None, ov, dataset="pneumoniamnist", device="cpu", **{"distill.ipc": 10})
         assert cfg.distill.method == "ptm" and config_hash(distill_identity(cfg)) == key, profile
     ov = [f"{D}rule=rate", "distill.ipc=10"]

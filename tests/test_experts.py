@@ -119,8 +119,12 @@ def test_a_distillation_trains_experts_only_as_far_as_it_reads_them(breast, tmp_
     from meddistill.distill import get_method
     from meddistill.distill.base import DistillContext
     from meddistill.experts import epochs_trained, expert_files, load_trajectory, partial_path
+    from meddistill.utils import read_jsonl
 
-    flags = {"experts.epochs": 6, "method.max_start_epoch": 2, "workers": 1}
+    # ipc 4 and DOM's rate rule: DOM replaces images at every event, in expert 0's features at
+    # the last epoch the run reads (``dom.feature_epoch: read``), which partial experts hold too
+    flags = {"experts.epochs": 6, "method.max_start_epoch": 2, "workers": 1, "distill.ipc": 4}
+    flags["method.dom.rule"] = "rate"
     lazy = tiny_config(out=tmp_path / "runs_a", experts=tmp_path / "lazy", **flags)
     full = tiny_config(out=tmp_path / "runs_b", experts=tmp_path / "full", **flags)
     train_experts(breast, full, torch.device("cpu"), progress=False)
@@ -129,6 +133,8 @@ def test_a_distillation_trains_experts_only_as_far_as_it_reads_them(breast, tmp_
         ctx = DistillContext(breast, cfg, torch.device("cpu"), tmp_path / f"run_{cfg.experts_dir[-4:]}", False)
         ctx.run_dir.mkdir()
         sets.append(get_method("ptm")(ctx))
+        replaced = [r for r in read_jsonl(ctx.run_dir / "metrics.jsonl") if r.get("dom_ids")]
+        assert replaced, "DOM must have replaced images for this test to mean anything"
     folder = expert_dir(lazy)
     need = 2 - 1 + 1  # window hi - 1 + span (tiny: expert_epochs 1)
     assert [epochs_trained(folder, k, 6) for k in range(2)] == [need, need]

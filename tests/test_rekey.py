@@ -68,7 +68,8 @@ def test_an_old_run_folder_is_renamed_and_reused_without_recomputation(tmp_path,
     shutil.copytree(DATA / "old_run", folder)
     before = torch.from_numpy(__import__("numpy").load(folder / "synset.npz")["images"])
     assert rk.rekey_run_folder(folder, dry_run=False) == "rekeyed"
-    cfg = build_config("tiny", dataset="breastmnist", out_dir=str(runs), device="cpu", **{"distill.ipc": 2})
+    last = ["distill.ptm.dom.feature_epoch=last"]  # the old run's DOM reference epoch
+    cfg = build_config("tiny", None, last, dataset="breastmnist", out_dir=str(runs), device="cpu", **{"distill.ipc": 2})
     from meddistill.pipeline import distill, run_dir_for
 
     new_dir = run_dir_for(cfg)

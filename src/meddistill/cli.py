@@ -545,7 +545,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     check_out_dir(run_dir, "run folder")  # audit.json and audit.png are written there
     ds = load_data(cfg)
     device = resolve_device(cfg.device)
-    folder = require_experts(cfg, ds, how, device)  # an audit only finishes experts a run left partial
+    folder = require_experts(cfg, ds, how, device, not args.no_progress)  # only finishes experts a run left partial
     ctx = DistillContext(ds, cfg, device, run_dir, not args.no_progress, _experts=folder)
 
     def audit_and_print(out: Path, synset: SynSet, label: str) -> None:

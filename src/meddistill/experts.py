@@ -114,7 +114,9 @@ def num_params(cfg: RunConfig, ds: MedDataset) -> int:
         return FlatParams.of(create_model(cfg.net, ds.shape, ds.num_classes)).total
 
 
-def require_experts(cfg: RunConfig, ds: MedDataset, how: str = "", device: torch.device | None = None) -> Path:
+def require_experts(
+    cfg: RunConfig, ds: MedDataset, how: str = "", device: torch.device | None = None, progress: bool = True
+) -> Path:
     """The folder of this config's finished experts, checked. Experts that a distillation
     trained only as far as it read them are finished here (given a ``device``); no experts at
     all is an error, not a reason to train."""
@@ -125,7 +127,7 @@ def require_experts(cfg: RunConfig, ds: MedDataset, how: str = "", device: torch
                 f"no trained experts at {folder}{how}; pass --experts-dir, or train them with `meddistill experts`"
             )
         print(f"meddistill: note: finishing the experts in {folder} (trained only as far as a run read them)")
-        train_experts(ds, cfg, device, progress=True)
+        train_experts(ds, cfg, device, progress=progress)
     check_expert_files(folder, num_params(cfg, ds), cfg.net.tag())
     return folder
 
@@ -247,7 +249,7 @@ def train_experts(
     todo = [k for k, n in have.items() if n < target]
     plan = plan_workers(cfg.workers, device, len(todo))
     tasks = [(ds, cfg, k, str(out / f"expert_{k}.safetensors"), device, target) for k in todo]
-    desc = f"experts {cfg.dataset}" + (f" ({plan.processes} processes)" if plan.processes > 1 else "")
+    desc = f"experts {cfg.dataset}" + (f" ({plan.processes} processes)" if plan.processes else "")
     total = sum(target - have[k] for k in todo)
     with tqdm(total=total, desc=desc, unit="epoch", disable=not progress) as bar:
         for info in run_tasks(_expert_task, tasks, plan, lambda: bar.update(1)):
@@ -313,7 +315,10 @@ class ExpertBuffer:
         else:
             if len(self._cache) >= self.max_cached:
                 self._cache.pop(next(iter(self._cache)))
-            self._cache[k] = load_trajectory(self.files[k])
+            path = self.files[k]
+            if not path.exists() and ".partial" in path.name:  # finished meanwhile by another process
+                path = self.files[k] = path.with_name(path.name.replace(".partial", ""))
+            self._cache[k] = load_trajectory(path)
         return self._cache[k]
 
     def _with_partials(self, num: int, epochs: int) -> list[Path]:

@@ -26,15 +26,21 @@ class DistillContext:
     config_hash: str = ""
     stop_at: int | None = None  # testing aid: stop (after checkpointing) at this iteration
     _experts: Path | None = field(default=None, repr=False)  # a given expert folder: never trained here
+    _folder: Path | None = field(default=None, repr=False)  # the folder this context trained experts in
+    _trained_to: int = field(default=-1, repr=False)  # ... up to this epoch
 
     def experts_folder(self, epochs: int | None = None) -> Path:
         """Train (or reuse cached) expert trajectories for this dataset and net, up to epoch
         ``epochs`` (default: all of ``cfg.experts.epochs``)."""
         if self._experts is not None:
             return self._experts
-        from meddistill.experts import train_experts
+        want = self.cfg.experts.epochs if epochs is None else epochs
+        if self._trained_to < want:
+            from meddistill.experts import train_experts
 
-        return train_experts(self.ds, self.cfg, self.device, self.progress, epochs)
+            self._folder = train_experts(self.ds, self.cfg, self.device, self.progress, epochs)
+            self._trained_to = want
+        return self._folder
 
     def class_indices(self) -> list[torch.Tensor]:
         return class_indices(self.ds.train.labels, self.ds.num_classes)

@@ -371,6 +371,10 @@ class DOMConfig:
     retrain: str = setting("none", choices=tuple(RETRAINS), neutral="none")
     retrain_boost: float = setting(10.0, lo=0, neutral=10.0)  # lr multiplier of replaced images
     retrain_window: int = setting(20, lo=1, neutral=20)  # iterations after a replacement
+    # the reference expert epoch of the ``reference`` space (and of k-center in it): ``last`` —
+    # expert 0's final epoch (experts.epochs: the run needs fully trained experts); ``read`` —
+    # the last epoch the run's schedule reads (experts trained on demand suffice)
+    feature_epoch: str = setting("read", choices=("last", "read"), neutral="last")
 
 
 # ----------------------------------------------------------------------------- monitoring

@@ -96,7 +96,7 @@ def _datm(ctx: DistillContext) -> TrajectoryMatching:
 def expert_epochs_read(cfg) -> int:
     """How many expert epochs the active trajectory-matching method reads (what it trains)."""
     d = cfg.distill.active
-    return epochs_read(SCHEDULES[cfg.distill.method](d), d)
+    return epochs_read(SCHEDULES[cfg.distill.method](d), d, cfg.experts.epochs)
 
 
 ENGINES = {"mtt": _mtt, "ptm": _ptm, "ptm_nodom": _ptm_nodom, "datm": _datm}

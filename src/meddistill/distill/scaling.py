@@ -118,7 +118,7 @@ def resolve_tm_auto(cfg) -> None:
     sections from the size of ``cfg.dataset``'s train split (read only if one is ``auto``)."""
     keys = ("syn_steps", "expert_epochs")
     sections = [s for s in cfg.distill.sections.values() if any(getattr(s, k, None) == AUTO for k in keys)]
-    if not sections:
+    if not sections or cfg.experts.batch_size < 1:  # an invalid batch size is reported by the range check
         return
     from meddistill.data.sources import train_size
 

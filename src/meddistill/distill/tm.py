@@ -82,10 +82,19 @@ class TMState:
     boost_until: torch.Tensor | None = None
 
 
-def epochs_read(schedule, settings) -> int:
-    """The last expert epoch a run reads: its schedule's last target, or the soft-label epoch
-    ``max_start_epoch`` (DATM-style), whichever is later."""
+def schedule_epochs(schedule, settings) -> int:
+    """The last expert epoch the matching reads: its schedule's last target, or the soft-label
+    epoch ``max_start_epoch`` (DATM-style), whichever is later."""
     return max(schedule.epochs_needed(), settings.max_start_epoch)
+
+
+def epochs_read(schedule, settings, experts_epochs: int) -> int:
+    """The last expert epoch a run reads: :func:`schedule_epochs`, or all ``experts_epochs``
+    when its DOM measures at the reference expert's final epoch (``dom.feature_epoch: last``)."""
+    dom = getattr(settings, "dom", None)
+    if dom is not None and dom.enabled and dom.feature_epoch == "last":
+        return experts_epochs
+    return schedule_epochs(schedule, settings)
 
 
 class TrajectoryMatching:
@@ -109,7 +118,10 @@ class TrajectoryMatching:
         self.dom = dom
         self.soft = soft
         schedule.check(self.cfg.experts.epochs)  # before any expert is trained
-        need = epochs_read(schedule, settings)
+        need = epochs_read(schedule, settings, self.cfg.experts.epochs)
+        # DOM's reference point: expert 0 at its final epoch, or at the last epoch matched
+        last = dom is not None and dom.feature_epoch == "last"
+        self.dom_epoch = self.cfg.experts.epochs if last else schedule_epochs(schedule, settings)
         self.buffer = ExpertBuffer(ctx.experts_folder(need), self.cfg.experts.num_experts, epochs=need)
         schedule.check(self.buffer.num_epochs)
         self.net = create_model(self.cfg.net, ctx.ds.shape, ctx.ds.num_classes).to(self.dev)
@@ -438,10 +450,11 @@ class TrajectoryMatching:
         return fires and dc.start <= frac <= dc.stop and self.ipc > 1
 
     def dom_probe(self, point: tuple[int, int] | None = None) -> Probe:
-        """The net at the parameters DOM's space measures with: the reference expert's last
-        epoch, or for a ``current``-point space ``point`` = (expert, start epoch) of the
-        iteration the event follows (the reference expert's last epoch if None)."""
-        k, t = point if point is not None and SPACES[self.dom.space].point == "current" else (REFERENCE_EXPERT, -1)
+        """The net at the parameters DOM's space measures with: the reference expert at
+        ``dom_epoch`` (``dom.feature_epoch``), or for a ``current``-point space ``point`` =
+        (expert, start epoch) of the iteration the event follows (the reference point if None)."""
+        current = point is not None and SPACES[self.dom.space].point == "current"
+        k, t = point if current else (REFERENCE_EXPERT, self.dom_epoch)
         return Probe(self.net, self.spec, self.buffer.get(k)[t].to(self.dev))
 
     @torch.no_grad()

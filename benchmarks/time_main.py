@@ -6,7 +6,8 @@ folders (a new user's first run), and times its stages with the functions the CL
 process start + imports, data, experts, distillation, evaluation. Variants are lists of
 ``--set`` overrides; the default pair is ``workers=1`` (everything in one process, as before
 the worker processes, all expert epochs trained) against the default (``workers=0``: one
-process per core for experts; experts trained as far as the method reads them). Writes ``time_main.json`` and ``time_main.md`` to ``--out``.
+process per core for experts; experts trained as far as the method reads them). Writes
+``time_main.json`` and ``time_main.md`` to ``--out``.
 
     MEDDISTILL_DATA=../shared/data/medmnist python benchmarks/time_main.py --out results/time_main
     python benchmarks/time_main.py --variant one+full=workers=1 --variant auto= --dataset breastmnist

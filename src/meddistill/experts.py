@@ -78,12 +78,14 @@ def load_trajectory(path: Path) -> torch.Tensor:
         raise ArtifactError(f"expert file {path} is unreadable ({exc}); delete it to retrain") from None
 
 
-def trajectory_width(path: Path) -> int:
-    """Parameters per epoch in an expert file, read from its header (the tensor is not loaded)."""
+def trajectory_shape(path: Path) -> tuple[int, int]:
+    """(epochs + 1, parameters per epoch) of an expert file, read from its header (the tensor
+    is not loaded)."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            return int(f.get_slice("trajectory").get_shape()[1])
-    except (SafetensorError, OSError, KeyError, IndexError) as exc:
+            rows, width = f.get_slice("trajectory").get_shape()
+            return int(rows), int(width)
+    except (SafetensorError, OSError, KeyError, IndexError, ValueError) as exc:
         raise ArtifactError(f"expert file {path} is unreadable ({exc}); delete it to retrain") from None
 
 
@@ -96,7 +98,7 @@ def expert_files(folder: Path) -> list[Path]:
 def check_expert_files(folder: Path, num_params: int, net_tag: str) -> None:
     """Every finished expert in ``folder`` holds ``num_params`` parameters per epoch."""
     for f in expert_files(folder):
-        width = trajectory_width(f)
+        width = trajectory_shape(f)[1]
         if width != num_params:
             raise ArtifactError(
                 f"{f} holds {width} parameters per epoch, but {net_tag} on these images has {num_params} "
@@ -197,7 +199,7 @@ def train_one_expert(
     torch.manual_seed(derive_seed(ecfg.seed, "expert-init", k))
     net = create_model(cfg.net, ds.shape, ds.num_classes).to(device)
     opt = sgd(net, plan)
-    partial = path.with_name(path.stem + ".partial.safetensors")
+    partial = partial_path(path.parent, k)
     rows, val_acc = _resume(partial, net, opt, device)
 
     def save_epoch(epoch: int) -> None:
@@ -248,7 +250,7 @@ def train_experts(
     have = {k: epochs_trained(out, k, cfg.experts.epochs) for k in range(cfg.experts.num_experts)}
     todo = [k for k, n in have.items() if n < target]
     plan = plan_workers(cfg.workers, device, len(todo))
-    tasks = [(ds, cfg, k, str(out / f"expert_{k}.safetensors"), device, target) for k in todo]
+    tasks = [(ds, cfg, k, str(expert_path(out, k)), device, target) for k in todo]
     desc = f"experts {cfg.dataset}" + (f" ({plan.processes} processes)" if plan.processes else "")
     total = sum(target - have[k] for k in todo)
     with tqdm(total=total, desc=desc, unit="epoch", disable=not progress) as bar:
@@ -261,29 +263,26 @@ def _expert_task(ds: MedDataset, cfg: RunConfig, k: int, path: str, device: torc
     return train_one_expert(ds, cfg, k, Path(path), device, lambda _epoch: tick(), until)
 
 
+def expert_path(folder: Path, k: int) -> Path:
+    """Expert ``k``'s finished trajectory file."""
+    return Path(folder) / f"expert_{k}.safetensors"
+
+
 def partial_path(folder: Path, k: int) -> Path:
+    """Expert ``k``'s partial trajectory (the epochs trained so far)."""
     return Path(folder) / f"expert_{k}.partial.safetensors"
-
-
-def trajectory_rows(path: Path) -> int:
-    """Rows (epochs + 1) of an expert file, read from its header (the tensor is not loaded)."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return int(f.get_slice("trajectory").get_shape()[0])
-    except (SafetensorError, OSError, KeyError, IndexError) as exc:
-        raise ArtifactError(f"expert file {path} is unreadable ({exc}); delete it to retrain") from None
 
 
 def epochs_trained(folder: Path, k: int, full: int) -> int:
     """Epochs expert ``k`` of ``folder`` has: ``full`` when finished, else its partial file's
     (an unreadable partial file counts as none: training starts over)."""
-    if (Path(folder) / f"expert_{k}.safetensors").exists():
+    if expert_path(folder, k).exists():
         return full
     part = partial_path(folder, k)
     if not part.exists():
         return 0
     try:
-        return trajectory_rows(part) - 1
+        return trajectory_shape(part)[0] - 1
     except ArtifactError:
         return 0
 
@@ -324,11 +323,11 @@ class ExpertBuffer:
     def _with_partials(self, num: int, epochs: int) -> list[Path]:
         files = []
         for k in range(num):
-            done = self.folder / f"expert_{k}.safetensors"
+            done = expert_path(self.folder, k)
             part = partial_path(self.folder, k)
             if done.exists():
                 files.append(done)
-            elif part.exists() and trajectory_rows(part) > epochs:
+            elif part.exists() and trajectory_shape(part)[0] > epochs:
                 files.append(part)
             else:
                 break
@@ -337,4 +336,4 @@ class ExpertBuffer:
     @property
     def num_epochs(self) -> int:
         """Epochs every expert of the buffer holds."""
-        return min(trajectory_rows(f) for f in self.files) - 1
+        return min(trajectory_shape(f)[0] for f in self.files) - 1

@@ -103,14 +103,30 @@ def auto_span(n_train: int, expert_batch: int, base: TMBase | None = None) -> tu
     base = base or TMBase()
     rule = RULES[AUTO_RULE]
     assert rule is not None
-    span = base.expert_epochs
-    if rule.short_span and expert_steps_per_span(n_train, expert_batch, 1) >= rule.max_ratio * base.syn_steps:
+    steps, span, _ = _steps_and_span(
+        n_train, expert_batch, base.expert_epochs, base.syn_steps, rule.short_span, rule.syn_steps_max, rule.max_ratio
+    )
+    return steps, span
+
+
+def _steps_and_span(
+    n_train: int,
+    expert_batch: int,
+    span: int,
+    steps: int,
+    short_span: bool,
+    syn_steps_max: int | None,
+    max_ratio: float,
+) -> tuple[int, int, int]:
+    """(student steps, span in epochs, expert steps S of the span) from the base ``steps`` and
+    ``span``: a 1-epoch span with ``short_span`` where one epoch holds ``max_ratio × steps``
+    expert steps; the steps grown towards ``ceil(S / max_ratio)``, at most ``syn_steps_max``."""
+    if short_span and expert_steps_per_span(n_train, expert_batch, 1) >= max_ratio * steps:
         span = 1
     s = expert_steps_per_span(n_train, expert_batch, span)
-    steps = base.syn_steps
-    if rule.syn_steps_max is not None and rule.syn_steps_max > steps:
-        steps = min(rule.syn_steps_max, max(steps, math.ceil(s / rule.max_ratio)))
-    return steps, span
+    if syn_steps_max is not None and syn_steps_max > steps:
+        steps = min(syn_steps_max, max(steps, math.ceil(s / max_ratio)))
+    return steps, span, s
 
 
 def resolve_tm_auto(cfg) -> None:
@@ -170,13 +186,9 @@ def scale_tm(
         raise ValueError("num_classes and ipc must be positive")
     if expert_lr <= 0 or gain <= 0 or alpha < 0 or (kappa is not None and kappa <= 0) or max_batch_syn < 1:
         raise ValueError("expert_lr, gain and kappa must be > 0, alpha >= 0, max_batch_syn >= 1")
-    span = expert_epochs_per_span
-    if short_span and expert_steps_per_span(n_train, expert_batch, 1) >= max_ratio * base.syn_steps:
-        span = 1
-    s = expert_steps_per_span(n_train, expert_batch, span)
-    steps = base.syn_steps
-    if syn_steps_max is not None and syn_steps_max > steps:
-        steps = min(syn_steps_max, max(steps, math.ceil(s / max_ratio)))
+    steps, span, s = _steps_and_span(
+        n_train, expert_batch, expert_epochs_per_span, base.syn_steps, short_span, syn_steps_max, max_ratio
+    )
     ratio = s / steps
     lr_init = _sig(min(lr_init_max, gain * expert_lr * ratio**alpha))
     lr_lr = base.lr_lr if kappa is None else _sig(kappa * lr_init**2)

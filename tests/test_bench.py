@@ -39,6 +39,10 @@ def test_grid_runs_once_resumes_and_reports(tmp_path, session_dirs):
     assert run_grid(grid, progress=False) == (0, 6)
     rows = read_jsonl(grid.store)
     assert len(rows) == 6 and all("cell_key" in r and "config" in r for r in rows)
+    # a matching run's row carries its run health; a coreset, which logs no steps, none
+    ptm = [r for r in rows if r["method"] == "ptm"]
+    assert all(r["health"]["iterations"] == r["config"]["distill"]["ptm"]["iterations"] for r in ptm)
+    assert all("health" not in r for r in rows if r["method"] == "random")
     written = write_report(grid.store, tmp_path / "rep", ["ptm", "random"])
     md = written["acc.md"].read_text()
     assert "| ptm |" in md and "full dataset" in md and "**" in md
@@ -202,3 +206,22 @@ def test_report_of_bad_rows_or_an_absent_net_is_one_line(tmp_path, capsys, rows,
     err = capsys.readouterr().err
     assert err.startswith("meddistill: error: ") and msg in err and err.count("\n") == 1
     assert not (tmp_path / "rep").exists()  # no empty tables
+
+
+def test_pool_trains_each_expert_buffer_only_to_the_last_epoch_its_cells_read(tmp_path):
+    from meddistill.bench.executors import _distinct_experts
+    from meddistill.distill import get_spec
+
+    p = tmp_path / "grid.yaml"
+    p.write_text(
+        "profile: tiny\ndatasets: [breastmnist]\nipc: [1]\nmethods: [random, mtt, ptm]\nseeds: [0]\nfull: false\n"
+        f"store: {tmp_path / 's.jsonl'}\nout_dir: {tmp_path / 'runs'}\nexperts_dir: {tmp_path / 'experts'}\n"
+        "method_overrides:\n  ptm: [distill.ptm.max_start_epoch=1, distill.ptm.expert_epochs=1]\n"
+        "overrides: [experts.epochs=6, distill.mtt.max_start_epoch=3, distill.mtt.expert_epochs=2]\n"
+    )
+    cells = expand(load_grid(p))
+    tasks = _distinct_experts(cells)
+    assert len(tasks) == 1  # mtt and ptm share one buffer; random reads none
+    reads = {c.method: get_spec(c.method).experts_read(c.cfg) for c in cells if get_spec(c.method).needs_experts}
+    assert reads["mtt"] == 4  # start epochs 0-2, two epochs on: the last target is epoch 4
+    assert tasks[0][1] == max(reads.values()) < 6

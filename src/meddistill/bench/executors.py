@@ -29,9 +29,12 @@ from meddistill.utils import append_jsonl, resolve_device
 
 def run_one(cell: Cell, progress: bool = False) -> dict:
     """Compute one cell's results row (no I/O to the store): the evaluation and, for a set,
-    its diversity/coverage block (``stats``, :mod:`meddistill.stats`; cached in the run folder)."""
+    its diversity/coverage block (``stats``, :mod:`meddistill.stats`; cached in the run folder)
+    and, for a method that logs its steps, the run's ``health`` (:mod:`meddistill.health`)."""
+    from meddistill.health import run_health
     from meddistill.pipeline import full_row, load_data, run_cell
     from meddistill.stats import run_stats
+    from meddistill.utils import read_jsonl
 
     t0 = time.monotonic()
     cfg = cell.cfg
@@ -42,19 +45,26 @@ def run_one(cell: Cell, progress: bool = False) -> dict:
         res = run_cell(cfg, progress=progress, ds=ds)
         row = res.row
         row["stats"] = run_stats(cfg, res.run_dir, res.synset, ds, progress)
+        health = run_health(read_jsonl(Path(res.run_dir) / "metrics.jsonl"))
+        if health is not None:
+            row["health"] = health
     row.update(cell_key=cell.key, seconds=round(time.monotonic() - t0, 1))
     return row
 
 
-def _distinct_experts(cells: list[Cell]) -> list[Cell]:
-    """One cell per distinct expert buffer among the cells whose method reads experts."""
+def _distinct_experts(cells: list[Cell]) -> list[tuple[Cell, int]]:
+    """One (cell, epochs) task per distinct expert buffer among the cells whose method reads
+    experts: the buffer is trained to the last epoch any of those cells reads."""
     from meddistill.distill import get_spec
     from meddistill.experts import expert_dir
 
-    seen: dict[str, Cell] = {}
+    seen: dict[str, tuple[Cell, int]] = {}
     for c in cells:
-        if get_spec(c.method).needs_experts:
-            seen.setdefault(str(expert_dir(c.cfg)), c)
+        spec = get_spec(c.method)
+        if spec.needs_experts:
+            key = str(expert_dir(c.cfg))
+            first, epochs = seen.get(key, (c, 0))
+            seen[key] = (first, max(epochs, spec.experts_read(c.cfg)))
     return list(seen.values())
 
 
@@ -71,11 +81,12 @@ def _with_threads(fn, threads: int):
     return call
 
 
-def _prepare_experts(cell: Cell) -> str:
+def _prepare_experts(cell: Cell, epochs: int) -> str:
     from meddistill.experts import train_experts
     from meddistill.pipeline import load_data
 
-    return str(train_experts(load_data(cell.cfg), cell.cfg, resolve_device(cell.cfg.device), progress=False))
+    cfg = cell.cfg
+    return str(train_experts(load_data(cfg), cfg, resolve_device(cfg.device), progress=False, epochs=epochs))
 
 
 def run_local(cells: list[Cell], store: Path, progress: bool, on_row: Callable[[dict], None] | None = None) -> int:
@@ -131,7 +142,7 @@ def run_pool(
     pool = ProcessPoolExecutor(workers, mp_context=spawn, initializer=_init_worker, initargs=(threads,))
     try:
         # experts first, one task per distinct buffer, so cells never train the same experts twice
-        for f in [pool.submit(_prepare_experts, c) for c in _distinct_experts(cells)]:
+        for f in [pool.submit(_prepare_experts, c, n) for c, n in _distinct_experts(cells)]:
             f.result()
         futures = [pool.submit(run_one, c, False) for c in cells]
         rows = (f.result() for f in as_completed(futures))
@@ -157,7 +168,7 @@ def run_ray(
 
     threads = torch.get_num_threads()
     prepare = ray.remote(num_cpus=threads)(_with_threads(_prepare_experts, threads))
-    ray.get([prepare.remote(c) for c in _distinct_experts(cells)])
+    ray.get([prepare.remote(c, n) for c, n in _distinct_experts(cells)])
     remote = ray.remote(num_cpus=threads)(_with_threads(run_one, threads))
     pending = [remote.remote(c, False) for c in cells]
 

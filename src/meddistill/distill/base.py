@@ -105,7 +105,10 @@ class MethodSpec:
       (``experts``: it reads expert trajectories, so their identity is part of its own);
     - ``labels``: ``hard`` class ids or ``soft`` label distributions in the synthetic set;
     - ``learns_lr``: the set carries a learned student lr that evaluation trains with;
-    - ``synthesizes``: it optimises images (False: it selects real train images, a coreset).
+    - ``synthesizes``: it optimises images (False: it selects real train images, a coreset);
+    - ``expert_epochs``: for a method that reads experts, how many of their epochs a run with a
+      given config reads (None: all ``experts.epochs``); whoever prepares experts ahead of the
+      run (a benchmark) trains them that far and no further.
     """
 
     name: str
@@ -116,10 +119,15 @@ class MethodSpec:
     learns_lr: bool = False
     synthesizes: bool = True
     summary: str = ""
+    expert_epochs: Callable[[RunConfig], int] | None = None
 
     @property
     def needs_experts(self) -> bool:
         return "experts" in self.reads
+
+    def experts_read(self, cfg: RunConfig) -> int:
+        """The last expert epoch a run of this method with ``cfg`` reads."""
+        return cfg.experts.epochs if self.expert_epochs is None else self.expert_epochs(cfg)
 
 
 _METHODS: dict[str, MethodSpec] = {}
@@ -135,6 +143,7 @@ def register_method(
     labels: str = "hard",
     learns_lr: bool = False,
     synthesizes: bool = True,
+    expert_epochs: Callable[[RunConfig], int] | None = None,
 ) -> Callable[[MethodFn], MethodFn]:
     """Register ``fn(DistillContext) -> SynSet`` under ``name`` with its :class:`MethodSpec`."""
     unknown = set(reads) - set(SHARED_PARTS)
@@ -145,7 +154,9 @@ def register_method(
         if name in _METHODS:
             raise ValueError(f"method {name!r} registered twice")
         summary = (fn.__doc__ or "").strip().split("\n")[0]
-        _METHODS[name] = MethodSpec(name, fn, config, tuple(reads), labels, learns_lr, synthesizes, summary)
+        _METHODS[name] = MethodSpec(
+            name, fn, config, tuple(reads), labels, learns_lr, synthesizes, summary, expert_epochs
+        )
         return fn
 
     return deco

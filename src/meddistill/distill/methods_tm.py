@@ -107,25 +107,27 @@ def build_engine(ctx: DistillContext) -> TrajectoryMatching:
     return ENGINES[ctx.cfg.distill.method](ctx)
 
 
-@register_method("mtt", config=TMConfig, reads=TM_READS, learns_lr=True)
+@register_method("mtt", config=TMConfig, reads=TM_READS, learns_lr=True, expert_epochs=expert_epochs_read)
 def mtt(ctx: DistillContext) -> SynSet:
     """MTT (Cazenavette et al. 2022): uniform start epoch over the whole run, hard labels, no DOM."""
     return _mtt(ctx).run()
 
 
-@register_method("ptm", config=PTMConfig, reads=TM_READS, learns_lr=True)
+@register_method("ptm", config=PTMConfig, reads=TM_READS, learns_lr=True, expert_epochs=expert_epochs_read)
 def ptm(ctx: DistillContext) -> SynSet:
     """PTM + DOM (ours): progressive trajectory matching with dynamic overlap mitigation."""
     return _ptm(ctx).run()
 
 
-@register_method("ptm_nodom", config=StagedConfig, reads=TM_READS, learns_lr=True)
+@register_method("ptm_nodom", config=StagedConfig, reads=TM_READS, learns_lr=True, expert_epochs=expert_epochs_read)
 def ptm_nodom(ctx: DistillContext) -> SynSet:
     """Ablation: the progressive schedule of PTM alone, without DOM."""
     return _ptm_nodom(ctx).run()
 
 
-@register_method("datm", config=DATMConfig, reads=TM_READS, labels="soft", learns_lr=True)
+@register_method(
+    "datm", config=DATMConfig, reads=TM_READS, labels="soft", learns_lr=True, expert_epochs=expert_epochs_read
+)
 def datm(ctx: DistillContext) -> SynSet:
     """DATM-style (Guo et al. 2024): difficulty-aligned windows and expert soft labels."""
     return _datm(ctx).run()

@@ -1,0 +1,200 @@
+"""Stability of trajectory matching, measured directly (issue 15, part 4).
+
+For MTT and PTM at ipc 2 and 10, one grid per setting of image lr × start-epoch range
+(``--lrs`` × ``--max-start``), 3 seeds, 2 ConvNet-D3 evaluations per set, every step logged
+(``distill.log_every=1``) so each row carries its run health (:mod:`meddistill.health`).
+Everything else is the method defaults (``auto`` student steps and span, fp32 experts as the
+other benchmark grids). One store, ``results/stability.jsonl``, resumable cell by cell; rows
+of earlier stores with the same cell key (``--reuse``) are copied in, tagged ``reused_from``,
+instead of being recomputed (they carry no run health: their logs are gone).
+
+Then, per dataset, two tables (Markdown, printed and written to ``--out``):
+
+1. sensitivity: test ACC mean ± std over seeds per setting (validation ACC beside it), the
+   setting validation picks, its test ACC, the test ACC at the project default (image lr 100,
+   ``max_start_epoch`` 8) and at the published MTT default (image lr 1000, same range), and the
+   spread (best − worst setting mean, test);
+2. run health over all settings and seeds: steps skipped as exploded, loss spikes per 100
+   steps, the learned student lr's fall (median and worst end/start ratio), seed-to-seed std
+   (mean over settings) and the worst seed's shortfall from its setting's mean.
+
+    MEDDISTILL_DATA=../shared/data/medmnist python benchmarks/stability.py --workers 2
+    python benchmarks/stability.py --report-only        # tables from the store, nothing run
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from meddistill.bench import run_grid
+from meddistill.bench.grid import Grid, expand
+from meddistill.utils import append_jsonl, read_jsonl
+
+DATASETS = ["breastmnist", "retinamnist", "pneumoniamnist", "bloodmnist"]
+REUSE = ["results/lr_img_val_100.jsonl", "results/lr_img_val_1000.jsonl", "results/cpu_lr1000.jsonl"]
+PROJECT_DEFAULT = (100.0, 8)
+PUBLISHED_DEFAULT = (1000.0, 8)
+
+
+def grid(lr: float, max_start: int, args: argparse.Namespace) -> Grid:
+    return Grid(
+        name=f"stability_lr{lr:g}_ms{max_start}",
+        profile="cpu",
+        datasets=args.datasets,
+        ipc=args.ipc,
+        methods=args.methods,
+        seeds=args.seeds,
+        eval_nets=["convnet"],
+        full=False,
+        overrides=[
+            "experts.bf16=false",
+            "eval.num_nets=2",
+            "distill.log_every=1",
+            f"method.lr_img={lr:g}",
+            f"method.max_start_epoch={max_start}",
+        ],
+        store=args.store,
+        out_dir=args.out_dir,
+        experts_dir=args.experts_dir,
+    )
+
+
+def reuse_rows(g: Grid, stores: list[str]) -> int:
+    """Copy rows of ``stores`` whose cell key is one of ``g``'s missing cells into its store."""
+    have = {r.get("cell_key") for r in read_jsonl(g.store)}
+    want = {c.key for c in expand(g)} - have
+    n = 0
+    for path in stores:
+        for r in read_jsonl(path):
+            if r.get("cell_key") in want:
+                append_jsonl(g.store, {**r, "reused_from": path})
+                want.discard(r["cell_key"])
+                n += 1
+    return n
+
+
+def setting_of(row: dict) -> tuple[float, int]:
+    sec = row["config"]["distill"][row["method"]]
+    return float(sec["lr_img"]), int(sec["max_start_epoch"])
+
+
+def _acc(row: dict, split: str) -> float:
+    return 100 * statistics.mean(r[f"{split}_acc"] for r in row["runs"])
+
+
+def _ms(values: list[float]) -> str:
+    if not values:
+        return "–"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.1f} ± {sd:.1f}"
+
+
+def sensitivity_table(rows: list[dict], settings: list[tuple[float, int]]) -> str:
+    head = ["method", "ipc", *(f"lr {lr:g}, ms {ms}" for lr, ms in settings)]
+    head += ["val picks", "test at val pick", "project default", "MTT published", "spread"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    cells: dict[tuple, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        cells[(r["method"], r["ipc"])][setting_of(r)].append(r)
+    for (method, ipc), by_set in sorted(cells.items()):
+        test = {s: [_acc(r, "test") for r in by_set.get(s, [])] for s in settings}
+        val = {s: [_acc(r, "val") for r in by_set.get(s, [])] for s in settings}
+        done = [s for s in settings if test[s]]
+        row = [method, str(ipc)]
+        for s in settings:
+            v = f" (val {statistics.mean(val[s]):.1f})" if val[s] else ""
+            n = f" [n={len(test[s])}]" if test[s] and len(test[s]) < 3 else ""
+            row.append(_ms(test[s]) + v + n)
+        pick = max(done, key=lambda s: statistics.mean(val[s])) if done else None
+        row.append(f"lr {pick[0]:g}, ms {pick[1]}" if pick else "–")
+        row.append(_ms(test[pick]) if pick else "–")
+        row += [_ms(test.get(PROJECT_DEFAULT, [])), _ms(test.get(PUBLISHED_DEFAULT, []))]
+        means = [statistics.mean(test[s]) for s in done]
+        row.append(f"{max(means) - min(means):.1f}" if len(means) > 1 else "–")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def health_table(rows: list[dict]) -> str:
+    head = ["method", "ipc", "runs (with log)", "skipped steps", "spikes / 100 steps", "lr end/start (median, worst)"]
+    head += ["seed std (mean over settings)", "worst seed − mean (worst setting)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["method"], r["ipc"])].append(r)
+    for (method, ipc), rs in sorted(groups.items()):
+        logged = [r["health"] for r in rs if "health" in r]
+        steps = sum(h["iterations"] for h in logged)
+        spikes = sum(h["spikes"] * h["iterations"] / h["logged"] for h in logged)
+        ratios = [h["lr_ratio"] for h in logged if "lr_ratio" in h]
+        by_set: dict[tuple, list[float]] = defaultdict(list)
+        for r in rs:
+            by_set[setting_of(r)].append(_acc(r, "test"))
+        full = [v for v in by_set.values() if len(v) > 1]
+        stds = [statistics.stdev(v) for v in full]
+        worst = [min(v) - statistics.mean(v) for v in full]
+        row = [
+            method,
+            str(ipc),
+            f"{len(rs)} ({len(logged)})",
+            f"{sum(h['skipped'] for h in logged)}",
+            f"{100 * spikes / steps:.2f}" if steps else "–",
+            f"{statistics.median(ratios):.2f}, {min(ratios):.2f}" if ratios else "–",
+            f"{statistics.mean(stds):.2f}" if stds else "–",
+            f"{min(worst):.1f}" if worst else "–",
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def report(store: str, out: Path, settings: list[tuple[float, int]], methods: list[str], ipcs: list[int]) -> None:
+    rows = [r for r in read_jsonl(store) if r["method"] in methods and r["ipc"] in ipcs]
+    rows = [r for r in rows if setting_of(r) in settings]
+    out.mkdir(parents=True, exist_ok=True)
+    for ds in sorted({r["dataset"] for r in rows}):
+        rs = [r for r in rows if r["dataset"] == ds]
+        text = (
+            f"## {ds}\n\nTest ACC (%) mean ± std over seeds (validation ACC beside it); "
+            "ms = max_start_epoch.\n\n"
+            f"{sensitivity_table(rs, settings)}\n\nRun health over all settings and seeds.\n\n{health_table(rs)}\n"
+        )
+        (out / f"stability_{ds}.md").write_text(text)
+        print(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--datasets", default=",".join(DATASETS[:3]))
+    ap.add_argument("--ipc", default="2,10")
+    ap.add_argument("--methods", default="mtt,ptm")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--lrs", default="10,100,1000")
+    ap.add_argument("--max-start", default="8,16", help="max_start_epoch values")
+    ap.add_argument("--store", default="results/stability.jsonl")
+    ap.add_argument("--reuse", default=",".join(REUSE), help="stores whose same cells are copied, not rerun")
+    ap.add_argument("--out", default="results/stability", help="folder of the Markdown tables")
+    ap.add_argument("--out-dir", default="runs")
+    ap.add_argument("--experts-dir", default="experts")
+    ap.add_argument("--workers", type=int, default=1, help="cells at once, 1 torch thread each when > 1")
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    args.datasets = args.datasets.split(",")
+    args.methods = args.methods.split(",")
+    args.ipc = [int(v) for v in args.ipc.split(",")]
+    args.seeds = [int(v) for v in args.seeds.split(",")]
+    settings = [(float(lr), int(ms)) for ms in args.max_start.split(",") for lr in args.lrs.split(",")]
+    if not args.report_only:
+        for lr, ms in settings:
+            g = grid(lr, ms, args)
+            reused = reuse_rows(g, [p for p in args.reuse.split(",") if p])
+            if reused:
+                print(f"{g.name}: {reused} cells copied from earlier stores")
+            run_grid(g, progress=True, workers=args.workers, threads=1 if args.workers > 1 else None)
+    report(args.store, Path(args.out), settings, args.methods, args.ipc)
+
+
+if __name__ == "__main__":
+    main()

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from meddistill.bench import run_grid
 from meddistill.bench.grid import Grid, expand
+from meddistill.health import summarize
 from meddistill.utils import append_jsonl, read_jsonl
 
 DATASETS = ["breastmnist", "retinamnist", "pneumoniamnist", "bloodmnist"]
@@ -88,7 +89,7 @@ def _acc(row: dict, split: str) -> float:
 def _ms(values: list[float]) -> str:
     if not values:
         return "–"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    sd = statistics.pstdev(values)  # over seeds, as every table of the project
     return f"{statistics.mean(values):.1f} ± {sd:.1f}"
 
 
@@ -119,32 +120,27 @@ def sensitivity_table(rows: list[dict], settings: list[tuple[float, int]]) -> st
 
 
 def health_table(rows: list[dict]) -> str:
-    head = ["method", "ipc", "runs (with log)", "skipped steps", "spikes / 100 steps", "lr end/start (median, worst)"]
+    head = ["method", "ipc", "runs (with log)", "skipped steps", "spikes / 100 steps", "lr end/start (median, lowest)"]
     head += ["seed std (mean over settings)", "worst seed − mean (worst setting)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["method"], r["ipc"])].append(r)
     for (method, ipc), rs in sorted(groups.items()):
-        logged = [r["health"] for r in rs if "health" in r]
-        steps = sum(h["iterations"] for h in logged)
-        spikes = sum(h["spikes"] * h["iterations"] / h["logged"] for h in logged)
-        ratios = [h["lr_ratio"] for h in logged if "lr_ratio" in h]
+        h = summarize([r["health"] for r in rs if "health" in r])
         by_set: dict[tuple, list[float]] = defaultdict(list)
         for r in rs:
             by_set[setting_of(r)].append(_acc(r, "test"))
         full = [v for v in by_set.values() if len(v) > 1]
-        stds = [statistics.stdev(v) for v in full]
-        worst = [min(v) - statistics.mean(v) for v in full]
         row = [
             method,
             str(ipc),
-            f"{len(rs)} ({len(logged)})",
-            f"{sum(h['skipped'] for h in logged)}",
-            f"{100 * spikes / steps:.2f}" if steps else "–",
-            f"{statistics.median(ratios):.2f}, {min(ratios):.2f}" if ratios else "–",
-            f"{statistics.mean(stds):.2f}" if stds else "–",
-            f"{min(worst):.1f}" if worst else "–",
+            f"{len(rs)} ({h.get('runs', 0)})",
+            str(h.get("skipped", "–")),
+            f"{h['spikes_per_100']:.2f}" if h else "–",
+            f"{h['lr_ratio_median']:.2f}, {h['lr_ratio_min']:.2f}" if "lr_ratio_median" in h else "–",
+            f"{statistics.mean(statistics.pstdev(v) for v in full):.2f}" if full else "–",
+            f"{min(min(v) - statistics.mean(v) for v in full):.1f}" if full else "–",
         ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

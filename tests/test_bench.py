@@ -47,6 +47,7 @@ def test_grid_runs_once_resumes_and_reports(tmp_path, session_dirs):
     md = written["acc.md"].read_text()
     assert "| ptm |" in md and "full dataset" in md and "**" in md
     assert "\\toprule" in written["acc.tex"].read_text()
+    assert "| breastmnist | 1 | ptm | 2 |" in written["health.md"].read_text()
     assert (tmp_path / "rep" / "acc_vs_ipc_breastmnist.png").exists()
     assert (tmp_path / "rep" / "grids_breastmnist_ipc1.png").exists()
     per_net = write_report(grid.store, tmp_path / "nets", None, "all")

@@ -58,3 +58,29 @@ def test_spikes_never_exceed_the_logged_steps(losses):
     h = run_health(_rows(losses))
     assert 0 <= h["spikes"] <= len(losses) - 5 or h["spikes"] == 0
     assert h["skipped"] == 0 and h["loss_ratio"] > 0
+
+
+def test_summarize_scales_spikes_to_all_steps_and_sums_skips():
+    from meddistill.health import summarize
+
+    a = {"iterations": 200, "logged": 20, "spikes": 1, "skipped": 2, "lr_ratio": 0.5}
+    b = {"iterations": 200, "logged": 200, "spikes": 4, "skipped": 0, "lr_ratio": 0.9}
+    s = summarize([a, b])
+    assert s["runs"] == 2 and s["skipped"] == 2
+    assert math.isclose(s["spikes_per_100"], 100 * (10 + 4) / 400)  # a's one spike in 20 logged ≈ 10 in 200
+    assert math.isclose(s["lr_ratio_median"], 0.7) and s["lr_ratio_min"] == 0.5
+    assert summarize([]) == {}
+
+
+def test_report_health_table_gives_seed_spread_and_worst_seed():
+    from meddistill.bench.report import health_table
+
+    h = {"iterations": 100, "logged": 100, "spikes": 0, "skipped": 1, "lr_ratio": 0.8}
+    rows = [
+        {"dataset": "d", "ipc": 2, "method": "ptm", "seed": s, "acc_mean": a, "health": h}
+        for s, a in enumerate([0.70, 0.80, 0.90])
+    ]
+    rows.append({"dataset": "d", "ipc": 2, "method": "random", "seed": 0, "acc_mean": 0.5})
+    md = health_table(rows)
+    assert "| d | 2 | ptm | 3 | 3 | 0.00 | 0.80, 0.80 | 8.2 | -10.0 |" in md
+    assert "random" not in md and health_table(rows[3:]) == ""

@@ -64,3 +64,17 @@ def run_health(rows: Iterable[dict], spike_factor: float = 2.0, window: int = 20
     if lrs and lrs[0] > 0:
         out.update(lr_first=lrs[0], lr_last=lrs[-1], lr_ratio=lrs[-1] / lrs[0], lr_min_ratio=min(lrs) / lrs[0])
     return out
+
+
+def summarize(healths: list[dict]) -> dict:
+    """Several runs' health in one: runs, skipped steps (sum), loss spikes per 100 steps, and the
+    median and lowest ``lr_ratio``; empty when no run has a health block."""
+    if not healths:
+        return {}
+    steps = sum(h["iterations"] for h in healths)
+    spikes = sum(h["spikes"] * h["iterations"] / h["logged"] for h in healths)  # scaled to all steps
+    ratios = [h["lr_ratio"] for h in healths if "lr_ratio" in h]
+    out = {"runs": len(healths), "skipped": sum(h["skipped"] for h in healths), "spikes_per_100": 100 * spikes / steps}
+    if ratios:
+        out.update(lr_ratio_median=statistics.median(ratios), lr_ratio_min=min(ratios))
+    return out

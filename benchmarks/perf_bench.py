@@ -41,8 +41,8 @@ def timed(folder: Path, experts: str, dataset: str, workers: int, threads: int |
     path = folder / "grid.yaml"
     path.write_text(GRID.format(dataset=dataset, store=folder / "store.jsonl", out=folder / "runs", experts=experts))
     grid = load_grid(path)
-    for cell in _distinct_experts(expand(grid)):
-        _prepare_experts(cell)  # experts are shared: never part of the timing
+    for cell, epochs in _distinct_experts(expand(grid)):
+        _prepare_experts(cell, epochs)  # experts are shared: never part of the timing
     t = time.perf_counter()
     run_grid(grid, progress=False, workers=workers, threads=threads)
     dt = time.perf_counter() - t

@@ -25,14 +25,16 @@ Then, per dataset, two tables (Markdown, printed and written to ``--out``):
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
 from meddistill.bench import run_grid
 from meddistill.bench.grid import Grid, expand
-from meddistill.health import summarize
-from meddistill.utils import append_jsonl, read_jsonl
+from meddistill.health import run_health, summarize
+from meddistill.locks import store_lock
+from meddistill.utils import append_jsonl, read_jsonl, write_text_atomic
 
 DATASETS = ["breastmnist", "retinamnist", "pneumoniamnist", "bloodmnist"]
 REUSE = ["results/lr_img_val_100.jsonl", "results/lr_img_val_1000.jsonl", "results/cpu_lr1000.jsonl"]
@@ -67,13 +69,33 @@ def reuse_rows(g: Grid, stores: list[str]) -> int:
     """Copy rows of ``stores`` whose cell key is one of ``g``'s missing cells into its store."""
     have = {r.get("cell_key") for r in read_jsonl(g.store)}
     want = {c.key for c in expand(g)} - have
-    n = 0
+    found: dict[str, dict] = {}
     for path in stores:
         for r in read_jsonl(path):
             if r.get("cell_key") in want:
-                append_jsonl(g.store, {**r, "reused_from": path})
-                want.discard(r["cell_key"])
-                n += 1
+                found[r["cell_key"]] = {**r, "reused_from": path}  # the last stored row wins, as in reports
+    for r in found.values():
+        append_jsonl(g.store, r)
+    return len(found)
+
+
+def refresh_health(store: str) -> int:
+    """Recompute the ``health`` block of every row whose run log is still on disk (health is a
+    function of the log alone); returns how many rows were rewritten. Waits for a running grid
+    (the store's lock)."""
+    with store_lock(Path(store)):
+        return _refresh(store)
+
+
+def _refresh(store: str) -> int:
+    rows, n = read_jsonl(store), 0
+    for r in rows:
+        log = Path(r.get("run_dir") or "") / "metrics.jsonl"
+        if r.get("run_dir") and log.exists():
+            lr_init = r["config"]["distill"][r["method"]].get("lr_init")
+            r["health"] = run_health(read_jsonl(log), lr_init)
+            n += 1
+    write_text_atomic(Path(store), "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     return n
 
 
@@ -109,7 +131,9 @@ def sensitivity_table(rows: list[dict], settings: list[tuple[float, int]]) -> st
             v = f" (val {statistics.mean(val[s]):.1f})" if val[s] else ""
             n = f" [n={len(test[s])}]" if test[s] and len(test[s]) < 3 else ""
             row.append(_ms(test[s]) + v + n)
-        pick = max(done, key=lambda s: statistics.mean(val[s])) if done else None
+        full = max((len(test[s]) for s in done), default=0)
+        eligible = [s for s in done if len(test[s]) == full]  # validation picks among settings with every seed
+        pick = max(eligible, key=lambda s: statistics.mean(val[s])) if eligible else None
         row.append(f"lr {pick[0]:g}, ms {pick[1]}" if pick else "–")
         row.append(_ms(test[pick]) if pick else "–")
         row += [_ms(test.get(PROJECT_DEFAULT, [])), _ms(test.get(PUBLISHED_DEFAULT, []))]
@@ -120,7 +144,8 @@ def sensitivity_table(rows: list[dict], settings: list[tuple[float, int]]) -> st
 
 
 def health_table(rows: list[dict]) -> str:
-    head = ["method", "ipc", "runs (with log)", "skipped steps", "spikes / 100 steps", "lr end/start (median, lowest)"]
+    head = ["method", "ipc", "runs (with log)", "skipped steps", "spikes / 100 steps (exact logs)"]
+    head += ["lr end/start (median, lowest)"]
     head += ["seed std (mean over settings)", "worst seed − mean (worst setting)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -137,7 +162,7 @@ def health_table(rows: list[dict]) -> str:
             str(ipc),
             f"{len(rs)} ({h.get('runs', 0)})",
             str(h.get("skipped", "–")),
-            f"{h['spikes_per_100']:.2f}" if h else "–",
+            f"{h['spikes_per_100']:.2f} ({h['exact_runs']})" if "spikes_per_100" in h else "–",
             f"{h['lr_ratio_median']:.2f}, {h['lr_ratio_min']:.2f}" if "lr_ratio_median" in h else "–",
             f"{statistics.mean(statistics.pstdev(v) for v in full):.2f}" if full else "–",
             f"{min(min(v) - statistics.mean(v) for v in full):.1f}" if full else "–",
@@ -176,6 +201,7 @@ def main() -> None:
     ap.add_argument("--experts-dir", default="experts")
     ap.add_argument("--workers", type=int, default=1, help="cells at once, 1 torch thread each when > 1")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--refresh-health", action="store_true", help="recompute rows' health from their run logs first")
     args = ap.parse_args()
     args.datasets = args.datasets.split(",")
     args.methods = args.methods.split(",")
@@ -189,6 +215,8 @@ def main() -> None:
             if reused:
                 print(f"{g.name}: {reused} cells copied from earlier stores")
             run_grid(g, progress=True, workers=args.workers, threads=1 if args.workers > 1 else None)
+    if args.refresh_health:
+        print(f"health recomputed from the run logs of {refresh_health(args.store)} rows")
     report(args.store, Path(args.out), settings, args.methods, args.ipc)
 
 

@@ -45,7 +45,8 @@ def run_one(cell: Cell, progress: bool = False) -> dict:
         res = run_cell(cfg, progress=progress, ds=ds)
         row = res.row
         row["stats"] = run_stats(cfg, res.run_dir, res.synset, ds, progress)
-        health = run_health(read_jsonl(Path(res.run_dir) / "metrics.jsonl"))
+        lr_init = getattr(cfg.distill.section(), "lr_init", None)
+        health = run_health(read_jsonl(Path(res.run_dir) / "metrics.jsonl"), lr_init)
         if health is not None:
             row["health"] = health
     row.update(cell_key=cell.key, seconds=round(time.monotonic() - t0, 1))

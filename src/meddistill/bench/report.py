@@ -111,16 +111,17 @@ def table(stats: dict[tuple, Stat], fmt: str = "md", order: list[str] | None = N
     raise ValueError(fmt)
 
 
-def health_table(rows: list[dict], order: list[str] | None = None) -> str:
+def health_table(rows: list[dict], order: list[str] | None = None, net: str | None = None) -> str:
     """Markdown: per (dataset, ipc, method) with logged runs, their health summed over seeds
-    (:func:`meddistill.health.summarize`), the seed-to-seed std of test ACC and the worst
+    (:func:`meddistill.health.summarize`; one row per seed, the last one, as in the ACC table),
+    the seed-to-seed std of test ACC (``net``'s, or the row's mean over nets) and the worst
     seed's shortfall from the mean; empty when no row carries a ``health`` block."""
     from meddistill.health import summarize
 
-    groups: dict[tuple, list[dict]] = defaultdict(list)
+    groups: dict[tuple, dict[int, dict]] = defaultdict(dict)
     for r in rows:
-        if "health" in r:
-            groups[(r["dataset"], int(r["ipc"]), r["method"])].append(r)
+        if "health" in r and (net is None or net in r.get("per_net", {})):
+            groups[(r["dataset"], int(r["ipc"]), r["method"])][int(r["seed"])] = r
     if not groups:
         return ""
     rank = {m: i for i, m in enumerate(order or [])}
@@ -128,11 +129,12 @@ def health_table(rows: list[dict], order: list[str] | None = None) -> str:
     head += ["ACC std over seeds", "worst seed − mean"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for d, i, m in sorted(groups, key=lambda k: (k[0], k[1], rank.get(k[2], len(rank)), k[2])):
-        rs = groups[(d, i, m)]
+        rs = list(groups[(d, i, m)].values())
         h = summarize([r["health"] for r in rs])
-        acc = np.array([100 * r["acc_mean"] for r in rs])
+        acc = np.array([100 * (r["per_net"][net]["acc_mean"] if net else r["acc_mean"]) for r in rs])
+        spikes = f"{h['spikes_per_100']:.2f}" if "spikes_per_100" in h else "– (no exact log)"
         lr = f"{h['lr_ratio_median']:.2f}, {h['lr_ratio_min']:.2f}" if "lr_ratio_median" in h else "–"
-        cells = [d, str(i), m, str(h["runs"]), str(h["skipped"]), f"{h['spikes_per_100']:.2f}", lr]
+        cells = [d, str(i), m, str(h["runs"]), str(h["skipped"]), spikes, lr]
         cells += [f"{acc.std():.1f}", f"{acc.min() - acc.mean():.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -223,7 +225,7 @@ def _tables_and_plots(rows: list[dict], out: Path, order: list[str] | None, net:
             written[f"{metric}.{ext}"] = p
         for p in plot_vs_ipc(stats, out, order, metric):
             written[p.name] = p
-    health = health_table(rows, order)
+    health = health_table(rows, order, net)
     if health:
         p = out / "table_health.md"
         p.write_text(health)

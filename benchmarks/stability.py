@@ -145,7 +145,7 @@ def sensitivity_table(rows: list[dict], settings: list[tuple[float, int]]) -> st
 
 def health_table(rows: list[dict]) -> str:
     head = ["method", "ipc", "runs (with log)", "skipped steps", "spikes / 100 steps (exact logs)"]
-    head += ["lr end/start (median, lowest)"]
+    head += ["lr end/start (median, lowest)", "lr collapsed (< 0.1×)", "final matching loss (median)"]
     head += ["seed std (mean over settings)", "worst seed − mean (worst setting)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -164,6 +164,8 @@ def health_table(rows: list[dict]) -> str:
             str(h.get("skipped", "–")),
             f"{h['spikes_per_100']:.2f} ({h['exact_runs']})" if "spikes_per_100" in h else "–",
             f"{h['lr_ratio_median']:.2f}, {h['lr_ratio_min']:.2f}" if "lr_ratio_median" in h else "–",
+            f"{h['lr_collapsed']} of {h['runs']}" if "lr_collapsed" in h else "–",
+            f"{h['loss_end_median']:.2f}" if "loss_end_median" in h else "–",
             f"{statistics.mean(statistics.pstdev(v) for v in full):.2f}" if full else "–",
             f"{min(min(v) - statistics.mean(v) for v in full):.1f}" if full else "–",
         ]

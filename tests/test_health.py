@@ -54,6 +54,16 @@ def test_health_counts_skips_guards_and_the_lr_fall_from_lr_init():
     assert h["skipped"] == 1 and h["lr_guarded"] == 2 and h["spikes"] == 0
     assert h["iterations"] == n and h["logged"] == n and h["exact"]
     assert math.isclose(h["lr_ratio"], 0.9**n) and math.isclose(h["lr_min_ratio"], h["lr_ratio"])
+    assert h["loss_end"] == 0.5
+
+
+def test_a_collapsed_lr_and_a_stalled_loss_are_visible():
+    # the student's lr falls 30x and the normalised loss settles near 1 (the student no longer moves)
+    stalled = run_health(_rows([2.0] * 10 + [0.95] * 90, [0.01] * 10 + [0.0003] * 90), lr_init=0.01)
+    healthy = run_health(_rows([1.0] * 10 + [0.5] * 90, [0.01] * 10 + [0.004] * 90), lr_init=0.01)
+    assert stalled["loss_end"] == 0.95 and healthy["loss_end"] == 0.5
+    s = summarize([stalled, healthy])
+    assert s["lr_collapsed"] == 1 and math.isclose(s["loss_end_median"], 0.725)
 
 
 def test_a_sparse_log_is_not_exact_but_its_skips_are():
@@ -79,10 +89,12 @@ def test_one_planted_jump_on_a_constant_loss_is_exactly_one_spike(losses, at):
 def test_summarize_uses_exact_logs_for_spikes_and_sums_skips():
     a = {"iterations": 200, "logged": 20, "exact": False, "spikes": 1, "skipped": 2, "lr_ratio": 0.5}
     b = {"iterations": 200, "logged": 200, "exact": True, "spikes": 4, "skipped": 0, "lr_ratio": 0.9}
+    b |= {"lr_min_ratio": 0.05, "loss_end": 0.9}
     s = summarize([a, b])
     assert s["runs"] == 2 and s["skipped"] == 2 and s["exact_runs"] == 1
     assert math.isclose(s["spikes_per_100"], 2.0)  # b's 4 spikes in 200 steps; a's sparse log left out
     assert math.isclose(s["lr_ratio_median"], 0.7) and s["lr_ratio_min"] == 0.5
+    assert s["lr_collapsed"] == 1 and s["loss_end_median"] == 0.9
     assert summarize([]) == {}
     assert "spikes_per_100" not in summarize([a])
 
@@ -91,13 +103,14 @@ def test_report_health_table_gives_seed_spread_and_worst_seed():
     from meddistill.bench.report import health_table
 
     h = {"iterations": 100, "logged": 100, "exact": True, "spikes": 0, "skipped": 1, "lr_ratio": 0.8}
+    h |= {"lr_min_ratio": 0.8, "loss_end": 0.6}
     rows = [
         {"dataset": "d", "ipc": 2, "method": "ptm", "seed": s, "acc_mean": a, "health": h}
         for s, a in enumerate([0.70, 0.80, 0.90])
     ]
     rows.append({"dataset": "d", "ipc": 2, "method": "random", "seed": 0, "acc_mean": 0.5})
     md = health_table(rows)
-    assert "| d | 2 | ptm | 3 | 3 | 0.00 | 0.80, 0.80 | 8.2 | -10.0 |" in md
+    assert "| d | 2 | ptm | 3 | 3 | 0.00 | 0.80, 0.80 | 0 | 0.60 | 8.2 | -10.0 |" in md
     assert "random" not in md and health_table(rows[3:]) == ""
     # a seed stored twice counts once (the last row wins, as in the ACC table)
     assert "| d | 2 | ptm | 3 | 3 |" in health_table([rows[0], *rows])

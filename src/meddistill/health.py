@@ -12,7 +12,11 @@ Accuracy says how good a set ended up; these numbers say how the optimisation go
   ``spikes_after_dom``: those within ``window`` iterations after a DOM re-initialisation, which
   perturbs the set on purpose, counted apart;
 - ``lr_ratio`` / ``lr_min_ratio``: the learned student lr at the end / at its lowest, over its
-  initial value (``lr_init`` when given, else the first logged value).
+  initial value (``lr_init`` when given, else the first logged value); a run whose lr fell
+  below :data:`COLLAPSE` of it has collapsed (its student barely moves any more);
+- ``loss_end``: the median matching loss over the last tenth of the logged steps. The loss is
+  normalised by the expert's own move, so 1 means the student's steps bring it no closer to
+  the target than where it started: a value near 1 is a run that stopped learning.
 
 ``exact`` says whether every iteration was logged (``distill.log_every: 1``); otherwise the
 counts other than ``skipped`` are over the logged iterations only (``logged``).
@@ -26,6 +30,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 HELD = ("lr_held", "lr_clamped")
+COLLAPSE = 0.1  # lr_min_ratio below this: the learned student lr has collapsed
 
 
 def _spike_iterations(steps: list[dict], factor: float, window: int, warmup: int = 5) -> list[int]:
@@ -63,6 +68,8 @@ def run_health(
         "spikes": len(spikes) - len(after_dom),
         "spikes_after_dom": len(after_dom),
     }
+    if ok:
+        out["loss_end"] = statistics.median(float(r["loss"]) for r in ok[-max(1, len(ok) // 10) :])
     lrs = [float(r["lr"]) for r in steps if "lr" in r and math.isfinite(float(r["lr"]))]
     base = lr_init if lr_init else (lrs[0] if lrs else None)
     if lrs and base and base > 0:
@@ -72,8 +79,9 @@ def run_health(
 
 def summarize(healths: list[dict]) -> dict:
     """Several runs' health in one: runs, skipped steps (sum), loss spikes per 100 steps (from
-    the runs with an exact log only; ``exact_runs`` of them), and the median and lowest
-    ``lr_ratio``; empty when no run has a health block."""
+    the runs with an exact log only; ``exact_runs`` of them), the median and lowest
+    ``lr_ratio``, how many runs' lr collapsed, and the median ``loss_end``; empty when no run
+    has a health block."""
     if not healths:
         return {}
     out: dict = {"runs": len(healths), "skipped": sum(h["skipped"] for h in healths)}
@@ -84,4 +92,10 @@ def summarize(healths: list[dict]) -> dict:
     ratios = [h["lr_ratio"] for h in healths if "lr_ratio" in h]
     if ratios:
         out.update(lr_ratio_median=statistics.median(ratios), lr_ratio_min=min(ratios))
+    lows = [h["lr_min_ratio"] for h in healths if "lr_min_ratio" in h]
+    if lows:
+        out["lr_collapsed"] = sum(v < COLLAPSE for v in lows)
+    ends = [h["loss_end"] for h in healths if "loss_end" in h]
+    if ends:
+        out["loss_end_median"] = statistics.median(ends)
     return out

@@ -126,7 +126,7 @@ def health_table(rows: list[dict], order: list[str] | None = None, net: str | No
         return ""
     rank = {m: i for i, m in enumerate(order or [])}
     head = ["dataset", "ipc", "method", "runs", "skipped steps", "spikes / 100 steps", "lr end/start (median, lowest)"]
-    head += ["ACC std over seeds", "worst seed − mean"]
+    head += ["lr collapsed (< 0.1×)", "final matching loss", "ACC std over seeds", "worst seed − mean"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for d, i, m in sorted(groups, key=lambda k: (k[0], k[1], rank.get(k[2], len(rank)), k[2])):
         rs = list(groups[(d, i, m)].values())
@@ -134,7 +134,8 @@ def health_table(rows: list[dict], order: list[str] | None = None, net: str | No
         acc = np.array([100 * (r["per_net"][net]["acc_mean"] if net else r["acc_mean"]) for r in rs])
         spikes = f"{h['spikes_per_100']:.2f}" if "spikes_per_100" in h else "– (no exact log)"
         lr = f"{h['lr_ratio_median']:.2f}, {h['lr_ratio_min']:.2f}" if "lr_ratio_median" in h else "–"
-        cells = [d, str(i), m, str(h["runs"]), str(h["skipped"]), spikes, lr]
+        cells = [d, str(i), m, str(h["runs"]), str(h["skipped"]), spikes, lr, str(h.get("lr_collapsed", "–"))]
+        cells += [f"{h['loss_end_median']:.2f}" if "loss_end_median" in h else "–"]
         cells += [f"{acc.std():.1f}", f"{acc.min() - acc.mean():.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -116,30 +116,80 @@ def _ms(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {sd:.1f}"
 
 
+def sensitivity(by_set: dict[tuple, list[dict]], settings: list[tuple[float, int]]) -> dict:
+    """One (method, ipc) cell's rows by setting → test/val ACC lists, the setting validation
+    picks (among those with every seed), and the spread of the setting means on test."""
+    test = {s: [_acc(r, "test") for r in by_set.get(s, [])] for s in settings}
+    val = {s: [_acc(r, "val") for r in by_set.get(s, [])] for s in settings}
+    done = [s for s in settings if test[s]]
+    full = max((len(test[s]) for s in done), default=0)
+    eligible = [s for s in done if len(test[s]) == full]
+    pick = max(eligible, key=lambda s: statistics.mean(val[s])) if eligible else None
+    means = [statistics.mean(test[s]) for s in done]
+    spread = max(means) - min(means) if len(means) > 1 else None
+    return {"test": test, "val": val, "pick": pick, "spread": spread}
+
+
+def _by_cell(rows: list[dict]) -> dict[tuple, dict[tuple, list[dict]]]:
+    cells: dict[tuple, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        cells[(r["method"], r["ipc"])][setting_of(r)].append(r)
+    return cells
+
+
 def sensitivity_table(rows: list[dict], settings: list[tuple[float, int]]) -> str:
     head = ["method", "ipc", *(f"lr {lr:g}, ms {ms}" for lr, ms in settings)]
     head += ["val picks", "test at val pick", "project default", "MTT published", "spread"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    cells: dict[tuple, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        cells[(r["method"], r["ipc"])][setting_of(r)].append(r)
-    for (method, ipc), by_set in sorted(cells.items()):
-        test = {s: [_acc(r, "test") for r in by_set.get(s, [])] for s in settings}
-        val = {s: [_acc(r, "val") for r in by_set.get(s, [])] for s in settings}
-        done = [s for s in settings if test[s]]
+    for (method, ipc), by_set in sorted(_by_cell(rows).items()):
+        c = sensitivity(by_set, settings)
+        test, val, pick = c["test"], c["val"], c["pick"]
         row = [method, str(ipc)]
         for s in settings:
             v = f" (val {statistics.mean(val[s]):.1f})" if val[s] else ""
             n = f" [n={len(test[s])}]" if test[s] and len(test[s]) < 3 else ""
             row.append(_ms(test[s]) + v + n)
-        full = max((len(test[s]) for s in done), default=0)
-        eligible = [s for s in done if len(test[s]) == full]  # validation picks among settings with every seed
-        pick = max(eligible, key=lambda s: statistics.mean(val[s])) if eligible else None
         row.append(f"lr {pick[0]:g}, ms {pick[1]}" if pick else "–")
         row.append(_ms(test[pick]) if pick else "–")
         row += [_ms(test.get(PROJECT_DEFAULT, [])), _ms(test.get(PUBLISHED_DEFAULT, []))]
-        means = [statistics.mean(test[s]) for s in done]
-        row.append(f"{max(means) - min(means):.1f}" if len(means) > 1 else "–")
+        row.append(f"{c['spread']:.1f}" if c["spread"] is not None else "–")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def summary_table(rows: list[dict], settings: list[tuple[float, int]]) -> str:
+    """Across datasets, per (method, ipc): the spread of setting means (test), what the
+    published MTT default (image lr 1000) loses against the setting validation picks (test),
+    the worst seed's shortfall from its setting's mean, and runs whose lr collapsed."""
+    datasets = sorted({r["dataset"] for r in rows})
+    head = ["method", "ipc"] + [f"{d}: spread / lost at lr 1000 / worst seed" for d in datasets]
+    head += ["lr collapsed (runs)", "mean spread"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    keys = sorted({(r["method"], r["ipc"]) for r in rows})
+    for method, ipc in keys:
+        row, spreads, collapsed, logged = [method, str(ipc)], [], 0, 0
+        for d in datasets:
+            by_set = _by_cell([r for r in rows if r["dataset"] == d]).get((method, ipc), {})
+            c = sensitivity(by_set, settings)
+            test, pick = c["test"], c["pick"]
+            pub = test.get(PUBLISHED_DEFAULT, [])
+            lost = statistics.mean(test[pick]) - statistics.mean(pub) if pick and pub else None
+            worst = [min(v) - statistics.mean(v) for v in test.values() if len(v) > 1]
+            row.append(
+                " / ".join(
+                    [
+                        f"{c['spread']:.1f}" if c["spread"] is not None else "–",
+                        f"{lost:+.1f}" if lost is not None else "–",
+                        f"{min(worst):.1f}" if worst else "–",
+                    ]
+                )
+            )
+            if c["spread"] is not None:
+                spreads.append(c["spread"])
+            h = summarize([r["health"] for v in by_set.values() for r in v if "health" in r])
+            collapsed += h.get("lr_collapsed", 0)
+            logged += h.get("runs", 0)
+        row += [f"{collapsed} of {logged}", f"{statistics.mean(spreads):.1f}" if spreads else "–"]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -180,6 +230,9 @@ def report(store: str, out: Path, settings: list[tuple[float, int]], methods: li
     rows = [r for r in read_jsonl(store) if r["method"] in methods and r["ipc"] in ipcs]
     rows = [r for r in rows if setting_of(r) in settings]
     out.mkdir(parents=True, exist_ok=True)
+    summary = f"## Summary\n\n{summary_table(rows, settings)}\n"
+    (out / "summary.md").write_text(summary)
+    print(summary)
     for ds in sorted({r["dataset"] for r in rows}):
         rs = [r for r in rows if r["dataset"] == ds]
         head = "Test ACC (%) mean ± std over seeds (validation ACC beside it); ms = max_start_epoch."

@@ -1,0 +1,71 @@
+"""benchmarks/stability.py: validation alone picks a setting, only among settings with every
+seed; reused rows come from the last matching stored row."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def stability(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    mod = importlib.import_module("stability")
+    yield mod
+    sys.modules.pop("stability", None)
+
+
+def _row(lr, ms, seed, val, test, method="mtt"):
+    sec = {"lr_img": lr, "max_start_epoch": ms, "lr_init": 0.01}
+    return {
+        "dataset": "d",
+        "ipc": 2,
+        "method": method,
+        "seed": seed,
+        "config": {"distill": {method: sec}},
+        "runs": [{"val_acc": val, "test_acc": test}],
+    }
+
+
+def test_validation_picks_the_setting_and_test_is_never_read_for_it(stability):
+    settings = [(10.0, 8), (100.0, 8), (1000.0, 8)]
+    rows = [_row(10.0, 8, s, val=0.9, test=0.5) for s in range(3)]  # best on val, worst on test
+    rows += [_row(100.0, 8, s, val=0.6, test=0.95) for s in range(3)]
+    rows += [_row(1000.0, 8, s, val=0.99, test=0.99) for s in range(2)]  # best on val, but a seed short
+    by_set = stability._by_cell(rows)[("mtt", 2)]
+    c = stability.sensitivity(by_set, settings)
+    assert c["pick"] == (10.0, 8)
+    assert c["spread"] == pytest.approx(49.0)
+    md = stability.sensitivity_table(rows, settings)
+    assert "| lr 10, ms 8 | 50.0 ± 0.0 |" in md and "[n=2]" in md
+
+
+def test_reuse_copies_the_last_stored_row_of_a_missing_cell(stability, tmp_path, monkeypatch):
+    from meddistill.utils import append_jsonl, read_jsonl
+
+    class Cell:
+        def __init__(self, key):
+            self.key = key
+
+    monkeypatch.setattr(stability, "expand", lambda g: [Cell("a"), Cell("b")])
+    old = tmp_path / "old.jsonl"
+    for r in ({"cell_key": "a", "v": 1}, {"cell_key": "a", "v": 2}, {"cell_key": "z", "v": 3}):
+        append_jsonl(old, r)
+    store = tmp_path / "store.jsonl"
+    append_jsonl(store, {"cell_key": "b", "v": 0})
+
+    class G:
+        pass
+
+    g = G()
+    g.store = str(store)
+    assert stability.reuse_rows(g, [str(old)]) == 1
+    rows = read_jsonl(store)
+    assert [(r["cell_key"], r["v"]) for r in rows] == [("b", 0), ("a", 2)]
+    assert rows[1]["reused_from"] == str(old)
+    assert stability.reuse_rows(g, [str(old)]) == 0  # nothing missing any more

@@ -20,7 +20,7 @@ Then, per dataset, two tables (Markdown, printed and written to ``--out``):
    test ACC and the worst seed's shortfall from the setting's mean.
 
     MEDDISTILL_DATA=../shared/data/medmnist python benchmarks/stability.py --workers 2
-    python benchmarks/stability.py --report-only        # tables from the store, nothing run
+    python benchmarks/stability.py --report-only --docs docs/results.md   # tables from the store, nothing run
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pathlib import Path
 
 from meddistill.bench import run_grid
 from meddistill.bench.grid import Grid, expand
+from meddistill.bench.report import write_block
 from meddistill.health import run_health, summarize
 from meddistill.locks import store_lock
 from meddistill.utils import append_jsonl, read_jsonl, write_text_atomic
@@ -226,13 +227,23 @@ def health_table(rows: list[dict], settings: list[tuple[float, int]]) -> str:
     return "\n".join(lines)
 
 
-def report(store: str, out: Path, settings: list[tuple[float, int]], methods: list[str], ipcs: list[int]) -> None:
+def report(
+    store: str,
+    out: Path,
+    settings: list[tuple[float, int]],
+    methods: list[str],
+    ipcs: list[int],
+    docs: str | None = None,
+) -> None:
+    """Write (and print) the summary and per-dataset tables; ``docs``: also regenerate the
+    ``stability`` block of that Markdown file."""
     rows = [r for r in read_jsonl(store) if r["method"] in methods and r["ipc"] in ipcs]
     rows = [r for r in rows if setting_of(r) in settings]
     out.mkdir(parents=True, exist_ok=True)
     summary = f"## Summary\n\n{summary_table(rows, settings)}\n"
     (out / "summary.md").write_text(summary)
     print(summary)
+    blocks = [summary]
     for ds in sorted({r["dataset"] for r in rows}):
         rs = [r for r in rows if r["dataset"] == ds]
         head = "Test ACC (%) mean ± std over seeds (validation ACC beside it); ms = max_start_epoch."
@@ -240,6 +251,9 @@ def report(store: str, out: Path, settings: list[tuple[float, int]], methods: li
         text = f"## {ds}\n\n{head}\n\n{sensitivity_table(rs, settings)}\n\n{health}\n\n{health_table(rs, settings)}\n"
         (out / f"stability_{ds}.md").write_text(text)
         print(text)
+        blocks.append(text)
+    if docs:
+        write_block(docs, "stability", "\n".join(b.replace("## ", "### ", 1) for b in blocks))
 
 
 def main() -> None:
@@ -257,6 +271,7 @@ def main() -> None:
     ap.add_argument("--experts-dir", default="experts")
     ap.add_argument("--workers", type=int, default=1, help="cells at once, 1 torch thread each when > 1")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--docs", help="also regenerate the stability block of this Markdown file (docs/results.md)")
     ap.add_argument("--refresh-health", action="store_true", help="recompute rows' health from their run logs first")
     args = ap.parse_args()
     args.datasets = args.datasets.split(",")
@@ -273,7 +288,7 @@ def main() -> None:
             run_grid(g, progress=True, workers=args.workers, threads=1 if args.workers > 1 else None)
     if args.refresh_health:
         print(f"health recomputed from the run logs of {refresh_health(args.store)} rows")
-    report(args.store, Path(args.out), settings, args.methods, args.ipc)
+    report(args.store, Path(args.out), settings, args.methods, args.ipc, args.docs)
 
 
 if __name__ == "__main__":

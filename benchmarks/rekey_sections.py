@@ -35,7 +35,7 @@ from meddistill.bench.grid import cell_key
 from meddistill.config import config_from_dict, dump_yaml
 from meddistill.distill import FULL
 from meddistill.pipeline import distill_identity, run_dir_for
-from meddistill.utils import config_hash, read_jsonl, write_text_atomic
+from meddistill.utils import config_hash, read_jsonl, write_jsonl_atomic, write_text_atomic
 
 # ---------------------------------------------------------------- the old identity (frozen)
 OLD_TRAJECTORY = {"mtt", "ptm", "ptm_nodom", "datm"}
@@ -188,7 +188,7 @@ def rekey_store(path: Path, dry_run: bool) -> dict[str, int]:
         counts[status] = counts.get(status, 0) + 1
         out.append(new)
     if not dry_run and counts.get("rekeyed"):
-        write_text_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in out))
+        write_jsonl_atomic(path, out)
     return counts
 
 

@@ -26,7 +26,6 @@ Then, per dataset, two tables (Markdown, printed and written to ``--out``):
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -34,9 +33,9 @@ from pathlib import Path
 from meddistill.bench import run_grid
 from meddistill.bench.grid import Grid, expand
 from meddistill.bench.report import write_block
-from meddistill.health import run_health, summarize
+from meddistill.health import log_health, summarize
 from meddistill.locks import store_lock
-from meddistill.utils import append_jsonl, read_jsonl, write_text_atomic
+from meddistill.utils import append_jsonl, read_jsonl, write_jsonl_atomic
 
 DATASETS = ["breastmnist", "retinamnist", "pneumoniamnist", "bloodmnist"]
 REUSE = ["results/lr_img_val_100.jsonl", "results/lr_img_val_1000.jsonl", "results/cpu_lr1000.jsonl"]
@@ -92,12 +91,12 @@ def refresh_health(store: str) -> int:
 def _refresh(store: str) -> int:
     rows, n = read_jsonl(store), 0
     for r in rows:
-        log = Path(r.get("run_dir") or "") / "metrics.jsonl"
-        if r.get("run_dir") and log.exists():
-            lr_init = r["config"]["distill"][r["method"]].get("lr_init")
-            r["health"] = run_health(read_jsonl(log), lr_init)
-            n += 1
-    write_text_atomic(Path(store), "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        if r.get("run_dir") and Path(r["run_dir"]).is_dir():
+            health = log_health(r["run_dir"], r["config"]["distill"][r["method"]].get("lr_init"))
+            if health is not None:
+                r["health"] = health
+                n += 1
+    write_jsonl_atomic(store, rows)
     return n
 
 

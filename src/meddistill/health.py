@@ -28,8 +28,12 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable
+from pathlib import Path
+
+from meddistill.utils import read_jsonl
 
 HELD = ("lr_held", "lr_clamped")
+LOG = "metrics.jsonl"  # a run folder's step log, written by the matching engine
 COLLAPSE = 0.1  # lr_min_ratio below this: the learned student lr has collapsed
 
 
@@ -75,6 +79,11 @@ def run_health(
     if lrs and base and base > 0:
         out.update(lr_ratio=lrs[-1] / base, lr_min_ratio=min(lrs) / base)
     return out
+
+
+def log_health(run_dir: str | Path, lr_init: float | None = None) -> dict | None:
+    """:func:`run_health` of the log a run folder holds (``metrics.jsonl``); None without one."""
+    return run_health(read_jsonl(Path(run_dir) / LOG), lr_init)
 
 
 def summarize(healths: list[dict]) -> dict:

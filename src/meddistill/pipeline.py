@@ -23,6 +23,7 @@ from meddistill.data.sources import create_dataset, data_identity, dataset_tag, 
 from meddistill.distill import DistillContext, get_method, get_spec
 from meddistill.evaluate import EvalSummary, evaluate_images
 from meddistill.experts import expert_identity
+from meddistill.health import LOG
 from meddistill.locks import LOCK_NAME, run_lock
 from meddistill.plots import save_curves, save_grid
 from meddistill.synset import SynSet
@@ -129,7 +130,7 @@ def _distill_into(ctx: DistillContext, method, syn_path: Path) -> SynSet:
         list(ds.info.labels),
         title=f"{ds.info.name} {cfg.distill.method} ipc={cfg.distill.ipc}",
     )
-    rows = read_jsonl(run_dir / "metrics.jsonl")
+    rows = read_jsonl(run_dir / LOG)
     if rows:
         save_curves(rows, ["loss", "lr", "diversity", "max_overlap"], run_dir / "loss.png")
     return syn

@@ -90,6 +90,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_jsonl_atomic(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
+    """Replace a JSON-lines file with ``rows`` (written as :func:`append_jsonl` writes them)."""
+    write_text_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
 def append_jsonl(path: str | os.PathLike, row: dict[str, Any]) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:

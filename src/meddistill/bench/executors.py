@@ -31,10 +31,9 @@ def run_one(cell: Cell, progress: bool = False) -> dict:
     """Compute one cell's results row (no I/O to the store): the evaluation and, for a set,
     its diversity/coverage block (``stats``, :mod:`meddistill.stats`; cached in the run folder)
     and, for a method that logs its steps, the run's ``health`` (:mod:`meddistill.health`)."""
-    from meddistill.health import run_health
+    from meddistill.health import log_health
     from meddistill.pipeline import full_row, load_data, run_cell
     from meddistill.stats import run_stats
-    from meddistill.utils import read_jsonl
 
     t0 = time.monotonic()
     cfg = cell.cfg
@@ -45,8 +44,7 @@ def run_one(cell: Cell, progress: bool = False) -> dict:
         res = run_cell(cfg, progress=progress, ds=ds)
         row = res.row
         row["stats"] = run_stats(cfg, res.run_dir, res.synset, ds, progress)
-        lr_init = getattr(cfg.distill.section(), "lr_init", None)
-        health = run_health(read_jsonl(Path(res.run_dir) / "metrics.jsonl"), lr_init)
+        health = log_health(res.run_dir, getattr(cfg.distill.section(), "lr_init", None))
         if health is not None:
             row["health"] = health
     row.update(cell_key=cell.key, seconds=round(time.monotonic() - t0, 1))

@@ -48,9 +48,10 @@ from meddistill.distill.dom import (
 from meddistill.distill.schedule import Schedule
 from meddistill.errors import ArtifactError, RunStopped
 from meddistill.experts import ExpertBuffer
+from meddistill.health import LOG
 from meddistill.nets import FlatParams, call_flat, create_model
 from meddistill.synset import SynSet
-from meddistill.utils import append_jsonl, atomic_path, read_jsonl, write_text_atomic
+from meddistill.utils import append_jsonl, atomic_path, read_jsonl, write_jsonl_atomic, write_text_atomic
 
 CKPT = "checkpoint.safetensors"
 CKPT_META = "checkpoint.json"
@@ -130,7 +131,7 @@ class TrajectoryMatching:
         self.spec = FlatParams.of(self.net)
         self.dsa_cfg = for_dataset(ctx.ds.info, self.cfg.dsa)
         self.run_dir = ctx.run_dir
-        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.metrics_path = self.run_dir / LOG
 
     # ----------------------------------------------------------------- state
     def _expert_logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -245,7 +246,7 @@ class TrajectoryMatching:
             raise ArtifactError(f"checkpoint in {self.run_dir} has no DOM retrain windows; rerun with --restart")
         # drop metric rows written after the checkpoint so the log has no duplicates
         rows = [r for r in read_jsonl(self.metrics_path) if r.get("it", -1) < st.it]
-        write_text_atomic(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        write_jsonl_atomic(self.metrics_path, rows)
         return st
 
     @staticmethod

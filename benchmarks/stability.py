@@ -26,13 +26,16 @@ Then, per dataset, two tables (Markdown, printed and written to ``--out``):
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
 from meddistill.bench import run_grid
 from meddistill.bench.grid import Grid, expand
-from meddistill.bench.report import write_block
+from meddistill.bench.report import check_rows, write_block
+from meddistill.cli import _positive_int
+from meddistill.errors import ArtifactError, MeddistillError
 from meddistill.health import log_health, summarize
 from meddistill.locks import store_lock
 from meddistill.utils import append_jsonl, read_jsonl, write_jsonl_atomic
@@ -236,8 +239,12 @@ def report(
 ) -> None:
     """Write (and print) the summary and per-dataset tables; ``docs``: also regenerate the
     ``stability`` block of that Markdown file."""
-    rows = [r for r in read_jsonl(store) if r["method"] in methods and r["ipc"] in ipcs]
-    rows = [r for r in rows if setting_of(r) in settings]
+    rows = read_jsonl(store)
+    check_rows(rows, store)  # every row a results row, or one line naming the first that is not
+    for i, r in enumerate(rows, start=1):
+        if not isinstance(r.get("config", {}).get("distill", {}).get(r["method"]), dict):
+            raise ArtifactError(f"{store}: row {i} ({r['method']}) has no settings section; is this a stability store?")
+    rows = [r for r in rows if r["method"] in methods and r["ipc"] in ipcs and setting_of(r) in settings]
     out.mkdir(parents=True, exist_ok=True)
     summary = f"## Summary\n\n{summary_table(rows, settings)}\n"
     (out / "summary.md").write_text(summary)
@@ -255,29 +262,55 @@ def report(
         write_block(docs, "stability", "\n".join(b.replace("## ", "### ", 1) for b in blocks))
 
 
+def _list(cast, ok, what: str):
+    """An argparse type: a comma-separated list of ``cast`` values each passing ``ok``."""
+
+    def parse(text: str) -> list:
+        try:
+            values = [cast(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {what}") from None
+        bad = [v for v in values if not ok(v)]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{bad[0]!r} is not {what}")
+        return values
+
+    return parse
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", default=",".join(DATASETS[:3]))
-    ap.add_argument("--ipc", default="2,10")
+    ap.add_argument("--ipc", type=_list(int, lambda v: v >= 1, "an ipc of 1 or more"), default="2,10")
     ap.add_argument("--methods", default="mtt,ptm")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--lrs", default="10,100,1000")
-    ap.add_argument("--max-start", default="8,16", help="max_start_epoch values")
+    ap.add_argument("--seeds", type=_list(int, lambda v: v >= 0, "a seed of 0 or more"), default="0,1,2")
+    positive_lr = _list(float, lambda v: 0 < v < math.inf, "a positive image lr")
+    ap.add_argument("--lrs", type=positive_lr, default="10,100,1000")
+    ap.add_argument("--max-start", type=_list(int, lambda v: v >= 1, "a max_start_epoch of 1 or more"), default="8,16")
     ap.add_argument("--store", default="results/stability.jsonl")
     ap.add_argument("--reuse", default=",".join(REUSE), help="stores whose same cells are copied, not rerun")
     ap.add_argument("--out", default="results/stability", help="folder of the Markdown tables")
     ap.add_argument("--out-dir", default="runs")
     ap.add_argument("--experts-dir", default="experts")
-    ap.add_argument("--workers", type=int, default=1, help="cells at once, 1 torch thread each when > 1")
+    ap.add_argument("--workers", type=_positive_int, default=1, help="cells at once, 1 torch thread each when > 1")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--docs", help="also regenerate the stability block of this Markdown file (docs/results.md)")
     ap.add_argument("--refresh-health", action="store_true", help="recompute rows' health from their run logs first")
     args = ap.parse_args()
     args.datasets = args.datasets.split(",")
     args.methods = args.methods.split(",")
-    args.ipc = [int(v) for v in args.ipc.split(",")]
-    args.seeds = [int(v) for v in args.seeds.split(",")]
-    settings = [(float(lr), int(ms)) for ms in args.max_start.split(",") for lr in args.lrs.split(",")]
+    settings = [(lr, ms) for ms in args.max_start for lr in args.lrs]
+    try:
+        run(args, settings)
+    except MeddistillError as exc:
+        ap.exit(2, f"stability.py: error: {exc}\n")
+    except KeyboardInterrupt:
+        ap.exit(130, "stability.py: interrupted; finished cells are in the store, the same command resumes\n")
+
+
+def run(args: argparse.Namespace, settings: list[tuple[float, int]]) -> None:
+    if args.report_only and not Path(args.store).exists():
+        raise ArtifactError(f"no results store {args.store}; run without --report-only first")
     if not args.report_only:
         for lr, ms in settings:
             g = grid(lr, ms, args)

@@ -69,3 +69,23 @@ def test_reuse_copies_the_last_stored_row_of_a_missing_cell(stability, tmp_path,
     assert [(r["cell_key"], r["v"]) for r in rows] == [("b", 0), ("a", 2)]
     assert rows[1]["reused_from"] == str(old)
     assert stability.reuse_rows(g, [str(old)]) == 0  # nothing missing any more
+
+
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["--lrs", "nan"], "nan is not a positive image lr"),
+        (["--ipc", "abc"], "'abc' is not a comma-separated list"),
+        (["--workers", "0"], "must be 1 or more"),
+        (["--report-only", "--store", "{tmp}/none.jsonl"], "no results store"),
+        (["--report-only", "--store", "{tmp}/bad.jsonl"], "row 1 lacks dataset"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(stability, tmp_path, monkeypatch, capsys, argv, msg):
+    (tmp_path / "bad.jsonl").write_text('{"a": 1}\n')
+    monkeypatch.setattr(sys, "argv", ["stability.py", *(a.format(tmp=tmp_path) for a in argv)])
+    with pytest.raises(SystemExit) as exc:
+        stability.main()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("stability.py: error:") and msg in err

@@ -37,7 +37,13 @@ from meddistill.utils import read_jsonl
 DATASETS = ["breastmnist", "retinamnist", "pneumoniamnist", "bloodmnist"]
 # PTM's DOM measures at expert 0's final epoch in every row of these stores (measured before
 # the `read` default; the buffers are fully trained here, so nothing else changes)
-BASE_OVERRIDES = ["eval.num_nets=2", "distill.log_every=1", "distill.ptm.dom.feature_epoch=last"]
+# MTT's image lr: the 100 its stored rows were measured with (the method's default is now 10)
+BASE_OVERRIDES = [
+    "eval.num_nets=2",
+    "distill.log_every=1",
+    "distill.ptm.dom.feature_epoch=last",
+    "distill.mtt.lr_img=100",
+]
 # BloodMNIST's 8 x 20-epoch expert buffer took ~10 min per expert on the shared 2-core CPU
 # (session of issue 18); its runs use the first 4 experts of the same buffer (the buffer's
 # identity does not depend on the count). Every BloodMNIST row here, of every method, has it.

@@ -45,6 +45,13 @@ class TMConfig:
 
 
 @dataclass
+class MTTConfig(TMConfig):
+    """Uniform start epochs over ``[min_start_epoch, max_start_epoch)``; its own image lr."""
+
+    lr_img: float = setting(10.0, lo=0, lo_open=True)
+
+
+@dataclass
 class StagedConfig(TMConfig):
     """Progressive stages: the start-epoch window moves from early to late expert epochs."""
 
@@ -74,7 +81,7 @@ SCHEDULES = {"mtt": mtt_schedule, "ptm": ptm_schedule, "ptm_nodom": ptm_schedule
 
 
 def _mtt(ctx: DistillContext) -> TrajectoryMatching:
-    d: TMConfig = ctx.cfg.distill.active
+    d: MTTConfig = ctx.cfg.distill.active
     return TrajectoryMatching(ctx, d, SCHEDULES["mtt"](d))
 
 
@@ -107,7 +114,7 @@ def build_engine(ctx: DistillContext) -> TrajectoryMatching:
     return ENGINES[ctx.cfg.distill.method](ctx)
 
 
-@register_method("mtt", config=TMConfig, reads=TM_READS, learns_lr=True, expert_epochs=expert_epochs_read)
+@register_method("mtt", config=MTTConfig, reads=TM_READS, learns_lr=True, expert_epochs=expert_epochs_read)
 def mtt(ctx: DistillContext) -> SynSet:
     """MTT (Cazenavette et al. 2022): uniform start epoch over the whole run, hard labels, no DOM."""
     return _mtt(ctx).run()

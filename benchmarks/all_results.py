@@ -22,7 +22,18 @@ from meddistill.bench.report import aggregate, table, write_block
 from meddistill.utils import read_jsonl
 
 ORDER = ["random", "herding", "kcenter", "dm", "dc", "mtt", "datm", "ptm_nodom", "ptm"]
-NETS = {"convnet": "ConvNet-D3 (the distillation architecture)", "resnet18": "ResNet-18", "vgg11": "VGG-11"}
+NETS = {"convnet": "ConvNet-D{depth} (the distillation architecture)", "resnet18": "ResNet-18", "vgg11": "VGG-11"}
+
+
+def methods_of(rows: list[dict]) -> list[str]:
+    """The methods of ORDER that the rows hold, in ORDER's order."""
+    present = {r["method"] for r in rows}
+    return [m for m in ORDER if m in present]
+
+
+def net_label(rows: list[dict], net: str) -> str:
+    depths = sorted({r["config"]["net"]["depth"] for r in rows if "config" in r})
+    return NETS[net].format(depth="/".join(map(str, depths)) or "?")
 
 
 def per_seed(rows: list[dict], net: str) -> dict[tuple[str, int, str], dict[int, float]]:
@@ -35,7 +46,8 @@ def per_seed(rows: list[dict], net: str) -> dict[tuple[str, int, str], dict[int,
 
 
 def summary(rows: list[dict], nets: list[str]) -> list[str]:
-    """Each method's mean ACC over the (dataset, ipc) cells every method has finished."""
+    """Each method's mean ACC over the (dataset, ipc) cells every method of the rows has finished."""
+    order = methods_of(rows)
     lines = [
         "| method | " + " | ".join(f"{n} mean ACC" for n in nets) + " |",
         "|---|" + "---|" * len(nets),
@@ -45,13 +57,13 @@ def summary(rows: list[dict], nets: list[str]) -> list[str]:
     for net in nets:
         stats = aggregate(rows, "acc", net)
         cells = {(d, i) for d, i, m in stats if m != FULL}
-        common = [c for c in sorted(cells) if all((c[0], c[1], m) in stats for m in ORDER)]
+        common = [c for c in sorted(cells) if all((c[0], c[1], m) in stats for m in order)]
         ncells[net] = len(common)
-        for m in ORDER:
+        for m in order:
             if common:
                 means[m][net] = float(np.mean([stats[(d, i, m)].mean for d, i in common]))
-    top = {n: max((means[m][n] for m in ORDER if n in means[m]), default=None) for n in nets}
-    for m in ORDER:
+    top = {n: max((means[m][n] for m in order if n in means[m]), default=None) for n in nets}
+    for m in order:
         cells = []
         for n in nets:
             v = means[m].get(n)
@@ -64,8 +76,10 @@ def summary(rows: list[dict], nets: list[str]) -> list[str]:
 
 
 def paired_lines(rows: list[dict], nets: list[str]) -> list[str]:
+    baselines = [m for m in methods_of(rows) if m not in ("ptm", "ptm_nodom")]
     lines = [
-        "| net | cells | PTM > MTT (mean over seeds) | mean PTM − MTT (points) | PTM > all 7 baselines |",
+        "| net | cells | PTM > MTT (mean over seeds) | mean PTM − MTT (points) "
+        f"| PTM > all {len(baselines)} baselines |",
         "|---|---|---|---|---|",
     ]
     for net in nets:
@@ -79,11 +93,7 @@ def paired_lines(rows: list[dict], nets: list[str]) -> list[str]:
                 continue
             n += 1
             diffs.append(np.mean([by[s] - ps[(d, i, "mtt")][s] for s in common]))
-            others = [
-                np.mean(list(ps[(d, i, o)].values()))
-                for o in ORDER
-                if o not in ("ptm", "ptm_nodom") and (d, i, o) in ps
-            ]
+            others = [np.mean(list(ps[(d, i, o)].values())) for o in baselines if (d, i, o) in ps]
             beat_best += bool(others) and np.mean(list(by.values())) > max(others)
         if n:
             wins = sum(x > 0 for x in diffs)
@@ -102,10 +112,12 @@ def block(rows: list[dict], store: str) -> str:
         "the rest. Best mean per column in bold; the full-dataset row is the upper bound.",
         "",
     ]
+    order = methods_of(rows)
     for net in nets:
-        lines += [f"### {NETS[net]}: test accuracy (%)", "", table(aggregate(rows, "acc", net), "md", ORDER)]
+        lines += [f"### {net_label(rows, net)}: test accuracy (%)", "", table(aggregate(rows, "acc", net), "md", order)]
     if "convnet" in nets:
-        lines += ["### ConvNet-D3: test AUC (%)", "", table(aggregate(rows, "auc", "convnet"), "md", ORDER)]
+        label = net_label(rows, "convnet").split(" (")[0]
+        lines += [f"### {label}: test AUC (%)", "", table(aggregate(rows, "auc", "convnet"), "md", order)]
     lines += ["### Mean test ACC (%) over the finished cells, per architecture", ""]
     lines += summary(rows, nets)
     lines += ["", "### PTM vs MTT, paired by seed", ""]

@@ -1,0 +1,47 @@
+"""benchmarks/all_results.py on a grid that runs a subset of the methods at another net depth."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def all_results(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    yield importlib.import_module("all_results")
+    sys.modules.pop("all_results", None)
+
+
+def _row(method: str, seed: int, acc: float) -> dict:
+    net = {"acc_mean": acc, "acc_std": 0.0, "auc_mean": acc, "auc_std": 0.0, "n": 1}
+    return {
+        "dataset": "breastmnist",
+        "ipc": 2,
+        "method": method,
+        "seed": seed,
+        "acc_mean": acc,
+        "acc_std": 0.0,
+        "auc_mean": acc,
+        "auc_std": 0.0,
+        "per_net": {"convnet": net},
+        "config": {"net": {"depth": 4}},
+    }
+
+
+def test_a_grid_with_fewer_methods_gets_means_and_pairs_and_its_net_depth(all_results):
+    accs = {"random": 0.70, "mtt": 0.75, "ptm": 0.80}
+    rows = [_row(m, s, a + 0.01 * s) for m, a in accs.items() for s in (0, 1)]
+    text = all_results.block(rows, "store.jsonl")
+    assert "### ConvNet-D4 (the distillation architecture): test accuracy (%)" in text
+    assert "### ConvNet-D4: test AUC (%)" in text
+    assert "| ptm | **80.50** |" in text  # the mean over the cells these three methods share
+    assert "| random | 70.50 |" in text
+    assert "Cells averaged: convnet 1" in text
+    assert "| convnet | 1 | 1 of 1 | +5.00 | 1 of 1 |" in text
+    assert "PTM > all 2 baselines" in text

@@ -101,6 +101,17 @@ def paired_lines(rows: list[dict], nets: list[str]) -> list[str]:
     return lines
 
 
+def compute_line(rows: list[dict]) -> str:
+    """Cell-seconds summed per machine (rows written before rows recorded their machine: 'not recorded')."""
+    by: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        m = r.get("machine")
+        name = f"{m['cpu']} ({m['cpu_capability']}, {m['threads']} thread/cell)" if m else "machine not recorded"
+        by[name].append(float(r.get("seconds", 0.0)))
+    parts = [f"{len(v)} cells, {sum(v) / 3600:.2f} h of cell time on {k}" for k, v in sorted(by.items())]
+    return "Compute (each cell's wall time, summed): " + "; ".join(parts) + "."
+
+
 def block(rows: list[dict], store: str) -> str:
     nets = [n for n in NETS if any(n in r.get("per_net", {}) for r in rows)]
     seeds = sorted({int(r["seed"]) for r in rows})
@@ -110,6 +121,7 @@ def block(rows: list[dict], store: str) -> str:
         "Each cell: mean ± std over seeds of the test ACC (%) of ONE fresh net of that architecture",
         "trained on the set (val-only model selection); `(n=k)` marks a cell with fewer seeds than",
         "the rest. Best mean per column in bold; the full-dataset row is the upper bound.",
+        compute_line(rows),
         "",
     ]
     order = methods_of(rows)

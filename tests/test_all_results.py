@@ -45,3 +45,13 @@ def test_a_grid_with_fewer_methods_gets_means_and_pairs_and_its_net_depth(all_re
     assert "Cells averaged: convnet 1" in text
     assert "| convnet | 1 | 1 of 1 | +5.00 | 1 of 1 |" in text
     assert "PTM > all 2 baselines" in text
+    assert "Compute (each cell's wall time, summed): 6 cells, 0.00 h of cell time on machine not recorded." in text
+
+
+def test_compute_is_summed_per_machine(all_results):
+    fast = {"cpu": "AMD EPYC", "cpu_capability": "AVX512", "threads": 1}
+    rows = [{"seconds": 1800.0, "machine": fast}, {"seconds": 1800.0, "machine": fast}, {"seconds": 360.0}]
+    assert all_results.compute_line(rows) == (
+        "Compute (each cell's wall time, summed): 2 cells, 1.00 h of cell time on AMD EPYC (AVX512, 1 thread/cell); "
+        "1 cells, 0.10 h of cell time on machine not recorded."
+    )

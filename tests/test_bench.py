@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from meddistill.bench import expand, load_grid, run_grid, write_report
 from meddistill.bench.report import aggregate, table
@@ -43,6 +44,9 @@ def test_grid_runs_once_resumes_and_reports(tmp_path, session_dirs):
     ptm = [r for r in rows if r["method"] == "ptm"]
     assert all(r["health"]["iterations"] == r["config"]["distill"]["ptm"]["iterations"] for r in ptm)
     assert all("health" not in r for r in rows if r["method"] == "random")
+    # every row says what computed it (timings are only comparable on the same CPU)
+    cap = torch.backends.cpu.get_cpu_capability()
+    assert all(r["machine"]["cpu_capability"] == cap and r["machine"]["device"] == "cpu" for r in rows)
     written = write_report(grid.store, tmp_path / "rep", ["ptm", "random"])
     md = written["acc.md"].read_text()
     assert "| ptm |" in md and "full dataset" in md and "**" in md
@@ -124,6 +128,7 @@ def _rows(store) -> dict[str, dict]:
     for r in rows.values():
         r.pop("seconds")
         r.pop("run_dir")
+        r.pop("machine")  # the thread count differs between executors
     return rows
 
 

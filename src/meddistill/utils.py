@@ -46,6 +46,31 @@ def bf16_native(device: torch.device) -> bool:
     return False
 
 
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """What computed a result: the device, the CPU's model name and torch's CPU capability
+    (AVX2, AVX512 …), whether bf16 is native there, and torch's thread count."""
+    info: dict[str, Any] = {"device": str(device), "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    info["cpu"] = _cpu_model()
+    info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    info["bf16_native"] = bf16_native(device)
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
 def autocast(device: torch.device, enabled: bool):
     """bf16 autocast on the given device, or a no-op context."""
     if not enabled:

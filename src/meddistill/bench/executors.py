@@ -24,7 +24,7 @@ from meddistill.bench.grid import Cell, Grid, done_keys, expand
 from meddistill.distill import FULL
 from meddistill.errors import ConfigError
 from meddistill.locks import store_lock
-from meddistill.utils import append_jsonl, resolve_device
+from meddistill.utils import append_jsonl, machine_info, resolve_device
 
 
 def run_one(cell: Cell, progress: bool = False) -> dict:
@@ -48,6 +48,7 @@ def run_one(cell: Cell, progress: bool = False) -> dict:
         if health is not None:
             row["health"] = health
     row.update(cell_key=cell.key, seconds=round(time.monotonic() - t0, 1))
+    row["machine"] = machine_info(resolve_device(cfg.device))
     return row
 
 

@@ -328,7 +328,7 @@ def lr_multipliers(dc: DOMConfig, boost_until: torch.Tensor, it: int) -> torch.T
 class DOMConfig:
     """Dynamic Overlap Mitigation settings (PTM's ``dom`` sub-section).
 
-    The variants below (issue 16) are off at their defaults, which are the original DOM, and
+    The variants below are off at their defaults, which are the original DOM, and
     then left out of the run identity:
 
     - ``when``: ``every`` — an event every ``every`` iterations; ``stages`` — at each PTM stage

@@ -1,4 +1,4 @@
-"""Scale trajectory-matching settings with the size of the expert's steps (issue 18).
+"""Scale trajectory-matching settings with the size of the expert's steps.
 
 Every TM setting of the ``cpu`` profile was chosen on datasets of 546–4,708 train images.
 There an expert span of ``M = 2`` epochs at batch 64 is 18–148 expert SGD steps; on

@@ -26,9 +26,9 @@ NETS = {"convnet": "ConvNet-D{depth} (the distillation architecture)", "resnet18
 
 
 def methods_of(rows: list[dict]) -> list[str]:
-    """The methods of ORDER that the rows hold, in ORDER's order."""
-    present = {r["method"] for r in rows}
-    return [m for m in ORDER if m in present]
+    """The methods the rows hold (not the full-data rows): ORDER's first, in its order, then any other."""
+    present = {r["method"] for r in rows} - {FULL}
+    return [m for m in ORDER if m in present] + sorted(present - set(ORDER))
 
 
 def net_label(rows: list[dict], net: str) -> str:
@@ -106,7 +106,12 @@ def compute_line(rows: list[dict]) -> str:
     by: dict[str, list[float]] = defaultdict(list)
     for r in rows:
         m = r.get("machine")
-        name = f"{m['cpu']} ({m['cpu_capability']}, {m['threads']} thread/cell)" if m else "machine not recorded"
+        if not m:
+            name = "machine not recorded"
+        elif m.get("gpu"):
+            name = f"{m['gpu']} ({m['device']})"
+        else:
+            name = f"{m['cpu']} ({m['cpu_capability']}, {m['threads']} thread/cell)"
         by[name].append(float(r.get("seconds", 0.0)))
     parts = [f"{len(v)} cells, {sum(v) / 3600:.2f} h of cell time on {k}" for k, v in sorted(by.items())]
     return "Compute (each cell's wall time, summed): " + "; ".join(parts) + "."

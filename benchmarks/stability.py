@@ -11,7 +11,7 @@ instead of being recomputed (they carry no run health: their logs are gone).
 Then, per dataset, two tables (Markdown, printed and written to ``--out``):
 
 1. sensitivity: test ACC mean ± std over seeds per setting (validation ACC beside it), the
-   setting validation picks, its test ACC, the test ACC at the project default (image lr 100,
+   setting validation picks, its test ACC, the test ACC at the v1 default (image lr 100,
    ``max_start_epoch`` 8) and at the published MTT default (image lr 1000, same range), and the
    spread (best − worst setting mean, test);
 2. run health per setting: steps skipped as exploded, loss spikes per 100 steps, the learned
@@ -142,7 +142,7 @@ def _by_cell(rows: list[dict]) -> dict[tuple, dict[tuple, list[dict]]]:
 
 def sensitivity_table(rows: list[dict], settings: list[tuple[float, int]]) -> str:
     head = ["method", "ipc", *(f"lr {lr:g}, ms {ms}" for lr, ms in settings)]
-    head += ["val picks", "test at val pick", "project default", "MTT published", "spread"]
+    head += ["val picks", "test at val pick", "lr 100, ms 8 (v1 default)", "MTT published", "spread"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (method, ipc), by_set in sorted(_by_cell(rows).items()):
         c = sensitivity(by_set, settings)

@@ -55,3 +55,10 @@ def test_compute_is_summed_per_machine(all_results):
         "Compute (each cell's wall time, summed): 2 cells, 1.00 h of cell time on AMD EPYC (AVX512, 1 thread/cell); "
         "1 cells, 0.10 h of cell time on machine not recorded."
     )
+
+
+def test_gpu_cells_are_named_by_their_gpu_and_unknown_methods_are_kept(all_results):
+    gpu = {"cpu": "AMD EPYC", "cpu_capability": "AVX512", "threads": 8, "device": "cuda", "gpu": "NVIDIA A100"}
+    assert "on NVIDIA A100 (cuda)" in all_results.compute_line([{"seconds": 36.0, "machine": gpu}])
+    rows = [_row(m, 0, 0.7) for m in ("mymethod", "ptm", "random")] + [{**_row("full", 0, 0.9), "ipc": 0}]
+    assert all_results.methods_of(rows) == ["random", "ptm", "mymethod"]

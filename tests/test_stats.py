@@ -220,7 +220,7 @@ def test_benchmark_rows_gain_a_stats_block_and_keep_their_keys(tmp_path):
     row = run_one(cell)
     run_dir = Path(row["run_dir"])
     (cached,) = run_dir.glob("eval_*.json")
-    assert set(row) - {"stats", "cell_key", "seconds"} == set(json.loads(cached.read_text()))
+    assert set(row) - {"stats", "cell_key", "seconds", "machine"} == set(json.loads(cached.read_text()))
     assert row["stats"] == json.loads((run_dir / "stats.json").read_text())
 
 

@@ -218,8 +218,8 @@ def rule_overrides(dataset: str, ipc: int, rule: Rule | None, profile: str = "cp
     ``rule`` to ``dataset`` at ``ipc``. The student steps and the span start from the small-set
     base (:class:`TMBase`: 10 steps, 2 epochs) and are always written out, so a rule's cells do
     not follow the ``auto`` defaults; ``rule=None`` is that base itself. The expert settings and
-    the other base values come from the resolved profile (PTM's section: every TM method
-    shares these keys)."""
+    the other base values come from the resolved profile's PTM section (every TM method has
+    these keys; MTT's own image lr default differs, so ``img_comp`` rules scale PTM's)."""
     small = TMBase()
     pins = [f"method.syn_steps={small.syn_steps}", f"method.expert_epochs={small.expert_epochs}"]
     if rule is None:

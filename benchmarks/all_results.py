@@ -18,11 +18,12 @@ from collections import defaultdict
 import numpy as np
 
 from meddistill.bench.grid import FULL
-from meddistill.bench.report import aggregate, table, write_block
-from meddistill.utils import read_jsonl
+from meddistill.bench.report import aggregate, read_results, table, write_block
+from meddistill.errors import MeddistillError
 
 ORDER = ["random", "herding", "kcenter", "dm", "dc", "mtt", "datm", "ptm_nodom", "ptm"]
-NETS = {"convnet": "ConvNet-D{depth} (the distillation architecture)", "resnet18": "ResNet-18", "vgg11": "VGG-11"}
+NETS = {"convnet": "ConvNet-D{depth}", "resnet18": "ResNet-18", "vgg11": "VGG-11"}
+ROLE = {"convnet": " (the distillation architecture)"}
 
 
 def methods_of(rows: list[dict]) -> list[str]:
@@ -131,9 +132,10 @@ def block(rows: list[dict], store: str) -> str:
     ]
     order = methods_of(rows)
     for net in nets:
-        lines += [f"### {net_label(rows, net)}: test accuracy (%)", "", table(aggregate(rows, "acc", net), "md", order)]
+        label = net_label(rows, net) + ROLE.get(net, "")
+        lines += [f"### {label}: test accuracy (%)", "", table(aggregate(rows, "acc", net), "md", order)]
     if "convnet" in nets:
-        label = net_label(rows, "convnet").split(" (")[0]
+        label = net_label(rows, "convnet")
         lines += [f"### {label}: test AUC (%)", "", table(aggregate(rows, "auc", "convnet"), "md", order)]
     lines += ["### Mean test ACC (%) over the finished cells, per architecture", ""]
     lines += summary(rows, nets)
@@ -148,7 +150,10 @@ def main() -> None:
     ap.add_argument("out")
     ap.add_argument("--marker", default="all")
     args = ap.parse_args()
-    text = block(read_jsonl(args.store), args.store)
+    try:
+        text = block(read_results(args.store), args.store)
+    except MeddistillError as exc:
+        ap.exit(2, f"all_results.py: error: {exc}\n")
     write_block(args.out, args.marker, text)
     print(text)
 

@@ -62,3 +62,21 @@ def test_gpu_cells_are_named_by_their_gpu_and_unknown_methods_are_kept(all_resul
     assert "on NVIDIA A100 (cuda)" in all_results.compute_line([{"seconds": 36.0, "machine": gpu}])
     rows = [_row(m, 0, 0.7) for m in ("mymethod", "ptm", "random")] + [{**_row("full", 0, 0.9), "ipc": 0}]
     assert all_results.methods_of(rows) == ["random", "ptm", "mymethod"]
+
+
+@pytest.mark.parametrize(
+    "content,msg", [(None, "no results in"), ('{"a": 1}\n', "row 1 lacks dataset"), ("", "no results in")]
+)
+def test_a_missing_empty_or_foreign_store_is_one_line_and_exit_2(
+    all_results, tmp_path, monkeypatch, capsys, content, msg
+):
+    store, doc = tmp_path / "s.jsonl", tmp_path / "results.md"
+    if content is not None:
+        store.write_text(content)
+    monkeypatch.setattr(sys, "argv", ["all_results.py", str(store), str(doc)])
+    with pytest.raises(SystemExit) as exc:
+        all_results.main()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("all_results.py: error:") and msg in err[0]
+    assert not doc.exists()  # no block of empty tables written into the docs

@@ -263,6 +263,16 @@ def check_rows(rows: list, store: str | Path) -> None:
             raise ArtifactError(f"{store}: row {i} has a per_net entry without acc_mean/auc_mean")
 
 
+def read_results(store: str | Path) -> list[dict]:
+    """A results store's rows, checked (:func:`check_rows`); an :class:`ArtifactError` when it
+    is missing or holds none."""
+    rows = read_jsonl(store)
+    if not rows:
+        raise ArtifactError(f"no results in {store}")
+    check_rows(rows, store)
+    return rows
+
+
 def write_report(
     store: str | Path, out: str | Path, order: list[str] | None = None, net: str | None = None
 ) -> dict[str, Path]:
@@ -270,10 +280,7 @@ def write_report(
 
     ``net="all"``: one sub-folder of tables and plots per evaluation architecture found in the
     rows; the image grids (the same sets whichever net evaluates them) go once into ``out``."""
-    rows = read_jsonl(store)
-    if not rows:
-        raise ArtifactError(f"no results in {store}")
-    check_rows(rows, store)
+    rows = read_results(store)
     nets = list(dict.fromkeys(n for r in rows for n in r.get("per_net") or {}))
     if net is not None and (net not in nets if net != "all" else not nets):
         present = ", ".join(nets) or "none (the rows have no per_net results)"

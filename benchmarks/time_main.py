@@ -30,14 +30,13 @@ STAGES = ("start", "data", "experts", "distill", "eval")
 def run_variant(profile: str, dataset: str, ipc: int, overrides: list[str], work: Path, full_experts: bool) -> dict:
     """Child process: the main job with stage times (seconds) and its evaluated accuracy."""
     t0 = time.perf_counter()
-    import torch
 
     from meddistill.config import build_config
     from meddistill.distill.base import get_spec
     from meddistill.distill.methods_tm import SCHEDULES, expert_epochs_read
     from meddistill.experts import train_experts
     from meddistill.pipeline import distill, evaluate_run, load_data
-    from meddistill.utils import resolve_device
+    from meddistill.utils import machine_info, resolve_device
 
     times = {"start": time.perf_counter() - t0}
     flags = {"dataset": dataset, "distill.ipc": ipc, "out_dir": str(work / "runs")}
@@ -63,8 +62,7 @@ def run_variant(profile: str, dataset: str, ipc: int, overrides: list[str], work
         "acc_mean": row["acc_mean"],
         "acc_std": row["acc_std"],
         "auc_mean": row["auc_mean"],
-        "threads": torch.get_num_threads(),
-        "cpu": torch.backends.cpu.get_cpu_capability(),
+        "machine": machine_info(device),
         "bf16_experts": cfg.experts.bf16,
         "workers": cfg.workers,
         "full_experts": full_experts,
@@ -134,8 +132,9 @@ def main() -> None:
     (out / "time_main.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)
     (out / "time_main.md").write_text(table)
-    r = results[0]
-    print(f"{args.dataset} ipc {args.ipc}, {args.profile} profile; CPU {r['cpu']}, {r['threads']} torch threads")
+    m = results[0]["machine"]
+    cpu = f"{m['cpu']} ({m['cpu_capability']}, bf16 native: {m['bf16_native']})"
+    print(f"{args.dataset} ipc {args.ipc}, {args.profile} profile; {cpu}, {m['threads']} torch threads")
     print(table)
 
 

@@ -6,8 +6,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meddistill.distill import get_method, list_methods
+from meddistill.distill.coreset import herding, kcenter
 from meddistill.distill.methods_tm import build_engine
 from meddistill.errors import ConfigError, RunStopped
 from meddistill.pipeline import distill, run_dir_for
@@ -96,6 +99,18 @@ def test_coresets_pick_distinct_real_images(breast, tiny, tmp_path, method):
     assert len(set(idx)) == 10
     assert torch.equal(syn.images, breast.train.images[idx])
     assert torch.equal(syn.labels, breast.train.labels[idx])
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 30), k=st.integers(1, 5), seed=st.integers(0, 10_000))
+def test_kcenter_and_herding_share_the_first_pick_then_differ_by_rule(n, k, seed):
+    f = torch.randn(n, 4, generator=torch.Generator().manual_seed(seed))
+    k = min(k, n)
+    h, c = herding(f, k), kcenter(f, k)
+    assert len(set(h)) == len(set(c)) == k  # distinct picks
+    assert h[0] == c[0] == int((f - f.mean(0)).norm(dim=1).argmin())
+    if k > 1:  # k-center's second pick is the point farthest from the first
+        assert c[1] == int((f - f[c[0]]).norm(dim=1).argmax())
 
 
 def test_pipeline_writes_the_run_folder_and_reuses_it(breast, tiny):

@@ -42,7 +42,9 @@ def herding(f: torch.Tensor, k: int) -> list[int]:
 
 
 def kcenter(f: torch.Tensor, k: int) -> list[int]:
-    """Greedy k-center (Sener & Savarese 2018), seeded with the point nearest the class mean."""
+    """Greedy k-center (Sener & Savarese 2018), seeded with the point nearest the class mean.
+
+    That seed is herding's first pick too, so at k = 1 both select the same image."""
     first = int((f - f.mean(0)).norm(dim=1).argmin())
     chosen = [first]
     dist = (f - f[first]).norm(dim=1)

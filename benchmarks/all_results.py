@@ -3,11 +3,13 @@
     meddistill bench configs/bench/cpu.yaml                       # computes (or resumes) every cell
     meddistill report results/cpu.jsonl --out docs/results_all --net all --order <ORDER>
     python benchmarks/all_results.py results/cpu.jsonl docs/results.md
+    python benchmarks/all_results.py results/cpu.jsonl results/v2_blood.jsonl docs/results.md --marker v2-28px
 
 Regenerates the block between ``<!-- all:begin -->`` and ``<!-- all:end -->``: one test-ACC
 table per evaluation architecture (mean ± std over seeds; a cell with fewer seeds than the rest
 says ``(n=…)``), the ConvNet AUC table, each method's mean over the finished cells per
-architecture, and PTM vs MTT paired by seed.
+architecture, and PTM vs MTT paired by seed. Several stores (datasets run by different grids)
+make one block, with a method × dataset table; a cell two stores both hold is an error.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 
 from meddistill.bench.grid import FULL
 from meddistill.bench.report import aggregate, read_results, table, write_block
-from meddistill.errors import MeddistillError
+from meddistill.errors import ConfigError, MeddistillError
 
 ORDER = ["random", "herding", "kcenter", "dm", "dc", "mtt", "datm", "ptm_nodom", "ptm"]
 NETS = {"convnet": "ConvNet-D{depth}", "resnet18": "ResNet-18", "vgg11": "VGG-11"}
@@ -102,6 +104,50 @@ def paired_lines(rows: list[dict], nets: list[str]) -> list[str]:
     return lines
 
 
+def read_stores(stores: list[str]) -> list[dict]:
+    """The rows of several stores; an error when two hold the same cell or one dataset comes at two sizes."""
+    rows: list[dict] = []
+    sizes: dict[str, set] = defaultdict(set)
+    owner: dict[tuple, int] = {}
+    for n, store in enumerate(stores):
+        for r in read_results(store):
+            key = (r["dataset"], r.get("size"), int(r["ipc"]), r["method"], int(r["seed"]))
+            if owner.setdefault(key, n) != n:
+                where = f"{stores[owner[key]]} and {store} both hold"
+                raise ConfigError(f"{where} {key[0]} ipc {key[2]} {key[3]} seed {key[4]}")
+            sizes[r["dataset"]].add(r.get("size"))
+            rows.append(r)
+    mixed = [d for d, v in sizes.items() if len(v) > 1]
+    if mixed:
+        raise ConfigError(f"{mixed[0]} comes at sizes {sorted(map(str, sizes[mixed[0]]))}; make one block per size")
+    return rows
+
+
+def by_dataset(rows: list[dict], net: str) -> list[str]:
+    """Method × dataset: each method's mean test ACC over the dataset's ipc every method has finished."""
+    order, stats = methods_of(rows), aggregate(rows, "acc", net)
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    done = {
+        d: [
+            i
+            for i in sorted({i for dd, i, m in stats if dd == d and m != FULL})
+            if all((d, i, m) in stats for m in order)
+        ]
+        for d in datasets
+    }
+    lines = [
+        "| method | " + " | ".join(f"{d} (ipc {'/'.join(map(str, done[d])) or '–'})" for d in datasets) + " | mean |",
+        "|---|" + "---|" * (len(datasets) + 1),
+    ]
+    for m in order:
+        vals = [float(np.mean([stats[(d, i, m)].mean for i in done[d]])) if done[d] else None for d in datasets]
+        cells = ["–" if v is None else f"{100 * v:.2f}" for v in vals]
+        full = [v for v in vals if v is not None]
+        mean = f"{100 * np.mean(full):.2f}" if len(full) == len(vals) else "–"
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {mean} |")
+    return lines
+
+
 def compute_line(rows: list[dict]) -> str:
     """Cell-seconds summed per machine (rows written before rows recorded their machine: 'not recorded')."""
     by: dict[str, list[float]] = defaultdict(list)
@@ -119,6 +165,7 @@ def compute_line(rows: list[dict]) -> str:
 
 
 def block(rows: list[dict], store: str) -> str:
+    """The results.md block of the rows of ``store`` (one path, or several joined by ' + ')."""
     nets = [n for n in NETS if any(n in r.get("per_net", {}) for r in rows)]
     seeds = sorted({int(r["seed"]) for r in rows})
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
@@ -139,6 +186,10 @@ def block(rows: list[dict], store: str) -> str:
         lines += [f"### {label}: test AUC (%)", "", table(aggregate(rows, "auc", "convnet"), "md", order)]
     lines += ["### Mean test ACC (%) over the finished cells, per architecture", ""]
     lines += summary(rows, nets)
+    if len(datasets) > 1:
+        for net in nets:
+            lines += ["", f"### {net_label(rows, net)}: mean test ACC (%) per dataset", ""]
+            lines += by_dataset(rows, net)
     lines += ["", "### PTM vs MTT, paired by seed", ""]
     lines += paired_lines(rows, nets)
     return "\n".join(lines) + "\n"
@@ -146,12 +197,12 @@ def block(rows: list[dict], store: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("store")
-    ap.add_argument("out")
+    ap.add_argument("store", nargs="+", help="one or more results stores")
+    ap.add_argument("out", help="the Markdown file whose marked block is rewritten")
     ap.add_argument("--marker", default="all")
     args = ap.parse_args()
     try:
-        text = block(read_results(args.store), args.store)
+        text = block(read_stores(args.store), " + ".join(args.store))
     except MeddistillError as exc:
         ap.exit(2, f"all_results.py: error: {exc}\n")
     write_block(args.out, args.marker, text)

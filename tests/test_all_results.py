@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -80,3 +81,38 @@ def test_a_missing_empty_or_foreign_store_is_one_line_and_exit_2(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("all_results.py: error:") and msg in err[0]
     assert not doc.exists()  # no block of empty tables written into the docs
+
+
+def _store(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_two_stores_make_one_block_with_a_method_by_dataset_table(all_results, tmp_path):
+    a = [_row(m, s, acc) for m, acc in {"random": 0.6, "ptm": 0.8}.items() for s in (0, 1)]
+    b = [{**_row(m, s, acc), "dataset": "bloodmnist"} for m, acc in {"random": 0.5, "ptm": 0.7}.items() for s in (0, 1)]
+    rows = all_results.read_stores([_store(tmp_path / "a.jsonl", a), _store(tmp_path / "b.jsonl", b)])
+    text = all_results.block(rows, "a + b")
+    assert "| method | breastmnist (ipc 2) | bloodmnist (ipc 2) | mean |" in text
+    assert "| ptm | 80.00 | 70.00 | 75.00 |" in text
+    assert "| random | 60.00 | 50.00 | 55.00 |" in text
+
+
+def test_a_dataset_without_a_finished_ipc_has_no_mean(all_results):
+    rows = [_row("random", 0, 0.6), _row("ptm", 0, 0.8), {**_row("random", 0, 0.5), "dataset": "bloodmnist"}]
+    assert "| ptm | 80.00 | – | – |" in all_results.block(rows, "s")
+
+
+@pytest.mark.parametrize(
+    "second,msg",
+    [
+        (lambda r: r, "a.jsonl and .*b.jsonl both hold breastmnist ipc 2 random seed 0"),
+        (lambda r: {**r, "seed": 5, "size": 64}, "breastmnist comes at sizes \\['28', '64'\\]"),
+    ],
+)
+def test_overlapping_stores_are_refused(all_results, tmp_path, second, msg):
+    first = {**_row("random", 0, 0.6), "size": 28}
+    a = _store(tmp_path / "a.jsonl", [first])
+    b = _store(tmp_path / "b.jsonl", [second(first)])
+    with pytest.raises(all_results.ConfigError, match=msg):
+        all_results.read_stores([a, b])

@@ -20,7 +20,7 @@ from collections import defaultdict
 import numpy as np
 
 from meddistill.bench.grid import FULL
-from meddistill.bench.report import aggregate, read_results, table, write_block
+from meddistill.bench.report import Stat, aggregate, read_results, table, write_block
 from meddistill.errors import ConfigError, MeddistillError
 
 ORDER = ["random", "herding", "kcenter", "dm", "dc", "mtt", "datm", "ptm_nodom", "ptm"]
@@ -48,6 +48,12 @@ def per_seed(rows: list[dict], net: str) -> dict[tuple[str, int, str], dict[int,
     return out
 
 
+def finished_cells(stats: dict[tuple, Stat], order: list[str]) -> list[tuple[str, int]]:
+    """The (dataset, ipc) cells, sorted, that every method of ``order`` has a result in."""
+    cells = {(d, i) for d, i, m in stats if m != FULL}
+    return [c for c in sorted(cells) if all((c[0], c[1], m) in stats for m in order)]
+
+
 def summary(rows: list[dict], nets: list[str]) -> list[str]:
     """Each method's mean ACC over the (dataset, ipc) cells every method of the rows has finished."""
     order = methods_of(rows)
@@ -59,8 +65,7 @@ def summary(rows: list[dict], nets: list[str]) -> list[str]:
     ncells = {}
     for net in nets:
         stats = aggregate(rows, "acc", net)
-        cells = {(d, i) for d, i, m in stats if m != FULL}
-        common = [c for c in sorted(cells) if all((c[0], c[1], m) in stats for m in order)]
+        common = finished_cells(stats, order)
         ncells[net] = len(common)
         for m in order:
             if common:
@@ -127,14 +132,8 @@ def by_dataset(rows: list[dict], net: str) -> list[str]:
     """Method × dataset: each method's mean test ACC over the dataset's ipc every method has finished."""
     order, stats = methods_of(rows), aggregate(rows, "acc", net)
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    done = {
-        d: [
-            i
-            for i in sorted({i for dd, i, m in stats if dd == d and m != FULL})
-            if all((d, i, m) in stats for m in order)
-        ]
-        for d in datasets
-    }
+    common = finished_cells(stats, order)
+    done = {d: [i for dd, i in common if dd == d] for d in datasets}
     lines = [
         "| method | " + " | ".join(f"{d} (ipc {'/'.join(map(str, done[d])) or '–'})" for d in datasets) + " | mean |",
         "|---|" + "---|" * (len(datasets) + 1),

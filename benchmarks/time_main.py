@@ -30,7 +30,6 @@ STAGES = ("start", "data", "experts", "distill", "eval")
 def run_variant(profile: str, dataset: str, ipc: int, overrides: list[str], work: Path, full_experts: bool) -> dict:
     """Child process: the main job with stage times (seconds) and its evaluated accuracy."""
     t0 = time.perf_counter()
-
     from meddistill.config import build_config
     from meddistill.distill.base import get_spec
     from meddistill.distill.methods_tm import SCHEDULES, expert_epochs_read

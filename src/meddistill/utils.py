@@ -121,14 +121,20 @@ def write_jsonl_atomic(path: str | os.PathLike, rows: list[dict[str, Any]]) -> N
 
 
 def append_jsonl(path: str | os.PathLike, row: dict[str, Any]) -> None:
+    """Append one row; a torn last line (a killed writer) is closed first, so the row stays whole."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(row, sort_keys=True) + "\n")
+    line = (json.dumps(row, sort_keys=True) + "\n").encode()
+    with open(path, "a+b") as f:
+        if f.seek(0, os.SEEK_END) > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = b"\n" + line
+        f.write(line)
         f.flush()
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file; a torn last line (a killed writer) is ignored."""
+    """Rows of a JSON-lines file; a torn line (a killed writer) is skipped."""
     rows: list[dict[str, Any]] = []
     p = Path(path)
     if not p.exists():

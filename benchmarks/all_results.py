@@ -160,7 +160,11 @@ def compute_line(rows: list[dict]) -> str:
             name = f"{m['cpu']} ({m['cpu_capability']}, {m['threads']} thread/cell)"
         by[name].append(float(r.get("seconds", 0.0)))
     parts = [f"{len(v)} cells, {sum(v) / 3600:.2f} h of cell time on {k}" for k, v in sorted(by.items())]
-    return "Compute (each cell's wall time, summed): " + "; ".join(parts) + "."
+    line = "Compute (each cell's wall time, summed): " + "; ".join(parts) + "."
+    resumed = sum(1 for r in rows if r.get("resumed"))
+    if resumed:
+        line += f" {resumed} cells resumed earlier work (a checkpoint or a finished set); its time is not in the sum."
+    return line
 
 
 def block(rows: list[dict], store: str) -> str:

@@ -58,6 +58,15 @@ def test_compute_is_summed_per_machine(all_results):
     )
 
 
+def test_cells_that_resumed_earlier_work_are_counted_apart(all_results):
+    fast = {"cpu": "AMD EPYC", "cpu_capability": "AVX512", "threads": 1}
+    rows = [{"seconds": 60.0, "machine": fast, "resumed": True}, {"seconds": 60.0, "machine": fast}]
+    assert all_results.compute_line(rows).endswith(
+        "1 cells resumed earlier work (a checkpoint or a finished set); its time is not in the sum."
+    )
+    assert "resumed" not in all_results.compute_line(rows[1:])
+
+
 def test_gpu_cells_are_named_by_their_gpu_and_unknown_methods_are_kept(all_results):
     gpu = {"cpu": "AMD EPYC", "cpu_capability": "AVX512", "threads": 8, "device": "cuda", "gpu": "NVIDIA A100"}
     assert "on NVIDIA A100 (cuda)" in all_results.compute_line([{"seconds": 36.0, "machine": gpu}])

@@ -60,6 +60,16 @@ def test_grid_runs_once_resumes_and_reports(tmp_path, session_dirs):
     assert not (tmp_path / "nets" / "convnet" / "grids_breastmnist_ipc1.png").exists()
 
 
+def test_a_row_says_when_its_seconds_miss_earlier_work(tmp_path, session_dirs):
+    grid = load_grid(_grid(tmp_path, session_dirs))
+    run_grid(grid, progress=False, limit=3)
+    assert not any(r.get("resumed") for r in read_jsonl(grid.store))
+    Path(grid.store).unlink()  # the rows are lost; the run folders (sets, checkpoints) are kept
+    run_grid(grid, progress=False, limit=3)
+    rows = read_jsonl(grid.store)
+    assert {r["method"]: bool(r.get("resumed")) for r in rows} == {"full": False, "ptm": True, "random": True}
+
+
 def test_table_marks_the_best_mean_and_reports_std_over_seeds():
     rows = [
         {"dataset": "d", "ipc": 1, "method": m, "seed": s, "acc_mean": a, "auc_mean": a}

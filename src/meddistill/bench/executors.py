@@ -32,11 +32,12 @@ def run_one(cell: Cell, progress: bool = False) -> dict:
     its diversity/coverage block (``stats``, :mod:`meddistill.stats`; cached in the run folder)
     and, for a method that logs its steps, the run's ``health`` (:mod:`meddistill.health`)."""
     from meddistill.health import log_health
-    from meddistill.pipeline import full_row, load_data, run_cell
+    from meddistill.pipeline import full_row, load_data, run_cell, run_dir_for
     from meddistill.stats import run_stats
 
     t0 = time.monotonic()
     cfg = cell.cfg
+    earlier = cell.method != FULL and run_dir_for(cfg).exists()  # a checkpoint, a set: work not timed here
     if cell.method == FULL:
         row = full_row(cfg, progress)
     else:
@@ -48,6 +49,8 @@ def run_one(cell: Cell, progress: bool = False) -> dict:
         if health is not None:
             row["health"] = health
     row.update(cell_key=cell.key, seconds=round(time.monotonic() - t0, 1))
+    if earlier:
+        row["resumed"] = True  # ``seconds`` is this process's part only
     row["machine"] = machine_info(resolve_device(cfg.device))
     return row
 

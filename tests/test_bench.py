@@ -70,6 +70,16 @@ def test_a_row_says_when_its_seconds_miss_earlier_work(tmp_path, session_dirs):
     assert {r["method"]: bool(r.get("resumed")) for r in rows} == {"full": False, "ptm": True, "random": True}
 
 
+def test_an_empty_run_folder_is_not_earlier_work(tmp_path, session_dirs):
+    from meddistill.pipeline import run_dir_for
+
+    grid = load_grid(_grid(tmp_path, session_dirs))
+    ptm = next(c for c in expand(grid) if c.method == "ptm")
+    run_dir_for(ptm.cfg).mkdir(parents=True)  # a process killed before its first checkpoint
+    run_grid(grid, progress=False, limit=3)
+    assert not any(r.get("resumed") for r in read_jsonl(grid.store))
+
+
 def test_table_marks_the_best_mean_and_reports_std_over_seeds():
     rows = [
         {"dataset": "d", "ipc": 1, "method": m, "seed": s, "acc_mean": a, "auc_mean": a}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +17,32 @@ def test_a_row_appended_after_a_torn_line_is_kept(tmp_path):
         f.write('{"cell_key": "b", "acc"')
     append_jsonl(store, {"cell_key": "c"})
     assert [r["cell_key"] for r in read_jsonl(store)] == ["a", "c"]
+
+
+def test_a_whole_last_line_gets_no_blank_line(tmp_path):
+    store = tmp_path / "results.jsonl"
+    append_jsonl(store, {"k": 1})
+    append_jsonl(store, {"k": 2})
+    assert store.read_bytes() == b'{"k": 1}\n{"k": 2}\n'
+
+
+def test_rows_can_be_appended_to_a_pipe_or_a_write_only_file(tmp_path):
+    store = tmp_path / "write_only.jsonl"
+    store.write_text('{"k": 1}')  # torn, but this process may not read it: append as before
+    store.chmod(0o200)
+    try:
+        append_jsonl(store, {"k": 2})
+    finally:
+        store.chmod(0o600)
+    if os.geteuid() != 0:  # root reads anyway and closes the torn line
+        assert store.read_bytes() == b'{"k": 1}{"k": 2}\n'
+    r, w = os.pipe()  # --results /dev/stdout piped on: not seekable
+    try:
+        append_jsonl(f"/proc/self/fd/{w}", {"k": 3})
+        assert os.read(r, 100) == b'{"k": 3}\n'
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 @settings(max_examples=20, deadline=None)

@@ -314,11 +314,10 @@ def cmd_experts(args: argparse.Namespace) -> int:
 
 
 def _check_resume(args: argparse.Namespace, cfg: RunConfig) -> None:
-    from meddistill.distill.tm import CKPT_META
-    from meddistill.pipeline import run_dir_for
+    from meddistill.pipeline import holds_earlier_work, run_dir_for
 
     run_dir = run_dir_for(cfg)
-    if args.resume and not ((run_dir / CKPT_META).exists() or (run_dir / "synset.npz").exists()):
+    if args.resume and not holds_earlier_work(run_dir):
         raise MeddistillError(f"nothing to resume: no checkpoint in {run_dir} for this config")
     if args.resume and args.restart:
         raise MeddistillError("--resume and --restart contradict each other")

@@ -75,6 +75,13 @@ class CellResult:
     row: dict | None
 
 
+def holds_earlier_work(run_dir: Path) -> bool:
+    """A finished set or a distillation checkpoint: what a new process continues instead of redoing."""
+    from meddistill.distill.tm import CKPT_META
+
+    return (run_dir / CKPT_META).exists() or (run_dir / "synset.npz").exists()
+
+
 def load_data(cfg: RunConfig, progress: bool | None = None) -> MedDataset:
     """A MedMNIST subset, an image folder or a CSV manifest (``data/sources.py`` picks)."""
     return create_dataset(cfg, progress)

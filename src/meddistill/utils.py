@@ -124,13 +124,23 @@ def append_jsonl(path: str | os.PathLike, row: dict[str, Any]) -> None:
     """Append one row; a torn last line (a killed writer) is closed first, so the row stays whole."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(row, sort_keys=True) + "\n").encode()
-    with open(path, "a+b") as f:
-        if f.seek(0, os.SEEK_END) > 0:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                line = b"\n" + line
+    if not _ends_a_line(path):
+        line = b"\n" + line
+    with open(path, "ab") as f:
         f.write(line)
         f.flush()
+
+
+def _ends_a_line(path: str | os.PathLike) -> bool:
+    """True unless ``path`` is a readable, seekable file whose last byte is not a newline."""
+    try:
+        with open(path, "rb") as f:
+            if f.seek(0, os.SEEK_END) == 0:
+                return True
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+    except OSError:  # missing, unreadable or not seekable (a pipe): nothing to close
+        return True
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -32,12 +32,12 @@ def run_one(cell: Cell, progress: bool = False) -> dict:
     its diversity/coverage block (``stats``, :mod:`meddistill.stats`; cached in the run folder)
     and, for a method that logs its steps, the run's ``health`` (:mod:`meddistill.health`)."""
     from meddistill.health import log_health
-    from meddistill.pipeline import full_row, load_data, run_cell, run_dir_for
+    from meddistill.pipeline import full_row, holds_earlier_work, load_data, run_cell, run_dir_for
     from meddistill.stats import run_stats
 
     t0 = time.monotonic()
     cfg = cell.cfg
-    earlier = cell.method != FULL and run_dir_for(cfg).exists()  # a checkpoint, a set: work not timed here
+    earlier = cell.method != FULL and holds_earlier_work(run_dir_for(cfg))  # work not timed here
     if cell.method == FULL:
         row = full_row(cfg, progress)
     else:

@@ -37,10 +37,10 @@ def run_one(cell: Cell, progress: bool = False) -> dict:
 
     t0 = time.monotonic()
     cfg = cell.cfg
-    earlier = cell.method != FULL and holds_earlier_work(run_dir_for(cfg))  # work not timed here
     if cell.method == FULL:
         row = full_row(cfg, progress)
     else:
+        earlier = holds_earlier_work(run_dir_for(cfg))  # a checkpoint or a set: work not timed here
         ds = load_data(cfg, progress)  # once for the cell and its stats
         res = run_cell(cfg, progress=progress, ds=ds)
         row = res.row
@@ -48,9 +48,9 @@ def run_one(cell: Cell, progress: bool = False) -> dict:
         health = log_health(res.run_dir, getattr(cfg.distill.section(), "lr_init", None))
         if health is not None:
             row["health"] = health
+        if earlier:
+            row["resumed"] = True  # ``seconds`` is this process's part only
     row.update(cell_key=cell.key, seconds=round(time.monotonic() - t0, 1))
-    if earlier:
-        row["resumed"] = True  # ``seconds`` is this process's part only
     row["machine"] = machine_info(resolve_device(cfg.device))
     return row
 

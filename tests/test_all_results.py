@@ -125,3 +125,19 @@ def test_overlapping_stores_are_refused(all_results, tmp_path, second, msg):
     b = _store(tmp_path / "b.jsonl", [second(first)])
     with pytest.raises(all_results.ConfigError, match=msg):
         all_results.read_stores([a, b])
+
+
+def test_paired_diff_pairs_by_seed_and_gives_the_standard_error_over_cells(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    paired_diff = importlib.import_module("paired_diff")
+    rows = [
+        {**_row(m, s, a + d), "ipc": ipc}
+        for ipc, d in ((1, 0.0), (2, 0.02))
+        for m, a in (("ptm", 0.80), ("mtt", 0.78))
+        for s in (0, 1)
+    ] + [{**_row("mtt", 2, 0.10), "ipc": 2}]  # a seed PTM lacks is not paired
+    diffs = paired_diff.cell_diffs(rows, "convnet", "ptm", "mtt")
+    assert diffs == pytest.approx({("breastmnist", 1): 2.0, ("breastmnist", 2): 2.0})
+    assert "| ptm − mtt | convnet | 2 | +2.00 ± 0.00 | +2.00 |" in paired_diff.lines(rows, [("ptm", "mtt")])
+    sys.modules.pop("paired_diff", None)
+    sys.modules.pop("all_results", None)

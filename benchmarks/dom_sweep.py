@@ -30,6 +30,7 @@ from tm_diagnose import DATASET_OVERRIDES, val_acc
 
 from meddistill.bench import run_grid
 from meddistill.bench.grid import Grid, expand
+from meddistill.cli import CELLS_KEPT, IPCS, SEEDS, _positive_int, names, one_line_errors
 from meddistill.utils import read_jsonl
 
 DOM = "distill.ptm.dom."
@@ -139,29 +140,31 @@ def table(res: dict[str, dict[tuple, dict]], args: argparse.Namespace) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"of: {', '.join(VARIANTS)}")
-    ap.add_argument("--datasets", default="pneumoniamnist,bloodmnist")
-    ap.add_argument("--ipc", default="10,50")
-    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--variants", type=names("a variant"), default=DEFAULT_VARIANTS, help=f"of: {', '.join(VARIANTS)}")
+    ap.add_argument("--datasets", type=names("a dataset"), default="pneumoniamnist,bloodmnist")
+    ap.add_argument("--ipc", type=IPCS, default="10,50")
+    ap.add_argument("--seeds", type=SEEDS, default="0,1")
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--set", action="append", default=[], help="extra key=value override for every cell")
     ap.add_argument("--results", default=None, help="folder of the stores (default: results; --smoke: runs/dom_smoke)")
     ap.add_argument("--out-dir", default="runs")
     ap.add_argument("--experts-dir", default="experts")
-    ap.add_argument("--workers", type=int, default=1, help="cells at once, 1 torch thread each when > 1")
+    ap.add_argument("--workers", type=_positive_int, default=1, help="cells at once, 1 torch thread each when > 1")
     ap.add_argument("--no-run", action="store_true", help="only report what the stores hold")
     ap.add_argument("--smoke", action="store_true", help="tiny profile, BreastMNIST, ipc 2 and 4, seed 0")
     args = ap.parse_args()
     if args.smoke:
-        args.profile, args.datasets, args.ipc, args.seeds = "tiny", "breastmnist", "2,4", "0"
+        args.profile, args.datasets, args.ipc, args.seeds = "tiny", ["breastmnist"], [2, 4], [0]
     args.results = args.results or ("runs/dom_smoke" if args.smoke else "results")
-    args.datasets = args.datasets.split(",")
-    args.ipc = [int(v) for v in args.ipc.split(",")]
-    args.seeds = [int(v) for v in args.seeds.split(",")]
-    variants = args.variants.split(",")
-    unknown = [v for v in variants if v not in VARIANTS]
+    unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         ap.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    with one_line_errors(ap, CELLS_KEPT):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    variants = args.variants
     res = collect(args, variants)
     print(table(res, args))
     n = len(variants) * len(args.datasets) * len(args.ipc) * len(args.seeds)

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from meddistill.cli import SEEDS, _positive_int, comma_list, names
 from meddistill.config import config_from_dict
 from meddistill.evaluate import evaluate_images
 from meddistill.pipeline import load_data
@@ -34,19 +35,16 @@ from meddistill.utils import append_jsonl, read_jsonl, resolve_device
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("source", help="a results store whose rows name run folders")
-    ap.add_argument("--methods", default="random,herding,dm,mtt,ptm")
-    ap.add_argument("--datasets", default="bloodmnist")
-    ap.add_argument("--seeds", default="0")
-    ap.add_argument("--widths", default="32,128")
-    ap.add_argument("--nets", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--methods", type=names("a method"), default="random,herding,dm,mtt,ptm")
+    ap.add_argument("--datasets", type=names("a dataset"), default="bloodmnist")
+    ap.add_argument("--seeds", type=SEEDS, default="0")
+    ap.add_argument("--widths", type=comma_list(int, lambda v: v >= 1, "a width of 1 or more"), default="32,128")
+    ap.add_argument("--nets", type=_positive_int, default=2)
+    ap.add_argument("--threads", type=_positive_int, default=2)
     ap.add_argument("--store", default="results/eval_width.jsonl")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    methods = args.methods.split(",")
-    seeds = {int(s) for s in args.seeds.split(",")}
-    widths = [int(w) for w in args.widths.split(",")]
-    dsets = set(args.datasets.split(","))
+    methods, seeds, widths, dsets = args.methods, set(args.seeds), args.widths, set(args.datasets)
     src = [
         r
         for r in read_jsonl(args.source)

@@ -16,6 +16,7 @@ from collections import defaultdict
 
 from meddistill.bench import run_grid
 from meddistill.bench.grid import Grid
+from meddistill.cli import CELLS_KEPT, IMAGE_LRS, IPCS, _positive_int, names, one_line_errors
 from meddistill.utils import read_jsonl
 
 METHODS = ["mtt", "datm", "ptm"]
@@ -53,17 +54,20 @@ def grid(lr: float, args: argparse.Namespace) -> Grid:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--lrs", default="100,300,1000")
+    ap.add_argument("--lrs", type=IMAGE_LRS, default="100,300,1000")
     ap.add_argument("--results", default="results")
     ap.add_argument("--out-dir", default="runs")
     ap.add_argument("--experts-dir", default="experts")
-    ap.add_argument("--ipc", default="2,10")
-    ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--workers", type=int, default=1, help="cells at once, 1 torch thread each when > 1")
+    ap.add_argument("--ipc", type=IPCS, default="2,10")
+    ap.add_argument("--methods", type=names("a method"), default=",".join(METHODS))
+    ap.add_argument("--workers", type=_positive_int, default=1, help="cells at once, 1 torch thread each when > 1")
     args = ap.parse_args()
-    args.ipc = [int(v) for v in args.ipc.split(",")]
-    args.methods = args.methods.split(",")
-    lrs = [float(v) for v in args.lrs.split(",")]
+    with one_line_errors(ap, CELLS_KEPT):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    lrs = args.lrs
     val: dict[tuple, float] = {}
     for lr in lrs:
         g = grid(lr, args)

@@ -26,7 +26,6 @@ Then, per dataset, two tables (Markdown, printed and written to ``--out``):
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -34,8 +33,8 @@ from pathlib import Path
 from meddistill.bench import run_grid
 from meddistill.bench.grid import Grid, expand
 from meddistill.bench.report import check_rows, write_block
-from meddistill.cli import _positive_int
-from meddistill.errors import ArtifactError, MeddistillError
+from meddistill.cli import CELLS_KEPT, IMAGE_LRS, IPCS, SEEDS, _positive_int, comma_list, names, one_line_errors
+from meddistill.errors import ArtifactError
 from meddistill.health import log_health, summarize
 from meddistill.locks import store_lock
 from meddistill.utils import append_jsonl, read_jsonl, write_jsonl_atomic
@@ -262,31 +261,15 @@ def report(
         write_block(docs, "stability", "\n".join(b.replace("## ", "### ", 1) for b in blocks))
 
 
-def _list(cast, ok, what: str):
-    """An argparse type: a comma-separated list of ``cast`` values each passing ``ok``."""
-
-    def parse(text: str) -> list:
-        try:
-            values = [cast(v) for v in text.split(",")]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {what}") from None
-        bad = [v for v in values if not ok(v)]
-        if bad:
-            raise argparse.ArgumentTypeError(f"{bad[0]!r} is not {what}")
-        return values
-
-    return parse
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--datasets", default=",".join(DATASETS[:3]))
-    ap.add_argument("--ipc", type=_list(int, lambda v: v >= 1, "an ipc of 1 or more"), default="2,10")
-    ap.add_argument("--methods", default="mtt,ptm")
-    ap.add_argument("--seeds", type=_list(int, lambda v: v >= 0, "a seed of 0 or more"), default="0,1,2")
-    positive_lr = _list(float, lambda v: 0 < v < math.inf, "a positive image lr")
-    ap.add_argument("--lrs", type=positive_lr, default="10,100,1000")
-    ap.add_argument("--max-start", type=_list(int, lambda v: v >= 1, "a max_start_epoch of 1 or more"), default="8,16")
+    ap.add_argument("--datasets", type=names("a dataset"), default=",".join(DATASETS[:3]))
+    ap.add_argument("--ipc", type=IPCS, default="2,10")
+    ap.add_argument("--methods", type=names("a method"), default="mtt,ptm")
+    ap.add_argument("--seeds", type=SEEDS, default="0,1,2")
+    ap.add_argument("--lrs", type=IMAGE_LRS, default="10,100,1000")
+    max_start = comma_list(int, lambda v: v >= 1, "a max_start_epoch of 1 or more")
+    ap.add_argument("--max-start", type=max_start, default="8,16")
     ap.add_argument("--store", default="results/stability.jsonl")
     ap.add_argument("--reuse", default=",".join(REUSE), help="stores whose same cells are copied, not rerun")
     ap.add_argument("--out", default="results/stability", help="folder of the Markdown tables")
@@ -297,15 +280,9 @@ def main() -> None:
     ap.add_argument("--docs", help="also regenerate the stability block of this Markdown file (docs/results.md)")
     ap.add_argument("--refresh-health", action="store_true", help="recompute rows' health from their run logs first")
     args = ap.parse_args()
-    args.datasets = args.datasets.split(",")
-    args.methods = args.methods.split(",")
     settings = [(lr, ms) for ms in args.max_start for lr in args.lrs]
-    try:
+    with one_line_errors(ap, CELLS_KEPT):
         run(args, settings)
-    except MeddistillError as exc:
-        ap.exit(2, f"stability.py: error: {exc}\n")
-    except KeyboardInterrupt:
-        ap.exit(130, "stability.py: interrupted; finished cells are in the store, the same command resumes\n")
 
 
 def run(args: argparse.Namespace, settings: list[tuple[float, int]]) -> None:

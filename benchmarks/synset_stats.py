@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from meddistill.cli import IPCS, names
 from meddistill.utils import read_jsonl
 
 
@@ -31,11 +32,10 @@ def stats(run_dir: Path) -> tuple[float, float, int | None]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("store")
-    ap.add_argument("--methods", default="", help="comma-separated; default: all")
-    ap.add_argument("--ipc", default="", help="comma-separated; default: all")
+    ap.add_argument("--methods", type=names("a method"), default=[], help="comma-separated; default: all")
+    ap.add_argument("--ipc", type=IPCS, default=[], help="comma-separated; default: all")
     args = ap.parse_args()
-    methods = set(filter(None, args.methods.split(",")))
-    ipcs = {int(v) for v in filter(None, args.ipc.split(","))}
+    methods, ipcs = set(args.methods), set(args.ipc)
     groups: dict[tuple, list[tuple]] = defaultdict(list)
     for r in read_jsonl(args.store):
         run_dir = Path(r.get("run_dir") or "")

@@ -22,6 +22,7 @@ from tm_diagnose import grids, run_stats
 
 from meddistill.bench import run_grid
 from meddistill.bench.grid import expand
+from meddistill.cli import CELLS_KEPT, SEEDS, _positive_int, names, one_line_errors
 from meddistill.distill.scaling import RULES
 from meddistill.utils import read_jsonl
 
@@ -30,20 +31,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rule", required=True, choices=sorted(RULES))
     ap.add_argument("--dataset", default="bloodmnist")
-    ap.add_argument("--methods", default="random,herding,dm,mtt,ptm")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--ipc", type=int, default=10)
-    ap.add_argument("--nets", type=int, default=3, help="ConvNet-D3 evaluations per set")
+    ap.add_argument("--methods", type=names("a method"), default="random,herding,dm,mtt,ptm")
+    ap.add_argument("--seeds", type=SEEDS, default="0,1,2")
+    ap.add_argument("--ipc", type=_positive_int, default=10)
+    ap.add_argument("--nets", type=_positive_int, default=3, help="ConvNet-D3 evaluations per set")
     ap.add_argument("--store", default="", help="default: results/tm_accept_<rule>.jsonl")
     ap.add_argument("--out-dir", default="runs")
     ap.add_argument("--experts-dir", default="experts")
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", type=_positive_int, default=1)
     ap.add_argument("--no-run", action="store_true")
     args = ap.parse_args()
+    with one_line_errors(ap, CELLS_KEPT):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     ns = argparse.Namespace(
         datasets=[args.dataset],
-        methods=args.methods.split(","),
-        seeds=[int(v) for v in args.seeds.split(",")],
+        methods=args.methods,
+        seeds=args.seeds,
         ipc=[args.ipc],
         rule=args.rule,
         set=[f"eval.num_nets={args.nets}"],

@@ -29,6 +29,7 @@ import numpy as np
 
 from meddistill.bench import run_grid
 from meddistill.bench.grid import Grid
+from meddistill.cli import CELLS_KEPT, IPCS, SEEDS, _positive_int, names, one_line_errors
 from meddistill.data import get_info
 from meddistill.distill.methods_tm import ENGINES
 from meddistill.distill.scaling import RULES, expert_steps_per_span, rule_overrides
@@ -175,23 +176,24 @@ def plot(curves: dict[str, dict[str, list]], path: Path, title: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--datasets", default=",".join(DATASETS))
-    ap.add_argument("--methods", default="mtt,ptm")
-    ap.add_argument("--seeds", default="0")
-    ap.add_argument("--ipc", default="10")
+    ap.add_argument("--datasets", type=names("a dataset"), default=",".join(DATASETS))
+    ap.add_argument("--methods", type=names("a method"), default="mtt,ptm")
+    ap.add_argument("--seeds", type=SEEDS, default="0")
+    ap.add_argument("--ipc", type=IPCS, default="10")
     ap.add_argument("--rule", default="base", choices=sorted(RULES))
     ap.add_argument("--set", action="append", default=[], help="extra key=value override for every cell")
     ap.add_argument("--store", default="", help="default: results/tm_diagnose_<rule>.jsonl")
     ap.add_argument("--plot", default="", help="default: docs/results/tm_diagnose_<rule>.png")
     ap.add_argument("--out-dir", default="runs")
     ap.add_argument("--experts-dir", default="experts")
-    ap.add_argument("--workers", type=int, default=1, help="cells at once, 1 torch thread each when > 1")
+    ap.add_argument("--workers", type=_positive_int, default=1, help="cells at once, 1 torch thread each when > 1")
     ap.add_argument("--no-run", action="store_true", help="only report what the store holds")
     args = ap.parse_args()
-    args.datasets = args.datasets.split(",")
-    args.methods = args.methods.split(",")
-    args.seeds = [int(v) for v in args.seeds.split(",")]
-    args.ipc = [int(v) for v in args.ipc.split(",")]
+    with one_line_errors(ap, CELLS_KEPT):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     args.store = args.store or f"results/tm_diagnose_{args.rule}.jsonl"
     args.plot = Path(args.plot or f"docs/results/tm_diagnose_{args.rule}.png")
     gs = grids(args)

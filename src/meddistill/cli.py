@@ -11,13 +11,19 @@ traceback). Ctrl-C leaves the checkpoint in place and says how to resume.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from meddistill import __version__
 from meddistill.config import PROFILES, RunConfig, build_config
 from meddistill.errors import ArtifactError, ConfigError, MeddistillError
+
+T = TypeVar("T")
 
 
 def _nonneg_int(text: str) -> int:
@@ -35,6 +41,49 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
     return value
+
+
+def comma_list(cast: Callable[[str], T], ok: Callable[[T], bool], what: str) -> Callable[[str], list[T]]:
+    """An argparse type: a comma-separated list of ``cast`` values, each passing ``ok``
+    (``what`` names one, e.g. "a seed of 0 or more"). An empty item is an error."""
+
+    def parse(text: str) -> list[T]:
+        items = text.split(",")
+        if not all(item.strip() for item in items):
+            raise argparse.ArgumentTypeError(f"{text!r} has an empty item; give a comma-separated list of {what}")
+        try:
+            values = [cast(item.strip()) for item in items]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {what}") from None
+        bad = [v for v in values if not ok(v)]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{bad[0]!r} is not {what}")
+        return values
+
+    return parse
+
+
+def names(what: str = "a name") -> Callable[[str], list[str]]:
+    """An argparse type: a comma-separated list of non-empty names."""
+    return comma_list(str, bool, what)
+
+
+CELLS_KEPT = "interrupted; finished cells are in the store, the same command resumes"
+SEEDS = comma_list(int, lambda v: v >= 0, "a seed of 0 or more")
+IPCS = comma_list(int, lambda v: v >= 1, "an ipc of 1 or more")
+IMAGE_LRS = comma_list(float, lambda v: 0 < v < math.inf, "a positive image lr")
+
+
+@contextlib.contextmanager
+def one_line_errors(ap: argparse.ArgumentParser, interrupted: str = "interrupted") -> Iterator[None]:
+    """For a script's ``main``: a :class:`MeddistillError` ends it with one line and exit 2,
+    Ctrl-C with ``interrupted`` and exit 130, as ``meddistill`` itself does."""
+    try:
+        yield
+    except MeddistillError as exc:
+        ap.exit(2, f"{ap.prog}: error: {' '.join(str(exc).split())}\n")
+    except KeyboardInterrupt:
+        ap.exit(130, f"{ap.prog}: {interrupted}\n")
 
 
 # ------------------------------------------------------------------ flag groups

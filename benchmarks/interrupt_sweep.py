@@ -18,6 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from meddistill.cli import _positive_int, names, one_line_errors
 from meddistill.data import load_dataset
 from meddistill.distill import DistillContext, get_method
 from meddistill.pipeline import distill_identity
@@ -54,12 +55,14 @@ def sweep(method: str, step: int, root: Path) -> tuple[int, int, list[int]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--step", type=int, default=1, help="interrupt at every step-th line (default: every line)")
-    ap.add_argument("--methods", default="ptm,datm")
+    ap.add_argument(
+        "--step", type=_positive_int, default=1, help="interrupt at every step-th line (default: every line)"
+    )
+    ap.add_argument("--methods", type=names("a method"), default="ptm,datm")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory() as tmp:
-        for method in args.methods.split(","):
+    with one_line_errors(ap), tempfile.TemporaryDirectory() as tmp:
+        for method in args.methods:
             lines, trials, bad = sweep(method, args.step, Path(tmp))
             print(f"{method}: {lines} traced lines, {trials} interrupts, {len(bad)} not exact {bad[:20]}")
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from meddistill.cli import _nonneg_int, _positive_int, names, one_line_errors
 from meddistill.config import build_config
 from meddistill.data import get_info
 from meddistill.distill import DistillContext
@@ -71,17 +72,22 @@ def probe(dataset: str, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--datasets", default="breastmnist,retinamnist,pneumoniamnist,bloodmnist")
-    ap.add_argument("--ipc", type=int, default=10)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--segments", type=int, default=16)
+    ap.add_argument("--datasets", type=names("a dataset"), default="breastmnist,retinamnist,pneumoniamnist,bloodmnist")
+    ap.add_argument("--ipc", type=_positive_int, default=10)
+    ap.add_argument("--seed", type=_nonneg_int, default=0)
+    ap.add_argument("--segments", type=_positive_int, default=16)
     ap.add_argument("--experts-dir", default="experts")
     ap.add_argument("--set", action="append", default=[])
     args = ap.parse_args()
+    with one_line_errors(ap):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     head = " | ".join(f"lr {lr:g}" for lr in LRS)
     print(f"| dataset | train images | S | N | S/N | {head} | best lr (all / t<2) | median loss at best lr, t<2 |")
     print("|---" * (7 + len(LRS)) + "|")
-    for ds in args.datasets.split(","):
+    for ds in args.datasets:
         r = probe(ds, args)
         loss = r["loss"]
         best = min(loss, key=lambda lr: loss[lr][0])

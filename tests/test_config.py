@@ -59,6 +59,12 @@ def test_bf16_auto_resolves_from_the_cpu_and_is_recorded_as_a_bool(monkeypatch, 
     assert build_config("cpu", device="cpu", overrides=["experts.bf16=true"]).experts.bf16 is True
 
 
+def test_a_method_override_with_an_unknown_method_names_the_method():
+    # was "method 'mtx' has no setting 'lr_img'", as if the method existed
+    with pytest.raises(ConfigError, match="unknown method 'mtx'; registered methods: "):
+        build_config("tiny", overrides=["distill.method=mtx", "method.lr_img=10"])
+
+
 def test_unknown_profile():
     with pytest.raises(ConfigError, match="unknown profile 'huge'"):
         build_config("huge")
@@ -183,7 +189,6 @@ def test_an_option_at_its_neutral_value_leaves_the_identity_unchanged():
 
     assert identity_dict(After()) == identity_dict(Before()) == {"x": 0.5, "inner": {"a": 1}}
     assert identity_dict(After(extra=0.3)) == {"x": 0.5, "inner": {"a": 1}, "extra": 0.3}
-
 
 
 def test_an_invalid_expert_batch_is_a_range_error_not_a_crash_of_the_auto_settings():

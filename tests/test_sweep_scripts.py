@@ -75,6 +75,10 @@ CASES = [
     ("lr_img_sweep", ["--methods", "nosuch", "--results", "{tmp}"], "unknown method 'nosuch'"),
     ("synset_stats", ["{tmp}/s.jsonl", "--ipc", "a"], "'a' is not a comma-separated list"),
     ("eval_width", ["{tmp}/s.jsonl", "--widths", "0"], "0 is not a width of 1 or more"),
+    ("tm_lr_probe", ["--datasets", "a,,b"], "empty item"),
+    ("tm_lr_probe", ["--datasets", "nosuch"], "unknown dataset 'nosuch'"),
+    ("interrupt_sweep", ["--step", "0"], "must be 1 or more"),
+    ("interrupt_sweep", ["--methods", "nosuch"], "unknown method 'nosuch'"),
 ]
 
 

@@ -371,7 +371,11 @@ def _apply(cfg: RunConfig, key: str, value: Any, deferred: list[tuple[str, Any]]
 
 
 def _active_section(cfg: RunConfig, key: str) -> str:
-    """``lr_img`` → ``ptm.lr_img`` for the active method, or a one-line error."""
+    """``lr_img`` → ``ptm.lr_img`` for the active method, or a one-line error (an unknown
+    method is named as such, not as a method without the setting)."""
+    from meddistill.distill.base import get_spec
+
+    get_spec(cfg.distill.method)
     sec = cfg.distill.section()
     first = key.split(".")[0]
     if sec is None or first not in {f.name for f in dataclasses.fields(sec)}:

@@ -30,7 +30,7 @@ from tm_diagnose import DATASET_OVERRIDES, val_acc
 
 from meddistill.bench import run_grid
 from meddistill.bench.grid import Grid, expand
-from meddistill.cli import CELLS_KEPT, IPCS, SEEDS, _positive_int, names, one_line_errors
+from meddistill.cli import CELLS_KEPT, IPCS, SEEDS, names, one_line_errors, positive_int
 from meddistill.utils import read_jsonl
 
 DOM = "distill.ptm.dom."
@@ -149,7 +149,7 @@ def main() -> None:
     ap.add_argument("--results", default=None, help="folder of the stores (default: results; --smoke: runs/dom_smoke)")
     ap.add_argument("--out-dir", default="runs")
     ap.add_argument("--experts-dir", default="experts")
-    ap.add_argument("--workers", type=_positive_int, default=1, help="cells at once, 1 torch thread each when > 1")
+    ap.add_argument("--workers", type=positive_int, default=1, help="cells at once, 1 torch thread each when > 1")
     ap.add_argument("--no-run", action="store_true", help="only report what the stores hold")
     ap.add_argument("--smoke", action="store_true", help="tiny profile, BreastMNIST, ipc 2 and 4, seed 0")
     args = ap.parse_args()

@@ -21,6 +21,7 @@ from lr_img_sweep import val_acc
 
 from meddistill.bench import run_grid
 from meddistill.bench.grid import Grid
+from meddistill.cli import CELLS_KEPT, comma_list, one_line_errors
 from meddistill.utils import read_jsonl
 
 CURRENT = (0.9, 0.95)
@@ -46,15 +47,25 @@ def replaced(run_dir: str) -> int:
     return int(rows[-1].get("replaced_total", 0)) if rows else 0
 
 
+def _pair(text: str) -> tuple[float, float]:
+    pixel, feature = text.split(":")  # a ValueError for anything but two fields
+    return float(pixel), float(feature)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--pairs", default="0.9:0.95,0.8:0.9,0.7:0.85", help="pixel:feature thresholds")
+    pairs = comma_list(_pair, lambda p: all(0 < v <= 1 for v in p), "pixel:feature thresholds in (0, 1]")
+    ap.add_argument("--pairs", type=pairs, default="0.9:0.95,0.8:0.9,0.7:0.85", help="pixel:feature thresholds")
     ap.add_argument("--results", default="results")
     ap.add_argument("--out-dir", default="runs")
     ap.add_argument("--experts-dir", default="experts")
     args = ap.parse_args()
     args.ipc, args.methods = [2, 10], ["ptm"]  # the image-lr sweep's cells this builds on
-    pairs = [tuple(float(v) for v in p.split(":")) for p in args.pairs.split(",")]
+    with one_line_errors(ap, CELLS_KEPT):
+        run(args, args.pairs)
+
+
+def run(args: argparse.Namespace, pairs: list[tuple[float, float]]) -> None:
     cols = ["pixel / feature threshold", "cells", "mean val ACC", "BreastMNIST", "PneumoniaMNIST", "RetinaMNIST"]
     cols.append("replaced per run")
     print("| " + " | ".join(cols) + " |\n" + "|---" * len(cols) + "|")

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from meddistill.cli import SEEDS, _positive_int, comma_list, names
+from meddistill.cli import SEEDS, comma_list, names, one_line_errors, positive_int
 from meddistill.config import config_from_dict
 from meddistill.evaluate import evaluate_images
 from meddistill.pipeline import load_data
@@ -39,10 +39,17 @@ def main() -> None:
     ap.add_argument("--datasets", type=names("a dataset"), default="bloodmnist")
     ap.add_argument("--seeds", type=SEEDS, default="0")
     ap.add_argument("--widths", type=comma_list(int, lambda v: v >= 1, "a width of 1 or more"), default="32,128")
-    ap.add_argument("--nets", type=_positive_int, default=2)
-    ap.add_argument("--threads", type=_positive_int, default=2)
+    ap.add_argument("--nets", type=positive_int, default=2)
+    ap.add_argument("--threads", type=positive_int, default=2)
     ap.add_argument("--store", default="results/eval_width.jsonl")
     args = ap.parse_args()
+    if not Path(args.source).is_file():
+        ap.error(f"no results store {args.source}")
+    with one_line_errors(ap, "interrupted; finished rows are in the store, the same command resumes"):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     methods, seeds, widths, dsets = args.methods, set(args.seeds), args.widths, set(args.datasets)
     src = [

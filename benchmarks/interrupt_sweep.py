@@ -18,9 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from meddistill.cli import _positive_int, names, one_line_errors
+from meddistill.cli import names, one_line_errors, positive_int
 from meddistill.data import load_dataset
 from meddistill.distill import DistillContext, get_method
+from meddistill.distill.base import get_spec
 from meddistill.pipeline import distill_identity
 from meddistill.utils import config_hash
 from tests.conftest import tiny_config
@@ -56,12 +57,15 @@ def sweep(method: str, step: int, root: Path) -> tuple[int, int, list[int]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--step", type=_positive_int, default=1, help="interrupt at every step-th line (default: every line)"
+        "--step", type=positive_int, default=1, help="interrupt at every step-th line (default: every line)"
     )
     ap.add_argument("--methods", type=names("a method"), default="ptm,datm")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    with one_line_errors(ap), tempfile.TemporaryDirectory() as tmp:
+    with one_line_errors(ap):
+        for method in args.methods:
+            get_spec(method)
+    with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods:
             lines, trials, bad = sweep(method, args.step, Path(tmp))
             print(f"{method}: {lines} traced lines, {trials} interrupts, {len(bad)} not exact {bad[:20]}")

@@ -16,7 +16,7 @@ from collections import defaultdict
 
 from meddistill.bench import run_grid
 from meddistill.bench.grid import Grid
-from meddistill.cli import CELLS_KEPT, IMAGE_LRS, IPCS, _positive_int, names, one_line_errors
+from meddistill.cli import CELLS_KEPT, IMAGE_LRS, IPCS, names, one_line_errors, positive_int
 from meddistill.utils import read_jsonl
 
 METHODS = ["mtt", "datm", "ptm"]
@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--experts-dir", default="experts")
     ap.add_argument("--ipc", type=IPCS, default="2,10")
     ap.add_argument("--methods", type=names("a method"), default=",".join(METHODS))
-    ap.add_argument("--workers", type=_positive_int, default=1, help="cells at once, 1 torch thread each when > 1")
+    ap.add_argument("--workers", type=positive_int, default=1, help="cells at once, 1 torch thread each when > 1")
     args = ap.parse_args()
     with one_line_errors(ap, CELLS_KEPT):
         run(args)

@@ -33,7 +33,7 @@ from pathlib import Path
 from meddistill.bench import run_grid
 from meddistill.bench.grid import Grid, expand
 from meddistill.bench.report import check_rows, write_block
-from meddistill.cli import CELLS_KEPT, IMAGE_LRS, IPCS, SEEDS, _positive_int, comma_list, names, one_line_errors
+from meddistill.cli import CELLS_KEPT, IMAGE_LRS, IPCS, SEEDS, comma_list, names, one_line_errors, positive_int
 from meddistill.errors import ArtifactError
 from meddistill.health import log_health, summarize
 from meddistill.locks import store_lock
@@ -275,7 +275,7 @@ def main() -> None:
     ap.add_argument("--out", default="results/stability", help="folder of the Markdown tables")
     ap.add_argument("--out-dir", default="runs")
     ap.add_argument("--experts-dir", default="experts")
-    ap.add_argument("--workers", type=_positive_int, default=1, help="cells at once, 1 torch thread each when > 1")
+    ap.add_argument("--workers", type=positive_int, default=1, help="cells at once, 1 torch thread each when > 1")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--docs", help="also regenerate the stability block of this Markdown file (docs/results.md)")
     ap.add_argument("--refresh-health", action="store_true", help="recompute rows' health from their run logs first")

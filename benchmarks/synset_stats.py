@@ -32,8 +32,8 @@ def stats(run_dir: Path) -> tuple[float, float, int | None]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("store")
-    ap.add_argument("--methods", type=names("a method"), default=[], help="comma-separated; default: all")
-    ap.add_argument("--ipc", type=IPCS, default=[], help="comma-separated; default: all")
+    ap.add_argument("--methods", type=names("a method"), default=[], help="comma-separated; left out: all")
+    ap.add_argument("--ipc", type=IPCS, default=[], help="comma-separated; left out: all")
     args = ap.parse_args()
     methods, ipcs = set(args.methods), set(args.ipc)
     groups: dict[tuple, list[tuple]] = defaultdict(list)

@@ -22,7 +22,7 @@ from tm_diagnose import grids, run_stats
 
 from meddistill.bench import run_grid
 from meddistill.bench.grid import expand
-from meddistill.cli import CELLS_KEPT, SEEDS, _positive_int, names, one_line_errors
+from meddistill.cli import CELLS_KEPT, SEEDS, names, one_line_errors, positive_int
 from meddistill.distill.scaling import RULES
 from meddistill.utils import read_jsonl
 
@@ -33,12 +33,12 @@ def main() -> None:
     ap.add_argument("--dataset", default="bloodmnist")
     ap.add_argument("--methods", type=names("a method"), default="random,herding,dm,mtt,ptm")
     ap.add_argument("--seeds", type=SEEDS, default="0,1,2")
-    ap.add_argument("--ipc", type=_positive_int, default=10)
-    ap.add_argument("--nets", type=_positive_int, default=3, help="ConvNet-D3 evaluations per set")
+    ap.add_argument("--ipc", type=positive_int, default=10)
+    ap.add_argument("--nets", type=positive_int, default=3, help="ConvNet-D3 evaluations per set")
     ap.add_argument("--store", default="", help="default: results/tm_accept_<rule>.jsonl")
     ap.add_argument("--out-dir", default="runs")
     ap.add_argument("--experts-dir", default="experts")
-    ap.add_argument("--workers", type=_positive_int, default=1)
+    ap.add_argument("--workers", type=positive_int, default=1)
     ap.add_argument("--no-run", action="store_true")
     args = ap.parse_args()
     with one_line_errors(ap, CELLS_KEPT):

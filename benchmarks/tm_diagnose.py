@@ -29,7 +29,7 @@ import numpy as np
 
 from meddistill.bench import run_grid
 from meddistill.bench.grid import Grid
-from meddistill.cli import CELLS_KEPT, IPCS, SEEDS, _positive_int, names, one_line_errors
+from meddistill.cli import CELLS_KEPT, IPCS, SEEDS, names, one_line_errors, positive_int
 from meddistill.data import get_info
 from meddistill.distill.methods_tm import ENGINES
 from meddistill.distill.scaling import RULES, expert_steps_per_span, rule_overrides
@@ -186,7 +186,7 @@ def main() -> None:
     ap.add_argument("--plot", default="", help="default: docs/results/tm_diagnose_<rule>.png")
     ap.add_argument("--out-dir", default="runs")
     ap.add_argument("--experts-dir", default="experts")
-    ap.add_argument("--workers", type=_positive_int, default=1, help="cells at once, 1 torch thread each when > 1")
+    ap.add_argument("--workers", type=positive_int, default=1, help="cells at once, 1 torch thread each when > 1")
     ap.add_argument("--no-run", action="store_true", help="only report what the store holds")
     args = ap.parse_args()
     with one_line_errors(ap, CELLS_KEPT):

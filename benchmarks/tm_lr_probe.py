@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from meddistill.cli import _nonneg_int, _positive_int, names, one_line_errors
+from meddistill.cli import names, nonneg_int, one_line_errors, positive_int
 from meddistill.config import build_config
 from meddistill.data import get_info
 from meddistill.distill import DistillContext
@@ -73,9 +73,9 @@ def probe(dataset: str, args: argparse.Namespace) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", type=names("a dataset"), default="breastmnist,retinamnist,pneumoniamnist,bloodmnist")
-    ap.add_argument("--ipc", type=_positive_int, default=10)
-    ap.add_argument("--seed", type=_nonneg_int, default=0)
-    ap.add_argument("--segments", type=_positive_int, default=16)
+    ap.add_argument("--ipc", type=positive_int, default=10)
+    ap.add_argument("--seed", type=nonneg_int, default=0)
+    ap.add_argument("--segments", type=positive_int, default=16)
     ap.add_argument("--experts-dir", default="experts")
     ap.add_argument("--set", action="append", default=[])
     args = ap.parse_args()

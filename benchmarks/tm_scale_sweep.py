@@ -22,6 +22,8 @@ from tm_diagnose import grids, run_stats, val_acc
 
 from meddistill.bench import run_grid
 from meddistill.bench.grid import expand
+from meddistill.cli import CELLS_KEPT, IPCS, SEEDS, names, one_line_errors, positive_int
+from meddistill.distill.scaling import RULES
 from meddistill.utils import read_jsonl
 
 
@@ -34,24 +36,28 @@ def rule_args(rule: str, args: argparse.Namespace) -> argparse.Namespace:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rules", default="base,sqrt,linear,learn")
-    ap.add_argument("--datasets", default="bloodmnist,pneumoniamnist,breastmnist")
-    ap.add_argument("--methods", default="mtt,ptm")
-    ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--ipc", default="10")
+    ap.add_argument("--rules", type=names("a rule"), default="base,sqrt,linear,learn")
+    ap.add_argument("--datasets", type=names("a dataset"), default="bloodmnist,pneumoniamnist,breastmnist")
+    ap.add_argument("--methods", type=names("a method"), default="mtt,ptm")
+    ap.add_argument("--seeds", type=SEEDS, default="0,1")
+    ap.add_argument("--ipc", type=IPCS, default="10")
     ap.add_argument("--set", action="append", default=[], help="extra key=value override for every cell")
     ap.add_argument("--results", default="results")
     ap.add_argument("--out-dir", default="runs")
     ap.add_argument("--experts-dir", default="experts")
-    ap.add_argument("--workers", type=int, default=1, help="cells at once, 1 torch thread each when > 1")
+    ap.add_argument("--workers", type=positive_int, default=1, help="cells at once, 1 torch thread each when > 1")
     ap.add_argument("--no-run", action="store_true", help="only report what the stores hold")
     ap.add_argument("--cells", action="store_true", help="also list every finished cell")
     args = ap.parse_args()
-    rules = args.rules.split(",")
-    args.datasets = args.datasets.split(",")
-    args.methods = args.methods.split(",")
-    args.seeds = [int(v) for v in args.seeds.split(",")]
-    args.ipc = [int(v) for v in args.ipc.split(",")]
+    unknown = [r for r in args.rules if r not in RULES]
+    if unknown:
+        ap.error(f"unknown rules {unknown}; known: {', '.join(sorted(RULES))}")
+    with one_line_errors(ap, CELLS_KEPT):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    rules = args.rules
     # val[(rule, method, dataset, ipc, seed)] = (val ACC, last-10 loss, learned lr)
     val: dict[tuple, tuple[float, float, float]] = {}
     rand: dict[tuple, float] = {}

@@ -29,7 +29,7 @@ def test_seeds_round_trip(values):
     [
         (SEEDS, "1,,2", "empty item"),
         (SEEDS, "", "empty item"),
-        (SEEDS, "1,a", "not a comma-separated list of a seed"),
+        (SEEDS, "1,a", "not a comma-separated list, each a seed of 0 or more"),
         (SEEDS, "-1", "-1 is not a seed of 0 or more"),
         (IPCS, "0,2", "0 is not an ipc of 1 or more"),
         (IMAGE_LRS, "100,nan", "nan is not a positive image lr"),
@@ -75,6 +75,12 @@ CASES = [
     ("lr_img_sweep", ["--methods", "nosuch", "--results", "{tmp}"], "unknown method 'nosuch'"),
     ("synset_stats", ["{tmp}/s.jsonl", "--ipc", "a"], "'a' is not a comma-separated list"),
     ("eval_width", ["{tmp}/s.jsonl", "--widths", "0"], "0 is not a width of 1 or more"),
+    ("eval_width", ["{tmp}/none.jsonl"], "no results store"),
+    ("stability", ["--seeds", "0,-1"], "-1 is not a seed of 0 or more"),
+    ("tm_scale_sweep", ["--rules", "base,nosuch"], "unknown rules ['nosuch']"),
+    ("tm_scale_sweep", ["--datasets", "nosuch", "--no-run", "--results", "{tmp}"], "unknown dataset 'nosuch'"),
+    ("dom_threshold_sweep", ["--pairs", "0.9"], "not a comma-separated list"),
+    ("dom_threshold_sweep", ["--pairs", "0.9:1.5"], "(0.9, 1.5) is not pixel:feature thresholds"),
     ("tm_lr_probe", ["--datasets", "a,,b"], "empty item"),
     ("tm_lr_probe", ["--datasets", "nosuch"], "unknown dataset 'nosuch'"),
     ("interrupt_sweep", ["--step", "0"], "must be 1 or more"),
@@ -85,10 +91,11 @@ CASES = [
 @pytest.mark.parametrize("name,argv,msg", CASES, ids=[f"{c[0]}:{' '.join(c[1])}" for c in CASES])
 def test_bad_input_is_one_line_and_exit_2(script, tmp_path, monkeypatch, capsys, name, argv, msg):
     mod = script(name)
+    monkeypatch.chdir(tmp_path)  # the scripts' default runs/, experts/ and results/ land here
     monkeypatch.setattr(sys, "argv", [f"{name}.py", *(a.format(tmp=tmp_path) for a in argv)])
     with pytest.raises(SystemExit) as exc:
         mod.main()
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"{name}.py: error:") and msg in err
-    assert not list(tmp_path.glob("*.jsonl"))  # nothing written
+    assert not list(tmp_path.rglob("*"))  # no store, run folder or expert written

@@ -26,7 +26,7 @@ from meddistill.errors import ArtifactError, ConfigError, MeddistillError
 T = TypeVar("T")
 
 
-def _nonneg_int(text: str) -> int:
+def nonneg_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -36,8 +36,8 @@ def _nonneg_int(text: str) -> int:
     return value
 
 
-def _positive_int(text: str) -> int:
-    value = _nonneg_int(text)
+def positive_int(text: str) -> int:
+    value = nonneg_int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
     return value
@@ -50,11 +50,11 @@ def comma_list(cast: Callable[[str], T], ok: Callable[[T], bool], what: str) -> 
     def parse(text: str) -> list[T]:
         items = text.split(",")
         if not all(item.strip() for item in items):
-            raise argparse.ArgumentTypeError(f"{text!r} has an empty item; give a comma-separated list of {what}")
+            raise argparse.ArgumentTypeError(f"{text!r} has an empty item; give a comma-separated list, each {what}")
         try:
             values = [cast(item.strip()) for item in items]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {what}") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list, each {what}") from None
         bad = [v for v in values if not ok(v)]
         if bad:
             raise argparse.ArgumentTypeError(f"{bad[0]!r} is not {what}")
@@ -77,7 +77,8 @@ IMAGE_LRS = comma_list(float, lambda v: 0 < v < math.inf, "a positive image lr")
 @contextlib.contextmanager
 def one_line_errors(ap: argparse.ArgumentParser, interrupted: str = "interrupted") -> Iterator[None]:
     """For a script's ``main``: a :class:`MeddistillError` ends it with one line and exit 2,
-    Ctrl-C with ``interrupted`` and exit 130, as ``meddistill`` itself does."""
+    Ctrl-C with ``interrupted`` and exit 130. Other exceptions keep their traceback (a script
+    is a developer's tool; ``meddistill`` itself also turns those into one line)."""
     try:
         yield
     except MeddistillError as exc:
@@ -115,7 +116,7 @@ def _device(p: argparse.ArgumentParser) -> None:
 def _workers(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers",
-        type=_nonneg_int,
+        type=nonneg_int,
         help="CPU processes that train experts; 0 = one per core (default), 1 = this process only",
     )
 
@@ -223,13 +224,13 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("grid", help="grid YAML, e.g. configs/bench/cpu.yaml")
     p.add_argument("--executor", choices=("local", "ray"), default="local")
     p.add_argument("--address", help="Ray cluster address (--executor ray; default: a local Ray)")
-    p.add_argument("--workers", type=_positive_int, default=1, help="local executor: cells run at once in processes")
-    p.add_argument("--threads", type=_positive_int, help="torch threads per worker (default: this process's / workers)")
+    p.add_argument("--workers", type=positive_int, default=1, help="local executor: cells run at once in processes")
+    p.add_argument("--threads", type=positive_int, help="torch threads per worker (default: this process's / workers)")
     p.add_argument("--store", help="results JSON-lines file (default: the grid's store)")
     _out(p, "runs folder (default: the grid's out_dir)")
     _experts(p, "expert buffer folder (default: the grid's experts_dir)")
     _data_root(p)
-    p.add_argument("--limit", type=_nonneg_int, help="run at most this many missing cells")
+    p.add_argument("--limit", type=nonneg_int, help="run at most this many missing cells")
     _device(p)
     p.add_argument("--report", help="write tables and plots to this folder afterwards")
     _progress(p)

@@ -233,6 +233,9 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=nonneg_int, help="run at most this many missing cells")
     _device(p)
     p.add_argument("--report", help="write tables and plots to this folder afterwards")
+    p.add_argument(
+        "--status", action="store_true", help="only print where the grid stands and the time left; run nothing"
+    )
     _progress(p)
 
 
@@ -534,12 +537,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for key in ("store", "out_dir", "experts_dir"):
         if getattr(args, key):
             setattr(grid, key, getattr(args, key))
+    extra = {k: getattr(args, k) for k in ("device", "data_root") if getattr(args, k)}
+    if args.status:
+        from meddistill.bench.status import format_status, grid_status
+
+        print(format_status(grid, grid_status(grid, **extra), args.workers))
+        return 0
     check_out_file(grid.store, "store")
     check_out_dir(grid.out_dir, "--out")
     check_out_dir(grid.experts_dir, "--experts-dir")
     if args.report:
         check_out_dir(args.report, "--report")
-    extra = {k: getattr(args, k) for k in ("device", "data_root") if getattr(args, k)}
     ran, done = run_grid(
         grid, args.executor, args.address, not args.no_progress, args.limit, args.workers, args.threads, **extra
     )

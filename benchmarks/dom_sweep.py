@@ -140,7 +140,7 @@ def table(res: dict[str, dict[tuple, dict]], args: argparse.Namespace) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--variants", type=names("a variant"), default=DEFAULT_VARIANTS, help=f"of: {', '.join(VARIANTS)}")
+    ap.add_argument("--variants", type=names("a variant", VARIANTS), default=DEFAULT_VARIANTS)
     ap.add_argument("--datasets", type=names("a dataset"), default="pneumoniamnist,bloodmnist")
     ap.add_argument("--ipc", type=IPCS, default="10,50")
     ap.add_argument("--seeds", type=SEEDS, default="0,1")
@@ -156,9 +156,6 @@ def main() -> None:
     if args.smoke:
         args.profile, args.datasets, args.ipc, args.seeds = "tiny", ["breastmnist"], [2, 4], [0]
     args.results = args.results or ("runs/dom_smoke" if args.smoke else "results")
-    unknown = [v for v in args.variants if v not in VARIANTS]
-    if unknown:
-        ap.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     with one_line_errors(ap, CELLS_KEPT):
         run(args)
 

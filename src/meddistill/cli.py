@@ -15,7 +15,7 @@ import contextlib
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -63,9 +63,12 @@ def comma_list(cast: Callable[[str], T], ok: Callable[[T], bool], what: str) -> 
     return parse
 
 
-def names(what: str = "a name") -> Callable[[str], list[str]]:
-    """An argparse type: a comma-separated list of non-empty names."""
-    return comma_list(str, bool, what)
+def names(what: str = "a name", known: Iterable[str] | None = None) -> Callable[[str], list[str]]:
+    """An argparse type: a comma-separated list of non-empty names, each one of ``known`` if given."""
+    if known is None:
+        return comma_list(str, bool, what)
+    allowed = sorted(known)
+    return comma_list(str, lambda v: v in allowed, f"{what} ({', '.join(allowed)})")
 
 
 CELLS_KEPT = "interrupted; finished cells are in the store, the same command resumes"

@@ -21,11 +21,13 @@ Then, per dataset, two tables (Markdown, printed and written to ``--out``):
 
     MEDDISTILL_DATA=../shared/data/medmnist python benchmarks/stability.py --workers 2
     python benchmarks/stability.py --report-only --docs docs/results.md   # tables from the store, nothing run
+    python benchmarks/stability.py --datasets bloodmnist --status   # cells done / left, time left; nothing run
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -33,6 +35,7 @@ from pathlib import Path
 from meddistill.bench import run_grid
 from meddistill.bench.grid import Grid, expand
 from meddistill.bench.report import check_rows, write_block
+from meddistill.bench.status import CellStatus, counts_line, estimate_line, grid_status
 from meddistill.cli import CELLS_KEPT, IMAGE_LRS, IPCS, SEEDS, comma_list, names, one_line_errors, positive_int
 from meddistill.errors import ArtifactError
 from meddistill.health import log_health, summarize
@@ -68,8 +71,8 @@ def grid(lr: float, max_start: int, args: argparse.Namespace) -> Grid:
     )
 
 
-def reuse_rows(g: Grid, stores: list[str]) -> int:
-    """Copy rows of ``stores`` whose cell key is one of ``g``'s missing cells into its store."""
+def reusable(g: Grid, stores: list[str]) -> dict[str, dict]:
+    """Rows of ``stores`` whose cell key is one of ``g``'s missing cells, by key."""
     have = {r.get("cell_key") for r in read_jsonl(g.store)}
     want = {c.key for c in expand(g)} - have
     found: dict[str, dict] = {}
@@ -77,9 +80,38 @@ def reuse_rows(g: Grid, stores: list[str]) -> int:
         for r in read_jsonl(path):
             if r.get("cell_key") in want:
                 found[r["cell_key"]] = {**r, "reused_from": path}  # the last stored row wins, as in reports
+    return found
+
+
+def reuse_rows(g: Grid, stores: list[str]) -> int:
+    """Copy :func:`reusable` rows into ``g``'s store."""
+    found = reusable(g, stores)
     for r in found.values():
         append_jsonl(g.store, r)
     return len(found)
+
+
+def status(args: argparse.Namespace, settings: list[tuple[float, int]]) -> None:
+    """Per setting, where its cells stand (a cell an earlier store holds counts as done: it is
+    copied, not run), then the cell time left; nothing is run or written."""
+    every = []
+    for lr, ms in settings:
+        g = grid(lr, ms, args)
+        copied = reusable(g, _stores(args.reuse))
+        st = [_as_copied(s, copied.get(s.cell.key)) for s in grid_status(g)]
+        print(f"{g.name}: {counts_line(st)}")
+        every += st
+    print(f"all: {counts_line(every)}; {estimate_line(every, args.workers)}")
+
+
+def _as_copied(s: CellStatus, row: dict | None) -> CellStatus:
+    if row is None:
+        return s
+    return dataclasses.replace(s, state="done", seconds=row.get("seconds"), resumed=bool(row.get("resumed")))
+
+
+def _stores(text: str) -> list[str]:
+    return [p for p in text.split(",") if p]
 
 
 def refresh_health(store: str) -> int:
@@ -277,6 +309,7 @@ def main() -> None:
     ap.add_argument("--experts-dir", default="experts")
     ap.add_argument("--workers", type=positive_int, default=1, help="cells at once, 1 torch thread each when > 1")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--status", action="store_true", help="only print where the cells stand and the time left")
     ap.add_argument("--docs", help="also regenerate the stability block of this Markdown file (docs/results.md)")
     ap.add_argument("--refresh-health", action="store_true", help="recompute rows' health from their run logs first")
     args = ap.parse_args()
@@ -286,12 +319,14 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, settings: list[tuple[float, int]]) -> None:
+    if args.status:
+        return status(args, settings)
     if args.report_only and not Path(args.store).exists():
         raise ArtifactError(f"no results store {args.store}; run without --report-only first")
     if not args.report_only:
         for lr, ms in settings:
             g = grid(lr, ms, args)
-            reused = reuse_rows(g, [p for p in args.reuse.split(",") if p])
+            reused = reuse_rows(g, _stores(args.reuse))
             if reused:
                 print(f"{g.name}: {reused} cells copied from earlier stores")
             run_grid(g, progress=True, workers=args.workers, threads=1 if args.workers > 1 else None)

@@ -54,12 +54,13 @@ def test_states_and_time_left_come_from_the_store_and_the_run_folders(tmp_path):
     }
     iters = st[("ptm", 1)].iterations
     assert st[("ptm", 1)].it == 6 and iters > 6
-    left, unknown = remaining(list(st.values()))
-    assert unknown == 0
+    left, unknown, from_logs = remaining(list(st.values()))
+    assert (unknown, from_logs) == (0, 1)
     assert left == 4.0 + (iters - 6) * 1.0  # random from its whole row, ptm from its log's rate
     text = format_status(grid, list(st.values()), workers=2)
     assert "4 cells — 2 done, 1 part-done, 0 distilled but not evaluated, 1 not started" in text
     assert f"| breastmnist | 2 | ptm | 1 | partial | 6/{iters} |" in text
+    assert "1 cells timed by their distillation iterations only" in text
 
 
 def test_a_cell_without_any_measurement_is_counted_apart_not_guessed(tmp_path):
@@ -69,7 +70,7 @@ def test_a_cell_without_any_measurement_is_counted_apart_not_guessed(tmp_path):
     ptm0.mkdir(parents=True)
     (ptm0 / "checkpoint.json").write_text("{torn")  # unreadable: part-done, iteration unknown
     statuses = grid_status(grid)
-    assert remaining(statuses) == (0.0, 4)
+    assert remaining(statuses) == (0.0, 4, 0)
     text = format_status(grid, statuses)
     assert "| ptm | 0 | partial | ?/" in text and "4 cells have no measured rate yet and are not counted" in text
 

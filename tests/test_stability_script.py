@@ -3,6 +3,7 @@ seed; reused rows come from the last matching stored row."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 from pathlib import Path
@@ -89,3 +90,24 @@ def test_bad_input_is_one_line_and_exit_2(stability, tmp_path, monkeypatch, caps
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("stability.py: error:") and msg in err
+
+
+def test_status_counts_a_cell_an_earlier_store_holds_as_done_and_writes_nothing(
+    stability, tmp_path, monkeypatch, capsys
+):
+    flags = ["--datasets", "breastmnist", "--ipc", "2", "--methods", "mtt", "--seeds", "0,1", "--lrs", "10"]
+    flags += ["--max-start", "8", "--store", f"{tmp_path}/s.jsonl", "--reuse", f"{tmp_path}/old.jsonl"]
+    flags += ["--out-dir", f"{tmp_path}/runs", "--experts-dir", f"{tmp_path}/experts"]
+    ns = argparse.Namespace(datasets=["breastmnist"], ipc=[2], methods=["mtt"], seeds=[0, 1])
+    ns.store, ns.out_dir, ns.experts_dir = f"{tmp_path}/s.jsonl", f"{tmp_path}/runs", f"{tmp_path}/experts"
+    cells = stability.expand(stability.grid(10.0, 8, ns))
+    from meddistill.utils import append_jsonl
+
+    append_jsonl(tmp_path / "old.jsonl", {"cell_key": cells[0].key, "seconds": 60.0})
+    before = sorted(tmp_path.rglob("*"))
+    monkeypatch.setattr(sys, "argv", ["stability.py", *flags, "--status"])
+    stability.main()
+    out = capsys.readouterr().out
+    assert "stability_lr10_ms8: 2 cells — 1 done, 0 part-done, 0 distilled but not evaluated, 1 not started" in out
+    assert "about 1 min of cell time left" in out  # the copied row's seconds time its group
+    assert sorted(tmp_path.rglob("*")) == before

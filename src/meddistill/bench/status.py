@@ -97,10 +97,11 @@ def _rates(statuses: list[CellStatus]) -> tuple[dict[Group, float], dict[Group, 
     return {g: med(v) for g, v in whole.items()}, {g: med(v) for g, v in per_it.items() if v}
 
 
-def remaining(statuses: list[CellStatus]) -> tuple[float, int]:
-    """(estimated cell-seconds left, cells left without an estimate)."""
+def remaining(statuses: list[CellStatus]) -> tuple[float, int, int]:
+    """(estimated cell-seconds left, cells left without an estimate, cells estimated from run
+    logs, whose evaluation is not in the estimate)."""
     whole, per_it = _rates(statuses)
-    left, unknown = 0.0, 0
+    left, unknown, from_logs = 0.0, 0, 0
     for s in statuses:
         if s.state in ("done", "set"):
             continue
@@ -109,21 +110,39 @@ def remaining(statuses: list[CellStatus]) -> tuple[float, int]:
             left += frac * whole[s.group]
         elif s.group in per_it and s.iterations:
             left += (s.iterations - (s.it or 0)) * per_it[s.group]
+            from_logs += 1
         else:
             unknown += 1
-    return left, unknown
+    return left, unknown, from_logs
 
 
 def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 360 else f"{seconds / 60:.0f} min"
 
 
-def format_status(grid: Grid, statuses: list[CellStatus], workers: int = 1) -> str:
+def counts_line(statuses: list[CellStatus]) -> str:
     count = {k: sum(s.state == k for s in statuses) for k in ("done", "partial", "set", "todo")}
-    lines = [
-        f"bench {grid.name}: {len(statuses)} cells — {count['done']} done, {count['partial']} part-done, "
-        f"{count['set']} distilled but not evaluated, {count['todo']} not started (store {grid.store})"
-    ]
+    return (
+        f"{len(statuses)} cells — {count['done']} done, {count['partial']} part-done, "
+        f"{count['set']} distilled but not evaluated, {count['todo']} not started"
+    )
+
+
+def estimate_line(statuses: list[CellStatus], workers: int = 1) -> str:
+    left, unknown, from_logs = remaining(statuses)
+    parts = []
+    if left > 0 or not unknown:
+        wall = f" (~{_hours(left / workers)} with {workers} workers)" if workers > 1 else ""
+        parts.append(f"about {_hours(left)} of cell time left{wall}")
+    if unknown:
+        parts.append(f"{unknown} cells have no measured rate yet and are not counted")
+    if from_logs:
+        parts.append(f"{from_logs} cells timed by their distillation iterations only, evaluation not included")
+    return "; ".join(parts) + " (from this store's finished cells and the run logs, on their machine)"
+
+
+def format_status(grid: Grid, statuses: list[CellStatus], workers: int = 1) -> str:
+    lines = [f"bench {grid.name}: {counts_line(statuses)} (store {grid.store})"]
     open_cells = [s for s in statuses if s.state != "done"]
     if open_cells:
         lines += ["", "| dataset | ipc | method | seed | state | iteration |", "|---|---|---|---|---|---|"]
@@ -131,12 +150,5 @@ def format_status(grid: Grid, statuses: list[CellStatus], workers: int = 1) -> s
             where = f"{'?' if s.it is None else s.it}/{s.iterations}" if s.iterations else "–"
             c = s.cell
             lines.append(f"| {c.dataset} | {c.ipc} | {c.method} | {c.seed} | {s.state} | {where} |")
-        left, unknown = remaining(statuses)
-        parts = []
-        if left > 0 or not unknown:
-            wall = f" (~{_hours(left / workers)} with {workers} workers)" if workers > 1 else ""
-            parts.append(f"about {_hours(left)} of cell time left{wall}")
-        if unknown:
-            parts.append(f"{unknown} cells have no measured rate yet and are not counted")
-        lines += ["", "; ".join(parts) + " (from this store's finished cells and the run logs, on their machine)"]
+        lines += ["", estimate_line(statuses, workers)]
     return "\n".join(lines)

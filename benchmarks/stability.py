@@ -313,7 +313,7 @@ def main() -> None:
     ap.add_argument("--docs", help="also regenerate the stability block of this Markdown file (docs/results.md)")
     ap.add_argument("--refresh-health", action="store_true", help="recompute rows' health from their run logs first")
     args = ap.parse_args()
-    settings = [(lr, ms) for ms in args.max_start for lr in args.lrs]
+    settings = list(dict.fromkeys((lr, ms) for ms in args.max_start for lr in args.lrs))  # a repeat is one setting
     with one_line_errors(ap, CELLS_KEPT):
         run(args, settings)
 

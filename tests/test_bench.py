@@ -80,6 +80,16 @@ def test_an_empty_run_folder_is_not_earlier_work(tmp_path, session_dirs):
     assert not any(r.get("resumed") for r in read_jsonl(grid.store))
 
 
+def test_a_checkpoint_json_alone_is_not_earlier_work(tmp_path):
+    # a resume reads checkpoint.safetensors; the JSON is a readable copy of its counters
+    from meddistill.pipeline import holds_earlier_work
+
+    (tmp_path / "checkpoint.json").write_text('{"it": 50}')
+    assert not holds_earlier_work(tmp_path)
+    (tmp_path / "checkpoint.safetensors").write_bytes(b"x")
+    assert holds_earlier_work(tmp_path)
+
+
 def test_table_marks_the_best_mean_and_reports_std_over_seeds():
     rows = [
         {"dataset": "d", "ipc": 1, "method": m, "seed": s, "acc_mean": a, "auc_mean": a}

@@ -95,7 +95,7 @@ def test_bad_input_is_one_line_and_exit_2(stability, tmp_path, monkeypatch, caps
 def test_status_counts_a_cell_an_earlier_store_holds_as_done_and_writes_nothing(
     stability, tmp_path, monkeypatch, capsys
 ):
-    flags = ["--datasets", "breastmnist", "--ipc", "2", "--methods", "mtt", "--seeds", "0,1", "--lrs", "10"]
+    flags = ["--datasets", "breastmnist", "--ipc", "2", "--methods", "mtt", "--seeds", "0,1", "--lrs", "10,10"]
     flags += ["--max-start", "8", "--store", f"{tmp_path}/s.jsonl", "--reuse", f"{tmp_path}/old.jsonl"]
     flags += ["--out-dir", f"{tmp_path}/runs", "--experts-dir", f"{tmp_path}/experts"]
     ns = argparse.Namespace(datasets=["breastmnist"], ipc=[2], methods=["mtt"], seeds=[0, 1])
@@ -110,4 +110,5 @@ def test_status_counts_a_cell_an_earlier_store_holds_as_done_and_writes_nothing(
     out = capsys.readouterr().out
     assert "stability_lr10_ms8: 2 cells — 1 done, 0 part-done, 0 distilled but not evaluated, 1 not started" in out
     assert "about 1 min of cell time left" in out  # the copied row's seconds time its group
+    assert out.count("stability_lr10_ms8") == 1  # a repeated setting is one setting
     assert sorted(tmp_path.rglob("*")) == before

@@ -55,3 +55,16 @@ def test_every_appended_row_reads_back_whatever_torn_fragment_precedes_it(tmp_pa
         append_jsonl(store, r)
     got = read_jsonl(store)
     assert got[len(got) - len(rows):] == rows
+
+
+def test_a_store_that_cannot_be_read_as_text_is_one_clear_error(tmp_path):
+    import pytest
+
+    from meddistill.errors import ArtifactError
+
+    (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe\x00garbage")
+    (tmp_path / "dir.jsonl").mkdir()
+    for name in ("bin.jsonl", "dir.jsonl"):
+        with pytest.raises(ArtifactError, match="cannot be read as a JSON-lines file"):
+            read_jsonl(tmp_path / name)
+    assert read_jsonl(tmp_path / "none.jsonl") == []

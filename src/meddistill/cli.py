@@ -529,6 +529,11 @@ def _check_bench_flags(args: argparse.Namespace) -> None:
         raise ConfigError("--workers and --threads are for the local executor (Ray workers use this process's threads)")
     if args.threads and args.workers < 2:
         raise ConfigError("--threads sets the torch threads of each worker process: it needs --workers 2 or more")
+    if args.status:
+        unused = {"--executor ray": args.executor == "ray", "--limit": args.limit is not None, "--report": args.report}
+        given = [flag for flag, on in unused.items() if on]  # --workers/--threads: kept, to paste a run command
+        if given:
+            raise ConfigError(f"--status runs nothing: {', '.join(given)} would have no effect")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -543,6 +548,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     extra = {k: getattr(args, k) for k in ("device", "data_root") if getattr(args, k)}
     if args.status:
         from meddistill.bench.status import format_status, grid_status
+
+        if Path(grid.store).exists() and not Path(grid.store).is_file():
+            raise ArtifactError(f"store {grid.store} is not a file")
 
         print(format_status(grid, grid_status(grid, **extra), args.workers))
         return 0

@@ -76,10 +76,11 @@ class CellResult:
 
 
 def holds_earlier_work(run_dir: Path) -> bool:
-    """A finished set or a distillation checkpoint: what a new process continues instead of redoing."""
-    from meddistill.distill.tm import CKPT_META
+    """A finished set or a distillation checkpoint (its tensor file, which a resume reads): what a
+    new process continues instead of redoing."""
+    from meddistill.distill.tm import CKPT
 
-    return (run_dir / CKPT_META).exists() or (run_dir / "synset.npz").exists()
+    return (run_dir / CKPT).exists() or (run_dir / "synset.npz").exists()
 
 
 def load_data(cfg: RunConfig, progress: bool | None = None) -> MedDataset:

@@ -144,12 +144,18 @@ def _ends_a_line(path: str | os.PathLike) -> bool:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file; a torn line (a killed writer) is skipped."""
+    """Rows of a JSON-lines file (none if it does not exist); a torn line (a killed writer) is
+    skipped; a file that cannot be read as text is an :class:`ArtifactError`. A line that is
+    valid JSON but not an object is returned as it is: callers say what a row must hold."""
     rows: list[dict[str, Any]] = []
     p = Path(path)
     if not p.exists():
         return rows
-    for line in p.read_text().splitlines():
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{p} cannot be read as a JSON-lines file ({type(exc).__name__})") from None
+    for line in text.splitlines():
         line = line.strip()
         if not line:
             continue

@@ -39,6 +39,7 @@ class Grid:
 
 
 GRID_KEYS = set(Grid.__dataclass_fields__)
+TEXT_KEYS = ("name", "profile", "store", "out_dir", "experts_dir")
 LIST_KEYS = ("datasets", "ipc", "methods", "seeds", "eval_nets", "overrides")
 OVERRIDE_MAPS = ("method_overrides", "ipc_overrides", "dataset_overrides")
 
@@ -79,6 +80,11 @@ def load_grid(path: str | Path) -> Grid:
     if unknown:
         raise ConfigError(f"{path}: unknown grid keys {sorted(unknown)}; valid: {sorted(GRID_KEYS - {'name'})}")
     data.setdefault("name", Path(path).stem)
+    for key in TEXT_KEYS:
+        if key in data and (not isinstance(data[key], str) or not data[key]):
+            raise ConfigError(f"{path}: {key} must be a name or a path, got {data[key]!r}")
+    if not isinstance(data.get("full", True), bool):
+        raise ConfigError(f"{path}: full must be true or false, got {data['full']!r}")
     for key in LIST_KEYS:
         if key in data and not isinstance(data[key], list):
             data[key] = [data[key]]
@@ -193,5 +199,11 @@ def _all_cells(grid: Grid, **extra: Any) -> list[Cell]:
     return cells
 
 
+def keyed_rows(store: str | Path) -> dict[str, dict]:
+    """The store's rows by cell key (the last row of a key wins); lines that are not rows with
+    a string ``cell_key`` are not cells."""
+    return {r["cell_key"]: r for r in read_jsonl(store) if isinstance(r, dict) and isinstance(r.get("cell_key"), str)}
+
+
 def done_keys(store: str | Path) -> set[str]:
-    return {r["cell_key"] for r in read_jsonl(store) if "cell_key" in r}
+    return set(keyed_rows(store))

@@ -11,12 +11,13 @@ only, evaluation not included). A cell with neither is counted apart, never gues
 from __future__ import annotations
 
 import itertools
-import json
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from meddistill.bench.grid import Cell, Grid, expand
+from meddistill.bench.grid import Cell, Grid, expand, keyed_rows
+from meddistill.errors import ArtifactError
 from meddistill.utils import read_jsonl
 
 Group = tuple[str, int, str]
@@ -36,47 +37,47 @@ class CellStatus:
         return (self.cell.dataset, self.cell.ipc, self.cell.method)
 
 
-def _checkpoint_it(run_dir: Path) -> int | None:
-    """The iteration a checkpoint reached; -1 for a checkpoint whose metadata cannot be read."""
-    from meddistill.distill.tm import CKPT_META
-
-    meta = run_dir / CKPT_META
-    if not meta.exists():
+def _seconds(value: object) -> float | None:
+    """A measured duration: a finite number above 0 (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    try:
-        return int(json.loads(meta.read_text())["it"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return -1
+    return float(value) if 0 < value < math.inf else None
 
 
 def cell_status(cell: Cell, row: dict | None) -> CellStatus:
+    from meddistill.distill.tm import checkpoint_iteration
     from meddistill.pipeline import run_dir_for
 
     iterations = getattr(cell.cfg.distill.section(), "iterations", None)
     if row is not None:
-        return CellStatus(cell, "done", None, iterations, row.get("seconds"), bool(row.get("resumed")))
+        return CellStatus(cell, "done", None, iterations, _seconds(row.get("seconds")), row.get("resumed") is True)
     run_dir = run_dir_for(cell.cfg)
     if (run_dir / "synset.npz").exists():
         return CellStatus(cell, "set", iterations, iterations)
-    it = _checkpoint_it(run_dir)
-    if it is not None:
-        return CellStatus(cell, "partial", None if it < 0 else it, iterations)
-    return CellStatus(cell, "todo", 0, iterations)
+    it = checkpoint_iteration(run_dir)
+    if it is None:
+        return CellStatus(cell, "todo", 0, iterations)
+    readable = 0 <= it and (iterations is None or it <= iterations)
+    return CellStatus(cell, "partial", it if readable else None, iterations)
 
 
 def grid_status(grid: Grid, **extra) -> list[CellStatus]:
-    rows = {r["cell_key"]: r for r in read_jsonl(grid.store) if "cell_key" in r}
+    rows = keyed_rows(grid.store)
     return [cell_status(c, rows.get(c.key)) for c in expand(grid, **extra)]
 
 
 def seconds_per_iteration(run_dir: Path) -> list[float]:
     """Seconds per iteration between consecutive rows of a run's metrics log. ``elapsed_s``
     restarts with each process, so a pair across a resume (elapsed falls) is left out."""
-    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "it" in r and "elapsed_s" in r]
+    try:
+        logged = read_jsonl(run_dir / "metrics.jsonl")
+    except ArtifactError:  # an unreadable log gives no rate, it does not stop the status
+        return []
+    rows = [r for r in logged if isinstance(r, dict) and _seconds(r.get("elapsed_s")) and isinstance(r.get("it"), int)]
     rates = []
     for a, b in itertools.pairwise(rows):
         d_it, d_s = b["it"] - a["it"], b["elapsed_s"] - a["elapsed_s"]
-        if d_it > 0 and d_s > 0:
+        if d_it > 0 and _seconds(d_s / d_it):
             rates.append(d_s / d_it)
     return rates
 
@@ -89,31 +90,50 @@ def _rates(statuses: list[CellStatus]) -> tuple[dict[Group, float], dict[Group, 
     whole: dict[Group, list[float]] = {}
     per_it: dict[Group, list[float]] = {}
     for s in statuses:
-        if s.state == "done" and not s.resumed and isinstance(s.seconds, (int, float)):
-            whole.setdefault(s.group, []).append(float(s.seconds))
+        if s.state == "done" and not s.resumed and s.seconds is not None:
+            whole.setdefault(s.group, []).append(s.seconds)
         if s.iterations:
             per_it.setdefault(s.group, []).extend(seconds_per_iteration(run_dir_for(s.cell.cfg)))
     med = statistics.median
     return {g: med(v) for g, v in whole.items()}, {g: med(v) for g, v in per_it.items() if v}
 
 
-def remaining(statuses: list[CellStatus]) -> tuple[float, int, int]:
-    """(estimated cell-seconds left, cells left without an estimate, cells estimated from run
-    logs, whose evaluation is not in the estimate)."""
+@dataclass
+class Remaining:
+    cells: list[float]  # estimated seconds left of each cell with an estimate
+    unknown: int  # cells left with no measured rate
+    from_logs: int  # cells estimated from run-log rates (distillation only)
+    to_evaluate: int  # sets distilled, their evaluation not estimated
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.cells)
+
+    def wall(self, workers: int) -> float:
+        """With ``workers`` cells at once: at least the longest cell, at best an even split."""
+        busy = max(1, min(workers, len(self.cells)))
+        return max(self.seconds / busy, max(self.cells, default=0.0))
+
+
+def remaining(statuses: list[CellStatus]) -> Remaining:
     whole, per_it = _rates(statuses)
-    left, unknown, from_logs = 0.0, 0, 0
+    out = Remaining([], 0, 0, 0)
     for s in statuses:
-        if s.state in ("done", "set"):
+        if s.state == "done":
             continue
-        frac = 1 - (s.it or 0) / s.iterations if s.iterations else 1.0
+        if s.state == "set":
+            out.to_evaluate += 1
+            continue
+        done_it = s.it or 0
         if s.group in whole:
-            left += frac * whole[s.group]
+            frac = 1 - done_it / s.iterations if s.iterations else 1.0
+            out.cells.append(frac * whole[s.group])
         elif s.group in per_it and s.iterations:
-            left += (s.iterations - (s.it or 0)) * per_it[s.group]
-            from_logs += 1
+            out.cells.append((s.iterations - done_it) * per_it[s.group])
+            out.from_logs += 1
         else:
-            unknown += 1
-    return left, unknown, from_logs
+            out.unknown += 1
+    return out
 
 
 def _hours(seconds: float) -> str:
@@ -129,15 +149,19 @@ def counts_line(statuses: list[CellStatus]) -> str:
 
 
 def estimate_line(statuses: list[CellStatus], workers: int = 1) -> str:
-    left, unknown, from_logs = remaining(statuses)
+    r = remaining(statuses)
+    if not (r.cells or r.unknown or r.to_evaluate):
+        return "nothing left to run"
     parts = []
-    if left > 0 or not unknown:
-        wall = f" (~{_hours(left / workers)} with {workers} workers)" if workers > 1 else ""
-        parts.append(f"about {_hours(left)} of cell time left{wall}")
-    if unknown:
-        parts.append(f"{unknown} cells have no measured rate yet and are not counted")
-    if from_logs:
-        parts.append(f"{from_logs} cells timed by their distillation iterations only, evaluation not included")
+    if r.cells:
+        wall = f" (~{_hours(r.wall(workers))} with {workers} workers)" if workers > 1 else ""
+        parts.append(f"about {_hours(r.seconds)} of cell time left{wall}")
+    if r.unknown:
+        parts.append(f"{r.unknown} cells have no measured rate yet and are not counted")
+    if r.from_logs:
+        parts.append(f"{r.from_logs} cells timed by their distillation iterations only, evaluation not included")
+    if r.to_evaluate:
+        parts.append(f"{r.to_evaluate} distilled sets still to evaluate, not counted")
     return "; ".join(parts) + " (from this store's finished cells and the run logs, on their machine)"
 
 

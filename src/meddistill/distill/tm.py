@@ -23,6 +23,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -56,6 +57,22 @@ from meddistill.utils import append_jsonl, atomic_path, read_jsonl, write_jsonl_
 CKPT = "checkpoint.safetensors"
 CKPT_META = "checkpoint.json"
 RECENT = 25  # losses in the running median used to detect an exploding step
+
+
+def checkpoint_iteration(run_dir: str | Path) -> int | None:
+    """The iteration a run folder's checkpoint reached, read from the tensor file's header (what
+    a resume reads); None without a tensor file, -1 when it cannot be read."""
+    path = Path(run_dir) / CKPT
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            embedded = (f.metadata() or {}).get("meta")
+        meta = json.loads(embedded if embedded is not None else (Path(run_dir) / CKPT_META).read_text())
+        it = meta["it"]
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError):
+        return -1
+    return it if isinstance(it, int) and not isinstance(it, bool) and it >= 0 else -1
 
 
 def normalised_distance(theta: torch.Tensor, start: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -66,3 +67,27 @@ def test_dom_flags_duplicates_and_keeps_one_of_each_group():
 def test_diversity_is_zero_for_copies():
     x = torch.randn(1, 1, 8, 8).repeat(3, 1, 1, 1)
     assert abs(class_diversity(x, torch.zeros(3, dtype=torch.long))) < 1e-6
+
+
+@given(st.integers(1, 4), st.integers(1, 4), st.integers(0, 2**16))
+@settings(max_examples=30, deadline=None)
+def test_diversity_and_overlap_are_the_per_class_pair_statistics(classes, ipc, seed):
+    from meddistill.distill.dom import max_overlap
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(classes * ipc, 3, 4, 4, generator=g)
+    y = torch.arange(classes).repeat_interleave(ipc)
+    pairs = []
+    for c in range(classes):
+        s = cosine_matrix(x[y == c])
+        pairs += [s[i, j] for i in range(ipc) for j in range(ipc) if i != j]
+    per_class = [
+        torch.stack([1 - cosine_matrix(x[y == c])[i, j] for i in range(ipc) for j in range(ipc) if i != j]).mean()
+        for c in range(classes)
+        if ipc > 1
+    ]
+    if ipc == 1:
+        assert math.isnan(class_diversity(x, y)) and math.isnan(max_overlap(x, y))
+    else:
+        assert class_diversity(x, y) == pytest.approx(float(torch.stack(per_class).mean()), abs=1e-6)
+        assert max_overlap(x, y) == pytest.approx(float(torch.stack(pairs).max()), abs=1e-6)

@@ -54,6 +54,22 @@ def check_size(size: int) -> None:
         raise ValueError(f"image size {size} is not a MedMNIST size; choose one of {SIZES}")
 
 
+# the 11 organs of the three OrganMNIST views (axial, coronal, sagittal)
+_ORGANS = (
+    "bladder",
+    "femur-left",
+    "femur-right",
+    "heart",
+    "kidney-left",
+    "kidney-right",
+    "liver",
+    "lung-left",
+    "lung-right",
+    "pancreas",
+    "spleen",
+)
+
+
 def _spec(name, modality, task, channels, labels, n_samples, md5, license_) -> DatasetInfo:
     no_flip = modality in _NO_FLIP
     return DatasetInfo(
@@ -262,19 +278,7 @@ _ALL = [
         "abdominal ct",
         "multi-class",
         1,
-        (
-            "bladder",
-            "femur-left",
-            "femur-right",
-            "heart",
-            "kidney-left",
-            "kidney-right",
-            "liver",
-            "lung-left",
-            "lung-right",
-            "pancreas",
-            "spleen",
-        ),
+        _ORGANS,
         (34561, 6491, 17778),
         {
             28: "68e3f8846a6bd62f0c9bf841c0d9eacc",
@@ -289,19 +293,7 @@ _ALL = [
         "abdominal ct",
         "multi-class",
         1,
-        (
-            "bladder",
-            "femur-left",
-            "femur-right",
-            "heart",
-            "kidney-left",
-            "kidney-right",
-            "liver",
-            "lung-left",
-            "lung-right",
-            "pancreas",
-            "spleen",
-        ),
+        _ORGANS,
         (12975, 2392, 8216),
         {
             28: "b9ceb9546e10131b32923c5bbeaea2b1",
@@ -316,19 +308,7 @@ _ALL = [
         "abdominal ct",
         "multi-class",
         1,
-        (
-            "bladder",
-            "femur-left",
-            "femur-right",
-            "heart",
-            "kidney-left",
-            "kidney-right",
-            "liver",
-            "lung-left",
-            "lung-right",
-            "pancreas",
-            "spleen",
-        ),
+        _ORGANS,
         (13932, 2452, 8827),
         {
             28: "9ab87b696fb54e2a387ebe992d6ed5f1",

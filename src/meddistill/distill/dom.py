@@ -25,7 +25,7 @@ All selection and k-center functions are pure (tensors in, indices out) and dete
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -380,29 +380,23 @@ class DOMConfig:
 # ----------------------------------------------------------------------------- monitoring
 
 
-def class_diversity(images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean over classes of the mean pairwise (1 - cosine) between that class's images."""
-    vals = []
+def _same_class_pairs(images: torch.Tensor, labels: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Per class with two images or more: the cosine similarities of its distinct image pairs
+    (the off-diagonal of its similarity matrix)."""
     for c in labels.unique():
         x = images[labels == c]
         n = x.shape[0]
-        if n < 2:
-            continue
-        sim = cosine_matrix(x)
-        off = sim[~torch.eye(n, dtype=torch.bool, device=sim.device)]
-        vals.append(float((1 - off).mean()))
+        if n >= 2:
+            yield cosine_matrix(x)[~torch.eye(n, dtype=torch.bool, device=x.device)]
+
+
+def class_diversity(images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean over classes of the mean pairwise (1 - cosine) between that class's images."""
+    vals = [float((1 - off).mean()) for off in _same_class_pairs(images, labels)]
     return float(sum(vals) / len(vals)) if vals else float("nan")
 
 
 def max_overlap(images: torch.Tensor, labels: torch.Tensor) -> float:
     """The highest same-class pixel cosine similarity in the set (NaN if ipc = 1)."""
-    best = float("nan")
-    for c in labels.unique():
-        x = images[labels == c]
-        n = x.shape[0]
-        if n < 2:
-            continue
-        sim = cosine_matrix(x)
-        m = float(sim[~torch.eye(n, dtype=torch.bool, device=sim.device)].max())
-        best = m if best != best else max(best, m)
-    return best
+    peaks = [float(off.max()) for off in _same_class_pairs(images, labels)]
+    return max((p for p in peaks if p == p), default=float("nan"))  # a NaN class is passed over

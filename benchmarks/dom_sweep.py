@@ -16,7 +16,9 @@ accuracy is stored in the rows but never read here.
 The variants (see ``meddistill.distill.dom.DOMConfig``): ``default`` is the original DOM; the
 ``rate*`` ones replace the 10 % most redundant images of every class at each of PTM's stage
 boundaries and change one thing at a time — overlap space, k-center re-initialisation,
-boosted retraining — and ``rate10_all`` combines them.
+boosted retraining — and ``rate10_all`` combines them. ``stop05`` is the original DOM with its
+window closed at half of the run, for the question whether a late replacement costs more than
+it gives (at ipc 2, against ``nodom``: ``--variants nodom,default,stop05 --ipc 2``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "rate10_exclusive": ("ptm", [*RATE, f"{DOM}retrain=exclusive", f"{DOM}retrain_boost=1"]),
     "feature_thr": ("ptm", [f"{DOM}space=feature"]),  # threshold rule, feature space at the current point
     "gradient_thr": ("ptm", [f"{DOM}space=gradient"]),  # threshold rule on gradient cosine (0.9)
+    "stop05": ("ptm", [f"{DOM}stop=0.5"]),  # the original DOM, no event after half of the run
 }
 DEFAULT_VARIANTS = "nodom,default,rate10,rate10_feature,rate10_gradient,rate10_kcenter,rate10_boost,rate10_all"
 BASE_OVERRIDES = ["eval.num_nets=2", "distill.log_every=1"]

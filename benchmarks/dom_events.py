@@ -7,8 +7,9 @@ Each argument is a store holding both PTM and PTM without DOM rows, or ``A:B`` �
 store A paired with PTM-without-DOM rows from store B. Runs are paired by (dataset, size, ipc,
 seed), ipc > 1 only (DOM acts within a class). Per pair: DOM's events (iterations at which it
 replaced images, from the PTM run's ``metrics.jsonl``), images replaced, the last event's
-iteration, and PTM − PTM without DOM in **validation** accuracy (mean over the evaluation nets;
-points) — test accuracy is not read. Then the mean validation difference of the runs grouped by
+iteration, and PTM − PTM without DOM in **validation** accuracy (mean over the evaluation nets of
+its store: each pair is evaluated alike, but stores differ, so a group's mean can mix evaluation
+protocols; points) — test accuracy is not read. Then the mean validation difference of the runs grouped by
 when their last event was, and of the runs where DOM fired by ipc (at ipc 2 one replacement is
 half of a class's images). A pair whose PTM run log is gone is listed with "?" and left out of
 the groups.

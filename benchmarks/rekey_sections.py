@@ -193,6 +193,33 @@ def rekey_store(path: Path, dry_run: bool) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------- run folders
+def rekey_checkpoint(folder: Path, new_hash: str) -> None:
+    """Give a checkpoint the new config hash where a resume reads it — the tensor file's header —
+    and in its readable copy, checkpoint.json (a resume refuses a checkpoint of another hash)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from meddistill.distill.tm import CKPT, CKPT_META
+    from meddistill.utils import atomic_path
+
+    tensors_path = folder / CKPT
+    if tensors_path.is_file():
+        with safe_open(str(tensors_path), framework="pt") as f:
+            header = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if "meta" in header:
+            meta = json.loads(header["meta"])
+            meta["config_hash"] = new_hash
+            header["meta"] = json.dumps(meta)
+            with atomic_path(tensors_path) as tmp:
+                save_file(tensors, str(tmp), metadata=header)
+    ck = folder / CKPT_META
+    if ck.is_file():
+        meta = json.loads(ck.read_text())
+        meta["config_hash"] = new_hash
+        write_text_atomic(ck, json.dumps(meta, indent=2))
+
+
 def rekey_run_folder(folder: Path, dry_run: bool) -> str:
     from meddistill.synset import SynSet
 
@@ -219,11 +246,7 @@ def rekey_run_folder(folder: Path, dry_run: bool) -> str:
         syn = SynSet.load(folder)
         syn.meta["config_hash"] = new_hash
         syn.save(folder / "synset.npz")
-    ck = folder / "checkpoint.json"
-    if ck.is_file():
-        meta = json.loads(ck.read_text())
-        meta["config_hash"] = new_hash
-        write_text_atomic(ck, json.dumps(meta, indent=2))
+    rekey_checkpoint(folder, new_hash)
     for ev in folder.glob("eval_*.json"):
         row = json.loads(ev.read_text())
         new_row, _ = rekey_row(row)

@@ -27,15 +27,14 @@ Then, per dataset, two tables (Markdown, printed and written to ``--out``):
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
 from meddistill.bench import run_grid
-from meddistill.bench.grid import Grid, expand
+from meddistill.bench.grid import Grid, expand, keyed_rows
 from meddistill.bench.report import check_rows, write_block
-from meddistill.bench.status import CellStatus, counts_line, estimate_line, grid_status
+from meddistill.bench.status import cell_status, counts_line, estimate_line, grid_status
 from meddistill.cli import CELLS_KEPT, IMAGE_LRS, IPCS, SEEDS, comma_list, names, one_line_errors, positive_int
 from meddistill.errors import ArtifactError
 from meddistill.health import log_health, summarize
@@ -73,13 +72,12 @@ def grid(lr: float, max_start: int, args: argparse.Namespace) -> Grid:
 
 def reusable(g: Grid, stores: list[str]) -> dict[str, dict]:
     """Rows of ``stores`` whose cell key is one of ``g``'s missing cells, by key."""
-    have = {r.get("cell_key") for r in read_jsonl(g.store)}
-    want = {c.key for c in expand(g)} - have
+    want = {c.key for c in expand(g)} - set(keyed_rows(g.store))
     found: dict[str, dict] = {}
     for path in stores:
-        for r in read_jsonl(path):
-            if r.get("cell_key") in want:
-                found[r["cell_key"]] = {**r, "reused_from": path}  # the last stored row wins, as in reports
+        for key, r in keyed_rows(path).items():  # the last stored row wins, as in reports
+            if key in want:
+                found[key] = {**r, "reused_from": path}
     return found
 
 
@@ -98,16 +96,10 @@ def status(args: argparse.Namespace, settings: list[tuple[float, int]]) -> None:
     for lr, ms in settings:
         g = grid(lr, ms, args)
         copied = reusable(g, _stores(args.reuse))
-        st = [_as_copied(s, copied.get(s.cell.key)) for s in grid_status(g)]
+        st = [s if s.cell.key not in copied else cell_status(s.cell, copied[s.cell.key]) for s in grid_status(g)]
         print(f"{g.name}: {counts_line(st)}")
         every += st
     print(f"all: {counts_line(every)}; {estimate_line(every, args.workers)}")
-
-
-def _as_copied(s: CellStatus, row: dict | None) -> CellStatus:
-    if row is None:
-        return s
-    return dataclasses.replace(s, state="done", seconds=row.get("seconds"), resumed=bool(row.get("resumed")))
 
 
 def _stores(text: str) -> list[str]:

@@ -173,3 +173,26 @@ def test_a_grid_whose_store_is_not_a_path_is_refused_when_loaded(tmp_path, capsy
     p.write_text(p.read_text().replace(f"store: {tmp_path / 'store.jsonl'}", "store: [a]"))
     assert main(["bench", str(p), "--status"]) == 2
     assert "store must be a name or a path, got ['a']" in capsys.readouterr().err
+
+
+def test_expert_training_is_named_and_never_taken_for_a_cell_rate(tmp_path):
+    grid = load_grid(_grid(tmp_path, "ptm"))
+    cells = _cells(grid)
+    statuses = grid_status(grid)
+    assert all(s.experts is not None for s in statuses)  # no expert buffer yet
+    assert "1 expert buffers still to train first, not counted" in format_status(grid, statuses)
+    _store(grid, [{"cell_key": cells[("ptm", 0)].key, "seconds": 500.0, "experts_trained": True}])
+    r = remaining(grid_status(grid))
+    assert (r.cells, r.unknown) == ([], 1)  # 500 s is experts + cell: not the cell's rate
+
+
+def test_a_bench_row_says_when_its_seconds_include_training_its_experts(tmp_path):
+    from meddistill.bench import run_grid
+    from meddistill.utils import read_jsonl
+
+    grid = load_grid(_grid(tmp_path, "ptm"))
+    grid.overrides = ["eval.epochs=5", "device=cpu"]
+    run_grid(grid, progress=False)  # one process: the first cell trains the buffer, the second reads it
+    rows = {r["seed"]: r for r in read_jsonl(grid.store)}
+    assert rows[0].get("experts_trained") is True and "experts_trained" not in rows[1]
+    assert grid_status(grid)[0].trained_experts and not grid_status(grid)[1].trained_experts

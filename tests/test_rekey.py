@@ -80,3 +80,20 @@ def test_an_old_run_folder_is_renamed_and_reused_without_recomputation(tmp_path,
     (ev,) = new_dir.glob("eval_*.json")
     assert json.loads(ev.read_text())["run_dir"].endswith(new_dir.name)
     assert json.loads((new_dir / "checkpoint.json").read_text())["config_hash"] == syn.meta["config_hash"]
+
+
+def test_a_part_done_run_is_rekeyed_where_a_resume_reads_it(tmp_path):
+    # the config hash a resume checks is in the tensor file's header, not only in checkpoint.json
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    rk = _rekey()
+    meta = {"it": 7, "skipped": 0, "replaced": 0, "config_hash": "old"}
+    tensors = {"images": torch.arange(6.0).reshape(2, 3)}
+    save_file(tensors, str(tmp_path / "checkpoint.safetensors"), metadata={"meta": json.dumps(meta)})
+    (tmp_path / "checkpoint.json").write_text(json.dumps(meta))
+    rk.rekey_checkpoint(tmp_path, "new")
+    with safe_open(str(tmp_path / "checkpoint.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["meta"]) == {**meta, "config_hash": "new"}
+        assert torch.equal(f.get_tensor("images"), tensors["images"])
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["config_hash"] == "new"

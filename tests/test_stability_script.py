@@ -112,3 +112,16 @@ def test_status_counts_a_cell_an_earlier_store_holds_as_done_and_writes_nothing(
     assert "about 1 min of cell time left" in out  # the copied row's seconds time its group
     assert out.count("stability_lr10_ms8") == 1  # a repeated setting is one setting
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_status_reads_earlier_stores_with_the_same_checks(stability, tmp_path, monkeypatch, capsys):
+    ns = argparse.Namespace(datasets=["breastmnist"], ipc=[2], methods=["mtt"], seeds=[0])
+    ns.store, ns.out_dir, ns.experts_dir = f"{tmp_path}/s.jsonl", f"{tmp_path}/runs", f"{tmp_path}/experts"
+    key = stability.expand(stability.grid(10.0, 8, ns))[0].key
+    (tmp_path / "old.jsonl").write_text(f'5\n{{"cell_key": ["x"]}}\n{{"cell_key": "{key}", "seconds": NaN}}\n')
+    flags = ["--datasets", "breastmnist", "--ipc", "2", "--methods", "mtt", "--seeds", "0", "--lrs", "10"]
+    flags += ["--max-start", "8", "--store", ns.store, "--reuse", f"{tmp_path}/old.jsonl", "--status"]
+    monkeypatch.setattr(sys, "argv", ["stability.py", *flags, "--out-dir", ns.out_dir, "--experts-dir", ns.experts_dir])
+    stability.main()
+    out = capsys.readouterr().out
+    assert "1 cells — 1 done" in out and "nan" not in out and "nothing left to run" in out

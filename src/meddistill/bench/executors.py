@@ -40,7 +40,10 @@ def run_one(cell: Cell, progress: bool = False) -> dict:
     if cell.method == FULL:
         row = full_row(cfg, progress)
     else:
+        from meddistill.bench.status import experts_to_train
+
         earlier = holds_earlier_work(run_dir_for(cfg))  # a checkpoint or a set: work not timed here
+        trains = experts_to_train(cfg) is not None  # the cell's seconds will include its experts
         ds = load_data(cfg, progress)  # once for the cell and its stats
         res = run_cell(cfg, progress=progress, ds=ds)
         row = res.row
@@ -50,6 +53,8 @@ def run_one(cell: Cell, progress: bool = False) -> dict:
             row["health"] = health
         if earlier:
             row["resumed"] = True  # ``seconds`` is this process's part only
+        if trains:
+            row["experts_trained"] = True  # ``seconds`` includes training (or finishing) its experts
     row.update(cell_key=cell.key, seconds=round(time.monotonic() - t0, 1))
     row["machine"] = machine_info(resolve_device(cfg.device))
     return row

@@ -5,7 +5,9 @@ checkpoint: the iteration it reached), ``set`` (a finished set not yet evaluated
 ``todo``. The remaining time is estimated from measurements only: a group's (dataset, ipc,
 method) finished rows that did not resume earlier work (their ``seconds`` is the whole cell), or,
 for a group without such a row, the seconds per iteration its run logs record (distillation
-only, evaluation not included). A cell with neither is counted apart, never guessed.
+only, evaluation not included). A row whose seconds include training its expert buffer is not
+a rate either. A cell with neither is counted apart, never guessed, and so are the expert
+buffers open cells must train first.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meddistill.bench.grid import Cell, Grid, expand, keyed_rows
+from meddistill.config import RunConfig
 from meddistill.errors import ArtifactError
 from meddistill.utils import read_jsonl
 
@@ -31,6 +34,8 @@ class CellStatus:
     iterations: int | None = None  # iterations of the whole run (methods that checkpoint)
     seconds: float | None = None  # the stored row's
     resumed: bool = False  # the stored row continued earlier work: its seconds are a part
+    trained_experts: bool = False  # the stored row's seconds include training its expert buffer
+    experts: Path | None = None  # an open cell's expert buffer, still to train as far as it reads
 
     @property
     def group(self) -> Group:
@@ -44,21 +49,45 @@ def _seconds(value: object) -> float | None:
     return float(value) if 0 < value < math.inf else None
 
 
+def experts_to_train(cfg: RunConfig) -> Path | None:
+    """The expert folder a cell of ``cfg`` would first train or finish (up to the last epoch its
+    method reads), or None when its method reads no experts or they are there."""
+    from meddistill.distill import get_spec
+    from meddistill.experts import epochs_trained, expert_dir
+
+    spec = get_spec(cfg.distill.method)
+    if not spec.needs_experts:
+        return None
+    folder, full = expert_dir(cfg), cfg.experts.epochs
+    want = min(spec.experts_read(cfg), full)
+    have = min(epochs_trained(folder, k, full) for k in range(cfg.experts.num_experts))
+    return folder if have < want else None
+
+
 def cell_status(cell: Cell, row: dict | None) -> CellStatus:
     from meddistill.distill.tm import checkpoint_iteration
     from meddistill.pipeline import run_dir_for
 
     iterations = getattr(cell.cfg.distill.section(), "iterations", None)
     if row is not None:
-        return CellStatus(cell, "done", None, iterations, _seconds(row.get("seconds")), row.get("resumed") is True)
+        return CellStatus(
+            cell,
+            "done",
+            None,
+            iterations,
+            _seconds(row.get("seconds")),
+            row.get("resumed") is True,
+            row.get("experts_trained") is True,
+        )
     run_dir = run_dir_for(cell.cfg)
     if (run_dir / "synset.npz").exists():
         return CellStatus(cell, "set", iterations, iterations)
+    experts = experts_to_train(cell.cfg)
     it = checkpoint_iteration(run_dir)
     if it is None:
-        return CellStatus(cell, "todo", 0, iterations)
+        return CellStatus(cell, "todo", 0, iterations, experts=experts)
     readable = 0 <= it and (iterations is None or it <= iterations)
-    return CellStatus(cell, "partial", it if readable else None, iterations)
+    return CellStatus(cell, "partial", it if readable else None, iterations, experts=experts)
 
 
 def grid_status(grid: Grid, **extra) -> list[CellStatus]:
@@ -90,7 +119,7 @@ def _rates(statuses: list[CellStatus]) -> tuple[dict[Group, float], dict[Group, 
     whole: dict[Group, list[float]] = {}
     per_it: dict[Group, list[float]] = {}
     for s in statuses:
-        if s.state == "done" and not s.resumed and s.seconds is not None:
+        if s.state == "done" and not (s.resumed or s.trained_experts) and s.seconds is not None:
             whole.setdefault(s.group, []).append(s.seconds)
         if s.iterations:
             per_it.setdefault(s.group, []).extend(seconds_per_iteration(run_dir_for(s.cell.cfg)))
@@ -104,6 +133,7 @@ class Remaining:
     unknown: int  # cells left with no measured rate
     from_logs: int  # cells estimated from run-log rates (distillation only)
     to_evaluate: int  # sets distilled, their evaluation not estimated
+    expert_buffers: int  # expert buffers open cells must train first, not estimated
 
     @property
     def seconds(self) -> float:
@@ -117,7 +147,7 @@ class Remaining:
 
 def remaining(statuses: list[CellStatus]) -> Remaining:
     whole, per_it = _rates(statuses)
-    out = Remaining([], 0, 0, 0)
+    out = Remaining([], 0, 0, 0, len({s.experts for s in statuses if s.experts is not None}))
     for s in statuses:
         if s.state == "done":
             continue
@@ -150,7 +180,7 @@ def counts_line(statuses: list[CellStatus]) -> str:
 
 def estimate_line(statuses: list[CellStatus], workers: int = 1) -> str:
     r = remaining(statuses)
-    if not (r.cells or r.unknown or r.to_evaluate):
+    if not (r.cells or r.unknown or r.to_evaluate or r.expert_buffers):
         return "nothing left to run"
     parts = []
     if r.cells:
@@ -162,6 +192,8 @@ def estimate_line(statuses: list[CellStatus], workers: int = 1) -> str:
         parts.append(f"{r.from_logs} cells timed by their distillation iterations only, evaluation not included")
     if r.to_evaluate:
         parts.append(f"{r.to_evaluate} distilled sets still to evaluate, not counted")
+    if r.expert_buffers:
+        parts.append(f"{r.expert_buffers} expert buffers still to train first, not counted")
     return "; ".join(parts) + " (from this store's finished cells and the run logs, on their machine)"
 
 

@@ -196,3 +196,16 @@ def test_a_bench_row_says_when_its_seconds_include_training_its_experts(tmp_path
     rows = {r["seed"]: r for r in read_jsonl(grid.store)}
     assert rows[0].get("experts_trained") is True and "experts_trained" not in rows[1]
     assert grid_status(grid)[0].trained_experts and not grid_status(grid)[1].trained_experts
+
+
+def test_a_reader_that_goes_away_is_not_an_internal_error(tmp_path):
+    # `meddistill bench grid --status | head -1`: the pipe closes before everything is printed
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "meddistill.cli", "bench", str(_grid(tmp_path)), "--status"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the child writes
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert "internal error" not in err and "Traceback" not in err

@@ -689,6 +689,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say("interrupted; finished work and the last checkpoint are kept — run the same command again to resume")
         return 130
+    except BrokenPipeError:  # the reader went away (`meddistill ... | head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 141
     except Exception as exc:  # a net under the checks above, not a substitute for them
         if os.environ.get("MEDDISTILL_DEBUG"):
             raise

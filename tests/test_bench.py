@@ -177,6 +177,27 @@ def test_worker_pool_gives_the_same_rows_as_local(tmp_path, session_dirs):
         run_grid(grid, progress=False, workers=0)
 
 
+def test_ctrl_c_stops_a_worker_pool_without_starting_or_waiting_for_more_cells(tmp_path, session_dirs):
+    # the pool used to start the cells queued to it and wait for them (hours for a matching cell)
+    import time
+
+    from meddistill.bench.executors import run_pool
+
+    grid = load_grid(_grid(tmp_path, session_dirs))
+    grid.full, grid.seeds = False, [0, 1, 2]
+    grid.method_overrides = {"ptm": ["distill.ptm.iterations=5000"]}  # minutes each
+    cells = sorted(expand(grid), key=lambda c: c.method != "random")  # a quick cell first
+
+    def ctrl_c(row):
+        raise KeyboardInterrupt
+
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_pool(cells, Path(grid.store), False, 2, 1, on_row=ctrl_c, grace=0)
+    assert time.monotonic() - t0 < 90
+    assert len(list(Path(grid.out_dir).rglob("synset.npz"))) <= 2  # no PTM cell ran to its end
+
+
 @pytest.mark.parametrize(
     "text,msg",
     [

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -138,8 +139,10 @@ def run_pool(
     workers: int,
     threads: int | None = None,
     on_row: Callable[[dict], None] | None = None,
+    grace: float = 10.0,
 ) -> int:
-    """Run ``cells`` in ``workers`` spawned processes of ``threads`` torch threads each."""
+    """Run ``cells`` in ``workers`` spawned processes of ``threads`` torch threads each; on
+    Ctrl-C see :func:`_stop_pool` (``grace`` seconds for running cells to end)."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -148,15 +151,34 @@ def run_pool(
     threads = threads or max(1, torch.get_num_threads() // workers)
     spawn = mp.get_context("spawn")
     pool = ProcessPoolExecutor(workers, mp_context=spawn, initializer=_init_worker, initargs=(threads,))
+    futures: list[Future] = []
     try:
         # experts first, one task per distinct buffer, so cells never train the same experts twice
-        for f in [pool.submit(_prepare_experts, c, n) for c, n in _distinct_experts(cells)]:
+        futures = [pool.submit(_prepare_experts, c, n) for c, n in _distinct_experts(cells)]
+        for f in futures:
             f.result()
         futures = [pool.submit(run_one, c, False) for c in cells]
         rows = (f.result() for f in as_completed(futures))
         return _store_rows(rows, len(cells), store, f"bench ({workers} workers)", progress, on_row)
+    except KeyboardInterrupt:
+        _stop_pool(pool, futures, grace)
+        raise
     finally:
         pool.shutdown(cancel_futures=True)
+
+
+def _stop_pool(pool, futures: list[Future], grace: float) -> None:
+    """Ctrl-C: no further cell starts; running cells get ``grace`` seconds to end (a worker that
+    got the same SIGINT writes its checkpoint and ends at once), then their processes are
+    stopped — a resume continues from each run's last checkpoint. Without this the pool would
+    start the cells already queued to it and wait for them, hours for a matching cell."""
+    from concurrent.futures import wait
+
+    for f in futures:
+        f.cancel()
+    wait([f for f in futures if f.running()], timeout=grace)
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        proc.terminate()
 
 
 def run_ray(

@@ -76,3 +76,19 @@ def distill_ctx(ds, cfg, run_dir: Path, stop_at: int | None = None):
 
     run_dir.mkdir(parents=True, exist_ok=True)
     return DistillContext(ds, cfg, torch.device("cpu"), run_dir, False, config_hash(distill_identity(cfg)), stop_at)
+
+
+@pytest.fixture
+def bench_script(monkeypatch):
+    """Import a script of benchmarks/ by name (they import their siblings by name too); every
+    benchmarks/ module imported meanwhile is dropped afterwards, so no test sees another's."""
+    import importlib
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))
+    before = set(sys.modules)
+    yield importlib.import_module
+    for name in set(sys.modules) - before:
+        if Path(getattr(sys.modules[name], "__file__", None) or "").parent == bench:
+            sys.modules.pop(name, None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -13,10 +12,8 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture
-def all_results(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    yield importlib.import_module("all_results")
-    sys.modules.pop("all_results", None)
+def all_results(bench_script):
+    return bench_script("all_results")
 
 
 def _row(method: str, seed: int, acc: float) -> dict:
@@ -127,9 +124,8 @@ def test_overlapping_stores_are_refused(all_results, tmp_path, second, msg):
         all_results.read_stores([a, b])
 
 
-def test_paired_diff_pairs_by_seed_and_gives_the_standard_error_over_cells(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    paired_diff = importlib.import_module("paired_diff")
+def test_paired_diff_pairs_by_seed_and_gives_the_standard_error_over_cells(bench_script):
+    paired_diff = bench_script("paired_diff")
     rows = [
         {**_row(m, s, a + d), "ipc": ipc}
         for ipc, d in ((1, 0.0), (2, 0.02))
@@ -139,5 +135,3 @@ def test_paired_diff_pairs_by_seed_and_gives_the_standard_error_over_cells(monke
     diffs = paired_diff.cell_diffs(rows, "convnet", "ptm", "mtt")
     assert diffs == pytest.approx({("breastmnist", 1): 2.0, ("breastmnist", 2): 2.0})
     assert "| ptm − mtt | convnet | 2 | +2.00 ± 0.00 | +2.00 |" in paired_diff.lines(rows, [("ptm", "mtt")])
-    sys.modules.pop("paired_diff", None)
-    sys.modules.pop("all_results", None)

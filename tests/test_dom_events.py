@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -13,10 +12,8 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture
-def dom_events(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    yield importlib.import_module("dom_events")
-    sys.modules.pop("dom_events", None)
+def dom_events(bench_script):
+    return bench_script("dom_events")
 
 
 def _row(method, seed, val, test, run_dir=None, ipc=2):

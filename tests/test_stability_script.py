@@ -4,7 +4,6 @@ seed; reused rows come from the last matching stored row."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 
@@ -14,11 +13,8 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture
-def stability(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    mod = importlib.import_module("stability")
-    yield mod
-    sys.modules.pop("stability", None)
+def stability(bench_script):
+    return bench_script("stability")
 
 
 def _row(lr, ms, seed, val, test, method="mtt"):

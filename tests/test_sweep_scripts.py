@@ -5,7 +5,6 @@ unknown dataset/method ends with one line and exit 2, never a traceback."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 
@@ -50,17 +49,8 @@ def test_comma_list_casts_and_checks_each_item():
 
 
 @pytest.fixture
-def script(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    loaded: list[str] = []
-
-    def load(name: str):
-        loaded.append(name)
-        return importlib.import_module(name)
-
-    yield load
-    for name in [*loaded, "tm_diagnose"]:
-        sys.modules.pop(name, None)
+def script(bench_script):
+    return bench_script
 
 
 CASES = [

@@ -21,6 +21,8 @@ import argparse
 import statistics
 from pathlib import Path
 
+from tm_diagnose import val_acc
+
 from meddistill.cli import one_line_errors
 from meddistill.errors import ArtifactError
 from meddistill.utils import read_jsonl
@@ -31,10 +33,6 @@ LATE = 0.7  # a last event after this fraction of the run counts as late
 
 def _key(r: dict) -> Key:
     return (r["dataset"], int(r.get("size") or 28), int(r["ipc"]), int(r["seed"]))
-
-
-def val_acc(r: dict) -> float:
-    return 100 * statistics.mean(x["val_acc"] for x in r["runs"])
 
 
 def rows_of(path: str, method: str) -> dict[Key, dict]:
@@ -71,7 +69,7 @@ def table(found: list[tuple[str, Key, dict, dict]]) -> tuple[list[str], dict[str
     for store, (d, size, ipc, seed), dom, nodom in found:
         ev = events(dom.get("run_dir"))
         its = int(dom["config"]["distill"]["ptm"]["iterations"])
-        diff = val_acc(dom) - val_acc(nodom)
+        diff = 100 * (val_acc(dom) - val_acc(nodom))
         if ev is None:
             n = replaced = last = "?"
         else:

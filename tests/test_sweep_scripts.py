@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from meddistill.cli import IMAGE_LRS, IPCS, SEEDS, comma_list, names
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @given(st.lists(st.integers(min_value=0, max_value=10**6), min_size=1, max_size=8))

@@ -112,8 +112,8 @@ def seconds_per_iteration(run_dir: Path) -> list[float]:
 
 
 def _rates(statuses: list[CellStatus]) -> tuple[dict[Group, float], dict[Group, float]]:
-    """Per group: median seconds of whole finished cells, and median seconds per iteration
-    from the run logs of its cells (any state)."""
+    """Per group: median seconds of whole finished cells, and, for a group without any, median
+    seconds per iteration from the run logs of its cells (any state)."""
     from meddistill.pipeline import run_dir_for
 
     whole: dict[Group, list[float]] = {}
@@ -121,7 +121,8 @@ def _rates(statuses: list[CellStatus]) -> tuple[dict[Group, float], dict[Group, 
     for s in statuses:
         if s.state == "done" and not (s.resumed or s.trained_experts) and s.seconds is not None:
             whole.setdefault(s.group, []).append(s.seconds)
-        if s.iterations:
+    for s in statuses:  # a log is read only where no whole cell times the group
+        if s.iterations and s.group not in whole:
             per_it.setdefault(s.group, []).extend(seconds_per_iteration(run_dir_for(s.cell.cfg)))
     med = statistics.median
     return {g: med(v) for g, v in whole.items()}, {g: med(v) for g, v in per_it.items() if v}

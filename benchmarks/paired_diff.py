@@ -17,6 +17,7 @@ import statistics
 
 from all_results import NETS, per_seed, read_stores
 
+from meddistill.cli import comma_list, one_line_errors
 from meddistill.errors import MeddistillError
 
 PAIRS = [("ptm", "mtt"), ("ptm_nodom", "mtt"), ("ptm", "ptm_nodom")]
@@ -64,20 +65,23 @@ def lines(rows: list[dict], pairs: list[tuple[str, str]]) -> list[str]:
     return out
 
 
-def _pairs(text: str) -> list[tuple[str, str]]:
-    pairs = [tuple(p.split(":")) for p in text.split(",") if p]
-    if not pairs or any(len(p) != 2 or not all(p) for p in pairs):
-        raise argparse.ArgumentTypeError(f"expected a:b[,c:d…], got {text!r}")
-    return pairs
+def _pair(text: str) -> tuple[str, str]:
+    a, b = text.split(":")  # a ValueError unless exactly one ':'
+    return a.strip(), b.strip()
+
+
+PAIR_LIST = comma_list(_pair, all, "a pair a:b of method names")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("store", nargs="+")
-    ap.add_argument("--pairs", type=_pairs, default=PAIRS, help="a:b,… (default: ptm:mtt,ptm_nodom:mtt,ptm:ptm_nodom)")
+    ap.add_argument(
+        "--pairs", type=PAIR_LIST, default=PAIRS, help="a:b,… (default: ptm:mtt,ptm_nodom:mtt,ptm:ptm_nodom)"
+    )
     ap.add_argument("--by-seed", action="store_true", help="also each cell's per-seed differences")
     args = ap.parse_args()
-    try:
+    with one_line_errors(ap):
         rows = read_stores(args.store)
         missing = [f"{a}:{b}" for a, b in args.pairs if not any(cell_diffs(rows, n, a, b) for n in NETS)]
         if missing:
@@ -86,8 +90,6 @@ def main() -> None:
         if args.by_seed:
             out += ["", *seed_lines(rows, args.pairs)]
         print("\n".join(out))
-    except MeddistillError as exc:
-        ap.exit(2, f"paired_diff.py: error: {exc}\n")
 
 
 if __name__ == "__main__":

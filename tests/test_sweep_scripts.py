@@ -73,6 +73,9 @@ CASES = [
     ("tm_lr_probe", ["--datasets", "nosuch"], "unknown dataset 'nosuch'"),
     ("interrupt_sweep", ["--step", "0"], "must be 1 or more"),
     ("interrupt_sweep", ["--methods", "nosuch"], "unknown method 'nosuch'"),
+    ("paired_diff", ["{tmp}/s.jsonl", "--pairs", "ptm:mtt,ptm"], "not a comma-separated list, each a pair a:b"),
+    ("paired_diff", ["{tmp}/s.jsonl", "--pairs", "ptm:"], "('ptm', '') is not a pair a:b"),
+    ("paired_diff", ["{tmp}/none.jsonl"], "none.jsonl"),
 ]
 
 

@@ -183,15 +183,26 @@ def sensitivity_table(rows: list[dict], settings: list[tuple[float, int]]) -> st
     return "\n".join(lines)
 
 
+def _coverage(rows: list[dict], dataset: str, keys: list[tuple], settings: list[tuple[float, int]]) -> str:
+    """ "" when ``dataset`` has rows for every (method, ipc) of ``keys`` at every setting, else
+    " (k of n settings × method × ipc)" — a partial dataset's spreads and picks cover less."""
+    have = {(r["method"], r["ipc"], setting_of(r)) for r in rows if r["dataset"] == dataset}
+    total = len(keys) * len(settings)
+    done = sum((m, i, s) in have for m, i in keys for s in settings)
+    return "" if done == total else f" ({done} of {total} settings × method × ipc)"
+
+
 def summary_table(rows: list[dict], settings: list[tuple[float, int]]) -> str:
     """Across datasets, per (method, ipc): the spread of setting means (test), what the
     published MTT default (image lr 1000) loses against the setting validation picks (test),
     the worst seed's shortfall from its setting's mean, and runs whose lr collapsed."""
     datasets = sorted({r["dataset"] for r in rows})
-    head = ["method", "ipc"] + [f"{d}: spread / lost at lr 1000 / worst seed" for d in datasets]
+    keys = sorted({(r["method"], r["ipc"]) for r in rows})
+    head = ["method", "ipc"] + [
+        f"{d}{_coverage(rows, d, keys, settings)}: spread / lost at lr 1000 / worst seed" for d in datasets
+    ]
     head += ["lr collapsed (runs)", "mean spread"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    keys = sorted({(r["method"], r["ipc"]) for r in rows})
     for method, ipc in keys:
         row, spreads, collapsed, logged = [method, str(ipc)], [], 0, 0
         for d in datasets:

@@ -39,6 +39,15 @@ def test_validation_picks_the_setting_and_test_is_never_read_for_it(stability):
     assert "| lr 10, ms 8 | 50.0 ± 0.0 |" in md and "[n=2]" in md
 
 
+def test_summary_says_when_a_dataset_lacks_settings(stability):
+    settings = [(10.0, 8), (100.0, 8)]
+    rows = [_row(lr, 8, s, val=0.6, test=0.6) for lr, _ in settings for s in range(3)]
+    partial = [{**_row(10.0, 8, s, val=0.6, test=0.6), "dataset": "e"} for s in range(3)]
+    head = stability.summary_table(rows + partial, settings).splitlines()[0]
+    assert "| d: spread" in head  # complete: no note
+    assert "| e (1 of 2 settings × method × ipc): spread" in head
+
+
 def test_reuse_copies_the_last_stored_row_of_a_missing_cell(stability, tmp_path, monkeypatch):
     from meddistill.utils import append_jsonl, read_jsonl
 

@@ -127,6 +127,7 @@ def test_experts_and_synthetic_set_equal_the_npz_ones(own, breast, tiny, name):
     else:
         run_dir, syn = distill(cfg, progress=False)
     assert expert_dir(cfg) != expert_dir(tiny()) and expert_dir(cfg).parent.name == "breast_28"
+
     def trajectory(folder, k):  # runs train experts as far as they read them; other tests may finish them
         done = folder / f"expert_{k}.safetensors"
         return load_trajectory(done if done.exists() else folder / f"expert_{k}.partial.safetensors")

@@ -214,8 +214,18 @@ def test_benchmark_rows_gain_a_stats_block_and_keep_their_keys(tmp_path):
     from meddistill.bench.executors import run_one
     from meddistill.bench.grid import Grid, expand
 
-    grid = Grid("g", "tiny", ["breastmnist"], [2], ["random"], [0], full=False, out_dir=str(tmp_path / "runs"),
-                experts_dir=str(tmp_path / "ex"), store=str(tmp_path / "s.jsonl"))
+    grid = Grid(
+        "g",
+        "tiny",
+        ["breastmnist"],
+        [2],
+        ["random"],
+        [0],
+        full=False,
+        out_dir=str(tmp_path / "runs"),
+        experts_dir=str(tmp_path / "ex"),
+        store=str(tmp_path / "s.jsonl"),
+    )
     (cell,) = expand(grid, device="cpu")
     row = run_one(cell)
     run_dir = Path(row["run_dir"])

@@ -46,15 +46,17 @@ def test_rows_can_be_appended_to_a_pipe_or_a_write_only_file(tmp_path):
 
 
 @settings(max_examples=20, deadline=None)
-@given(rows=st.lists(st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5), max_size=3), max_size=5),
-       cut=st.integers(min_value=1, max_value=40))
+@given(
+    rows=st.lists(st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5), max_size=3), max_size=5),
+    cut=st.integers(min_value=1, max_value=40),
+)
 def test_every_appended_row_reads_back_whatever_torn_fragment_precedes_it(tmp_path_factory, rows, cut):
     store = tmp_path_factory.mktemp("s") / "x.jsonl"
     store.write_text('{"torn": "fragment of a row that was never finished"}'[:cut])
     for r in rows:
         append_jsonl(store, r)
     got = read_jsonl(store)
-    assert got[len(got) - len(rows):] == rows
+    assert got[len(got) - len(rows) :] == rows
 
 
 def test_a_store_that_cannot_be_read_as_text_is_one_clear_error(tmp_path):

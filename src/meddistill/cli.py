@@ -22,6 +22,7 @@ from typing import TypeVar
 from meddistill import __version__
 from meddistill.config import PROFILES, RunConfig, build_config
 from meddistill.errors import ArtifactError, ConfigError, MeddistillError
+from meddistill.signals import allow_interrupt
 
 T = TypeVar("T")
 
@@ -82,6 +83,7 @@ def one_line_errors(ap: argparse.ArgumentParser, interrupted: str = "interrupted
     """For a script's ``main``: a :class:`MeddistillError` ends it with one line and exit 2,
     Ctrl-C with ``interrupted`` and exit 130. Other exceptions keep their traceback (a script
     is a developer's tool; ``meddistill`` itself also turns those into one line)."""
+    allow_interrupt()
     try:
         yield
     except MeddistillError as exc:
@@ -681,6 +683,7 @@ def _say(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    allow_interrupt()
     try:
         return COMMANDS[args.command](args)
     except MeddistillError as exc:

@@ -25,6 +25,7 @@ from meddistill.bench.grid import Cell, Grid, done_keys, expand
 from meddistill.distill import FULL
 from meddistill.errors import ConfigError
 from meddistill.locks import store_lock
+from meddistill.signals import allow_interrupt
 from meddistill.utils import append_jsonl, machine_info, resolve_device
 
 
@@ -129,6 +130,7 @@ def _store_rows(
 def _init_worker(threads: int) -> None:
     import torch
 
+    allow_interrupt()  # a worker of a background grid stops on SIGINT like the driver
     torch.set_num_threads(threads)
 
 

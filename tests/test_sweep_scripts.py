@@ -45,11 +45,6 @@ def test_comma_list_casts_and_checks_each_item():
         widths("2,3")
 
 
-@pytest.fixture
-def script(bench_script):
-    return bench_script
-
-
 CASES = [
     ("tm_diagnose", ["--seeds", "1,,2"], "empty item"),
     ("tm_diagnose", ["--datasets", "nosuch", "--no-run"], "unknown dataset 'nosuch'"),
@@ -80,8 +75,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("name,argv,msg", CASES, ids=[f"{c[0]}:{' '.join(c[1])}" for c in CASES])
-def test_bad_input_is_one_line_and_exit_2(script, tmp_path, monkeypatch, capsys, name, argv, msg):
-    mod = script(name)
+def test_bad_input_is_one_line_and_exit_2(bench_script, tmp_path, monkeypatch, capsys, name, argv, msg):
+    mod = bench_script(name)
     monkeypatch.chdir(tmp_path)  # the scripts' default runs/, experts/ and results/ land here
     monkeypatch.setattr(sys, "argv", [f"{name}.py", *(a.format(tmp=tmp_path) for a in argv)])
     with pytest.raises(SystemExit) as exc:

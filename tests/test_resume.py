@@ -221,3 +221,30 @@ def test_an_interrupted_bench_resumes_to_the_same_rows(tmp_path, session_dirs, m
     for key in a:
         assert a[key]["runs"] == b[key]["runs"] and a[key]["acc_mean"] == b[key]["acc_mean"]
         _same(SynSet.load(a[key]["run_dir"]), SynSet.load(b[key]["run_dir"]))
+
+
+def test_a_checkpoint_made_with_other_experts_is_refused_not_resumed(breast, tmp_path):
+    """Experts trained again into other bits (another CPU) would make a resumed run differ from
+    the uninterrupted one without a word; the checkpoint names the trajectories it matched."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from meddistill.errors import ArtifactError
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(experts=tmp_path / "experts", **SHORT)
+    folder = _ctx(breast, cfg, tmp_path / "experts-owner").experts_folder()
+    with pytest.raises(tm_mod.RunStopped):
+        get_method("ptm")(_ctx(breast, cfg, tmp_path / "run", stop_at=2))
+    saved = tmp_path / "saved"
+    shutil.copytree(folder, saved)
+    path = sorted(folder.glob("expert_*.safetensors"))[0]
+    tensors = load_file(str(path))
+    tensors["trajectory"][1, 0] += 1e-6  # one parameter of one epoch, as a retrain's last bits
+    save_file(tensors, str(path))
+    with pytest.raises(ArtifactError, match="other expert trajectories"):
+        get_method("ptm")(_ctx(breast, cfg, tmp_path / "run"))
+    shutil.rmtree(folder)
+    shutil.copytree(saved, folder)  # the original buffer back: the run resumes
+    assert get_method("ptm")(_ctx(breast, cfg, tmp_path / "run")).meta["iterations"] == SHORT["method.iterations"]

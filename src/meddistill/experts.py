@@ -17,6 +17,7 @@ trajectories, bit for bit the first n epochs of the full ones. A later run that 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import asdict
@@ -337,3 +338,12 @@ class ExpertBuffer:
     def num_epochs(self) -> int:
         """Epochs every expert of the buffer holds."""
         return min(trajectory_shape(f)[0] for f in self.files) - 1
+
+    def digest(self, epochs: int) -> str:
+        """A fingerprint of what a run reads: epochs 0..``epochs`` of every expert, bit for bit.
+        Equal for a buffer trained further meanwhile; different for one trained again into
+        other bits (another CPU, another torch)."""
+        h = hashlib.sha256()
+        for k in range(len(self)):
+            h.update(self.get(k)[: epochs + 1].contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]

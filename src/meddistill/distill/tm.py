@@ -142,6 +142,7 @@ class TrajectoryMatching:
         self.dom_epoch = self.cfg.experts.epochs if last else schedule_epochs(schedule, settings)
         self.buffer = ExpertBuffer(ctx.experts_folder(need), self.cfg.experts.num_experts, epochs=need)
         schedule.check(self.buffer.num_epochs)
+        self.experts_digest = self.buffer.digest(need)
         self.net = create_model(self.cfg.net, ctx.ds.shape, ctx.ds.num_classes).to(self.dev)
         for p in self.net.parameters():
             p.requires_grad_(False)
@@ -210,7 +211,13 @@ class TrajectoryMatching:
             tensors["lab_mom"] = st.lab_mom.cpu()
         if st.boost_until is not None:
             tensors["boost_until"] = st.boost_until.cpu()
-        meta = {"it": st.it, "skipped": st.skipped, "replaced": st.replaced, "config_hash": self.ctx.config_hash}
+        meta = {
+            "it": st.it,
+            "skipped": st.skipped,
+            "replaced": st.replaced,
+            "config_hash": self.ctx.config_hash,
+            "experts_digest": self.experts_digest,
+        }
         # the counters travel inside the tensor file (one atomic write); the JSON is a readable copy
         with atomic_path(self.run_dir / CKPT) as tmp:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"meta": json.dumps(meta)})
@@ -240,6 +247,11 @@ class TrajectoryMatching:
         meta, t = found
         if meta.get("config_hash") != self.ctx.config_hash:
             raise ArtifactError(f"checkpoint in {self.run_dir} belongs to another config; rerun with --restart")
+        if meta.get("experts_digest", self.experts_digest) != self.experts_digest:
+            raise ArtifactError(
+                f"checkpoint in {self.run_dir} was made with other expert trajectories than "
+                f"{self.buffer.folder} now holds (trained again?); restore those or rerun with --restart"
+            )
         gen = torch.Generator()
         gen.set_state(t["gen_state"])
         logits = t.get("label_logits")

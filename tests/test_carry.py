@@ -10,6 +10,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 import meddistill.distill.tm as tm_mod
+import meddistill.experts as experts_mod
 from meddistill.cli import main
 from meddistill.distill.tm import checkpoint_iteration
 from meddistill.synset import SynSet
@@ -70,6 +71,11 @@ def test_a_carried_cell_resumes_elsewhere_to_the_uninterrupted_row(carry, tmp_pa
     shutil.copy(tmp_path / "m1" / "store.jsonl", m2 / "store.jsonl")  # committed rows come along
     assert carry.main(["grid.yaml", "--restore", str(dest)]) == 0
     assert "1 cells restored" in capsys.readouterr().out
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the carried experts were not restored")
+
+    monkeypatch.setattr(experts_mod, "train_one_expert", no_training)
     assert main(["bench", "grid.yaml", "--no-progress"]) == 0
     rows = {r["method"]: r for r in read_jsonl("store.jsonl")}
     assert rows["ptm"]["resumed"] is True
@@ -112,3 +118,21 @@ def test_save_never_deletes_a_folder_it_did_not_write(carry, tmp_path, monkeypat
     with pytest.raises(SystemExit):
         carry.main(["grid.yaml", "--restore", str(tmp_path / "notes")])
     assert "no carried cells" in capsys.readouterr().err
+
+
+def test_restore_refuses_cells_the_grid_no_longer_has_and_bad_manifests(carry, tmp_path, monkeypatch, capsys):
+    dest = _cut_run(tmp_path, monkeypatch)
+    assert carry.main(["grid.yaml", "--save", str(dest)]) == 0
+    m2 = _machine(tmp_path, "m2", monkeypatch)
+    (m2 / "grid.yaml").write_text(GRID.replace("iterations=6", "iterations=7"))  # edited since
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        carry.main(["grid.yaml", "--restore", str(dest)])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "not a cell of" in err and "\n" not in err
+    assert not (m2 / "runs").exists() and not (m2 / "experts").exists()  # nothing touched
+    (m2 / "grid.yaml").write_text(GRID)
+    (dest / "manifest.json").write_text("{not json")
+    with pytest.raises(SystemExit) as exc:
+        carry.main(["grid.yaml", "--restore", str(dest)])
+    assert exc.value.code == 2 and "carry failed" in capsys.readouterr().err

@@ -315,11 +315,14 @@ class ExpertBuffer:
         else:
             if len(self._cache) >= self.max_cached:
                 self._cache.pop(next(iter(self._cache)))
-            path = self.files[k]
-            if not path.exists() and ".partial" in path.name:  # finished meanwhile by another process
-                path = self.files[k] = path.with_name(path.name.replace(".partial", ""))
-            self._cache[k] = load_trajectory(path)
+            self._cache[k] = load_trajectory(self._path(k))
         return self._cache[k]
+
+    def _path(self, k: int) -> Path:
+        path = self.files[k]
+        if not path.exists() and ".partial" in path.name:  # finished meanwhile by another process
+            path = self.files[k] = path.with_name(path.name.replace(".partial", ""))
+        return path
 
     def _with_partials(self, num: int, epochs: int) -> list[Path]:
         files = []
@@ -345,5 +348,11 @@ class ExpertBuffer:
         other bits (another CPU, another torch)."""
         h = hashlib.sha256()
         for k in range(len(self)):
-            h.update(self.get(k)[: epochs + 1].contiguous().numpy().tobytes())
+            path = self._path(k)
+            try:
+                with safe_open(str(path), framework="pt") as f:  # only the rows hashed are read
+                    rows = f.get_slice("trajectory")[: epochs + 1]
+            except (SafetensorError, OSError, KeyError) as exc:
+                raise ArtifactError(f"expert file {path} is unreadable ({exc}); delete it to retrain") from None
+            h.update(rows.contiguous().numpy().tobytes())
         return h.hexdigest()[:16]

@@ -142,6 +142,7 @@ class TrajectoryMatching:
         self.dom_epoch = self.cfg.experts.epochs if last else schedule_epochs(schedule, settings)
         self.buffer = ExpertBuffer(ctx.experts_folder(need), self.cfg.experts.num_experts, epochs=need)
         schedule.check(self.buffer.num_epochs)
+        self.experts_epochs = need
         self.experts_digest = self.buffer.digest(need)
         self.net = create_model(self.cfg.net, ctx.ds.shape, ctx.ds.num_classes).to(self.dev)
         for p in self.net.parameters():
@@ -217,6 +218,7 @@ class TrajectoryMatching:
             "replaced": st.replaced,
             "config_hash": self.ctx.config_hash,
             "experts_digest": self.experts_digest,
+            "experts_epochs": self.experts_epochs,
         }
         # the counters travel inside the tensor file (one atomic write); the JSON is a readable copy
         with atomic_path(self.run_dir / CKPT) as tmp:
@@ -247,7 +249,7 @@ class TrajectoryMatching:
         meta, t = found
         if meta.get("config_hash") != self.ctx.config_hash:
             raise ArtifactError(f"checkpoint in {self.run_dir} belongs to another config; rerun with --restart")
-        if meta.get("experts_digest", self.experts_digest) != self.experts_digest:
+        if "experts_digest" in meta and meta["experts_digest"] != self._digest_of(meta):
             raise ArtifactError(
                 f"checkpoint in {self.run_dir} was made with other expert trajectories than "
                 f"{self.buffer.folder} now holds (trained again?); restore those or rerun with --restart"
@@ -277,6 +279,11 @@ class TrajectoryMatching:
         rows = [r for r in read_jsonl(self.metrics_path) if r.get("it", -1) < st.it]
         write_jsonl_atomic(self.metrics_path, rows)
         return st
+
+    def _digest_of(self, meta: dict) -> str:
+        """This buffer's digest over the expert epochs the checkpoint's digest covers."""
+        epochs = meta.get("experts_epochs", self.experts_epochs)
+        return self.experts_digest if epochs == self.experts_epochs else self.buffer.digest(int(epochs))
 
     @staticmethod
     def snapshot(st: TMState) -> TMState:

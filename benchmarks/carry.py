@@ -31,22 +31,25 @@ publish where the folder goes (MedMNIST is CC BY 4.0; a hospital's own images ar
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from meddistill.bench.grid import Grid, expand, load_grid
 from meddistill.bench.status import grid_status
 from meddistill.cli import one_line_errors
 from meddistill.distill import get_spec
-from meddistill.distill.tm import checkpoint_iteration
+from meddistill.distill.tm import CKPT, checkpoint_iteration
 from meddistill.errors import ArtifactError
-from meddistill.experts import expert_dir, load_trajectory
+from meddistill.experts import expert_dir, load_trajectory, trajectory_shape
 from meddistill.locks import run_lock, store_lock
 from meddistill.pipeline import run_dir_for
 from meddistill.utils import atomic_path
@@ -58,17 +61,18 @@ CARRIED = ("partial", "set")
 def _refuse_if_busy(msg: str) -> None:
     if msg.startswith("waiting for"):
         raise ArtifactError(msg.replace("waiting for", "cannot carry while a bench runs:", 1))
+    print(msg, file=sys.stderr)  # e.g. a file system without locks
 
 
 def _copy_folder(src: Path, dst: Path) -> None:
     """Copy the files of ``src`` (lock files stay behind) into ``dst``, each written to a
     temporary name and renamed; a file with the same bytes there already is left alone."""
     dst.mkdir(parents=True, exist_ok=True)
-    for f in sorted(src.iterdir()):
-        if not f.is_file() or f.name.startswith("."):
-            continue
+    files = [f for f in src.iterdir() if f.is_file() and not f.name.startswith(".")]
+    # the checkpoint's tensor file last: a copy cut short is then never taken for a finished one
+    for f in sorted(files, key=lambda f: (f.name == CKPT, f.name)):
         target = dst / f.name
-        if target.is_file() and target.read_bytes() == f.read_bytes():
+        if target.is_file() and filecmp.cmp(f, target, shallow=False):
             continue
         with atomic_path(target) as tmp:
             shutil.copyfile(f, tmp)
@@ -79,14 +83,12 @@ def _file_errors() -> Iterator[None]:
     """A file that vanished, a full disk or a bad manifest: one ArtifactError line."""
     try:
         yield
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # json's decode errors are ValueErrors
         raise ArtifactError(f"carry failed: {exc}") from None
 
 
 def _digest(run_dir: Path) -> str | None:
     """The expert digest in a checkpoint's tensor file (what a resume checks), if any."""
-    from safetensors import safe_open
-
     path = run_dir / "checkpoint.safetensors"
     if not path.is_file():
         return None
@@ -110,6 +112,9 @@ def save(grid: Grid, dest: Path) -> list[dict]:
         if st.state not in CARRIED:
             continue
         run_dir = run_dir_for(st.cell.cfg)
+        if st.state == "partial" and st.it is None:
+            print(f"skipped {st.cell.label}: its checkpoint in {run_dir} is unreadable", file=sys.stderr)
+            continue
         _copy_folder(run_dir, build / "cells" / run_dir.relative_to(out))
         if get_spec(st.cell.cfg.distill.method).needs_experts:
             folders.add(expert_dir(st.cell.cfg))
@@ -127,9 +132,12 @@ def save(grid: Grid, dest: Path) -> list[dict]:
         _copy_folder(folder, build / "expert_buffers" / folder.relative_to(experts))
     build.mkdir(parents=True, exist_ok=True)
     (build / MANIFEST).write_text(json.dumps({"grid": grid.name, "cells": cells}, indent=2) + "\n")
+    old_dir = dest.with_name(f".{dest.name}.old")
+    shutil.rmtree(old_dir, ignore_errors=True)
     if dest.exists():
-        shutil.rmtree(dest)
+        os.replace(dest, old_dir)
     os.replace(build, dest)
+    shutil.rmtree(old_dir, ignore_errors=True)
     return cells
 
 
@@ -165,13 +173,14 @@ def _restore_experts(src: Path, dst: Path) -> None:
     """Copy the carried trajectories that are longer than what is here (same bits checked)."""
     here = _trajectories(dst) if dst.is_dir() else {}
     for k, f in _trajectories(src).items():
-        if k in here and len(load_trajectory(here[k])) >= len(load_trajectory(f)):
+        if k in here and trajectory_shape(here[k])[0] >= trajectory_shape(f)[0]:
             continue
         dst.mkdir(parents=True, exist_ok=True)
         with atomic_path(dst / f.name) as tmp:
             shutil.copyfile(f, tmp)
     if not (dst / "meta.json").is_file() and (src / "meta.json").is_file():
-        shutil.copyfile(src / "meta.json", dst / "meta.json")
+        with atomic_path(dst / "meta.json") as tmp:
+            shutil.copyfile(src / "meta.json", tmp)
 
 
 def _read_manifest(src: Path, grid: Grid) -> list[dict]:
@@ -193,13 +202,13 @@ def restore(grid: Grid, src: Path) -> list[str]:
     out = Path(grid.out_dir)
     plan = []
     for entry in cells:
-        cell = by_key.get(entry["cell_key"]) if isinstance(entry, dict) else None
+        cell = by_key.get(entry.get("cell_key")) if isinstance(entry, dict) else None
         if cell is None:
             raise ArtifactError(f"carried cell {entry!r} is not a cell of {grid.name} as it is now (edited since?)")
         source = src / "cells" / run_dir_for(cell.cfg).relative_to(out)
         if not (source / "config.yaml").is_file():
             raise ArtifactError(f"{source} is missing from the carry (not committed?)")
-        plan.append((cell, source, run_dir_for(cell.cfg), entry))
+        plan.append((cell, source, run_dir_for(cell.cfg)))
     buffers = src / "expert_buffers"
     folders = sorted(p.parent for p in buffers.rglob("meta.json")) if buffers.is_dir() else []
     experts = Path(grid.experts_dir)
@@ -216,17 +225,29 @@ def restore(grid: Grid, src: Path) -> list[str]:
         for folder in folders:
             _restore_experts(folder, experts / folder.relative_to(buffers))
         restored = []
-        for cell, source, target, entry in plan:
-            if (target / "synset.npz").exists():
-                continue  # a distilled set here: nothing carried is further
-            here = checkpoint_iteration(target) if target.is_dir() else None
-            if here is not None and here >= 0 and entry.get("it") is not None and here >= entry["it"]:
+        for cell, source, target in plan:
+            if not _further(source, target):
                 continue
             target.mkdir(parents=True, exist_ok=True)
             with run_lock(target, _refuse_if_busy):
                 _copy_folder(source, target)
-            restored.append(f"{cell.label} ({entry['state']}, iteration {entry['it']})")
+            it = checkpoint_iteration(source)
+            restored.append(f"{cell.label} ({'a set' if (source / 'synset.npz').exists() else f'iteration {it}'})")
     return restored
+
+
+def _further(source: Path, target: Path) -> bool:
+    """Whether the carried run folder is further along than the one here (a set beats any
+    checkpoint; an unreadable checkpoint is never further than a readable one)."""
+    if (target / "synset.npz").exists():
+        return False
+    if (source / "synset.npz").exists():
+        return True
+    carried = checkpoint_iteration(source)
+    here = checkpoint_iteration(target) if target.is_dir() else None
+    if carried is None or carried < 0:
+        return False
+    return here is None or here < carried
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,7 +78,7 @@ def test_a_carried_cell_resumes_elsewhere_to_the_uninterrupted_row(carry, tmp_pa
     monkeypatch.setattr(experts_mod, "train_one_expert", no_training)
     assert main(["bench", "grid.yaml", "--no-progress"]) == 0
     rows = {r["method"]: r for r in read_jsonl("store.jsonl")}
-    assert rows["ptm"]["resumed"] is True
+    assert rows["ptm"]["resumed"] is True and rows["ptm"].get("experts_trained") is not True
     assert rows["ptm"]["runs"] == ref["ptm"]["runs"]
     a, b = SynSet.load(tmp_path / "ref" / ref["ptm"]["run_dir"]), SynSet.load(m2 / rows["ptm"]["run_dir"])
     assert (a.images == b.images).all() and a.lr == b.lr
@@ -92,12 +92,15 @@ def test_restore_keeps_a_run_folder_that_is_further_and_refuses_other_experts(ca
     assert checkpoint_iteration(run_dir) == 6
     capsys.readouterr()
     assert carry.main(["grid.yaml", "--restore", str(dest)]) == 0
-    assert "0 cells restored" in capsys.readouterr().out
+    assert "0 cells restored" in capsys.readouterr().out  # a set here
+    (run_dir / "synset.npz").unlink()
+    assert carry.main(["grid.yaml", "--restore", str(dest)]) == 0
+    assert "0 cells restored" in capsys.readouterr().out  # a checkpoint further along here
     assert checkpoint_iteration(run_dir) == 6
 
     expert = next(Path("experts").rglob("expert_0*.safetensors"))
     tensors = load_file(str(expert))
-    tensors["trajectory"][1, 0] += 1e-6  # a buffer trained again here, into other bits
+    tensors["trajectory"][1, 0] += 1.0  # a buffer trained again here, into other bits
     save_file(tensors, str(expert))
     shutil.rmtree(run_dir)
     with pytest.raises(SystemExit) as exc:
@@ -136,3 +139,24 @@ def test_restore_refuses_cells_the_grid_no_longer_has_and_bad_manifests(carry, t
     with pytest.raises(SystemExit) as exc:
         carry.main(["grid.yaml", "--restore", str(dest)])
     assert exc.value.code == 2 and "carry failed" in capsys.readouterr().err
+
+
+def test_a_set_not_yet_evaluated_is_carried_and_a_running_bench_blocks_carrying(carry, tmp_path, monkeypatch, capsys):
+    from meddistill.locks import store_lock
+
+    m1 = _machine(tmp_path, "m1", monkeypatch)
+    assert main(["bench", "grid.yaml", "--no-progress"]) == 0
+    ref = {r["method"]: r for r in read_jsonl("store.jsonl")}
+    (m1 / "store.jsonl").write_text("")  # as if cut off between distilling and evaluating
+    with store_lock(m1 / "store.jsonl"):
+        with pytest.raises(SystemExit) as exc:
+            carry.main(["grid.yaml", "--save", str(tmp_path / "carry")])
+    assert exc.value.code == 2 and "cannot carry while a bench runs" in capsys.readouterr().err
+    assert carry.main(["grid.yaml", "--save", str(tmp_path / "carry")]) == 0
+    assert "ptm seed=0: set" in capsys.readouterr().out
+
+    _machine(tmp_path, "m2", monkeypatch)
+    assert carry.main(["grid.yaml", "--restore", str(tmp_path / "carry")]) == 0
+    assert main(["bench", "grid.yaml", "--no-progress"]) == 0
+    rows = {r["method"]: r for r in read_jsonl("store.jsonl")}
+    assert rows["ptm"]["resumed"] is True and rows["ptm"]["runs"] == ref["ptm"]["runs"]

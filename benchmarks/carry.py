@@ -7,8 +7,10 @@ session then never finishes. This script copies what those cells need into a fol
 be committed, and back:
 
 - ``--save DIR``: every cell with a checkpoint or a distilled set but no row yet
-  (``meddistill bench GRID --status``: ``partial`` or ``set``), its run folder, and the expert
-  folders those cells read, to ``DIR/cells/…`` and ``DIR/expert_buffers/…``, with
+  (``meddistill bench GRID --status``: ``partial`` or ``set``), its run folder, and the trained
+  folders every open cell reads (expert buffers; the feature net its diversity statistics are
+  measured in), so the cells still to run use the same bits wherever they run, to
+  ``DIR/cells/…`` and ``DIR/expert_buffers/…``, with
   ``DIR/manifest.json`` naming the grid and each cell (key, iteration, experts' digest). ``DIR``
   is built anew next to itself and swapped in at the end: cells finished meanwhile drop out.
 - ``--restore DIR``: the reverse, into the run folders this machine's grid gives those cells
@@ -46,12 +48,14 @@ from safetensors import SafetensorError, safe_open
 from meddistill.bench.grid import Grid, expand, load_grid
 from meddistill.bench.status import grid_status
 from meddistill.cli import one_line_errors
+from meddistill.config import RunConfig
 from meddistill.distill import get_spec
 from meddistill.distill.tm import CKPT, checkpoint_iteration
 from meddistill.errors import ArtifactError
 from meddistill.experts import expert_dir, load_trajectory, trajectory_shape
 from meddistill.locks import run_lock, store_lock
 from meddistill.pipeline import run_dir_for
+from meddistill.stats import stats_net_dir
 from meddistill.utils import atomic_path
 
 MANIFEST = "manifest.json"
@@ -96,6 +100,15 @@ def _digest(run_dir: Path) -> str | None:
         return json.loads((f.metadata() or {}).get("meta", "{}")).get("experts_digest")
 
 
+def _buffers(cfg: RunConfig) -> list[Path]:
+    """The trained folders a cell reads: its expert buffer (if its method reads experts) and
+    the feature net its row's diversity statistics are measured in."""
+    folders = [stats_net_dir(cfg)]
+    if get_spec(cfg.distill.method).needs_experts:
+        folders.append(expert_dir(cfg))
+    return folders
+
+
 def save(grid: Grid, dest: Path) -> list[dict]:
     """Copy the grid's unfinished cells and their expert folders to ``dest`` (built anew)."""
     if dest.exists():
@@ -109,6 +122,11 @@ def save(grid: Grid, dest: Path) -> list[dict]:
     shutil.rmtree(build, ignore_errors=True)
     cells, folders = [], set()
     for st in grid_status(grid):
+        if st.state == "done":
+            continue
+        # every open cell reads the same buffers wherever it runs (a buffer trained again on
+        # another CPU has other bits), its own run folder only if it has started
+        folders.update(f for f in _buffers(st.cell.cfg) if f.is_dir())
         if st.state not in CARRIED:
             continue
         run_dir = run_dir_for(st.cell.cfg)
@@ -116,8 +134,6 @@ def save(grid: Grid, dest: Path) -> list[dict]:
             print(f"skipped {st.cell.label}: its checkpoint in {run_dir} is unreadable", file=sys.stderr)
             continue
         _copy_folder(run_dir, build / "cells" / run_dir.relative_to(out))
-        if get_spec(st.cell.cfg.distill.method).needs_experts:
-            folders.add(expert_dir(st.cell.cfg))
         cells.append(
             {
                 "cell": st.cell.label,
@@ -166,7 +182,18 @@ def _expert_clashes(src: Path, dst: Path) -> list[str]:
     if meta_src.is_file() and meta_dst.is_file():
         if json.loads(meta_src.read_text()).get("identity") != json.loads(meta_dst.read_text()).get("identity"):
             clash.append("meta.json")
+    for f in _other_files(src):  # a feature net and what was measured in it: the same bytes or none
+        if (dst / f.name).is_file() and not filecmp.cmp(f, dst / f.name, shallow=False):
+            clash.append(f.name)
     return clash
+
+
+def _other_files(folder: Path) -> list[Path]:
+    return [
+        f
+        for f in sorted(folder.iterdir())
+        if f.is_file() and not f.name.startswith((".", "expert_")) and f.name != "meta.json"
+    ]
 
 
 def _restore_experts(src: Path, dst: Path) -> None:
@@ -178,9 +205,10 @@ def _restore_experts(src: Path, dst: Path) -> None:
         dst.mkdir(parents=True, exist_ok=True)
         with atomic_path(dst / f.name) as tmp:
             shutil.copyfile(f, tmp)
-    if not (dst / "meta.json").is_file() and (src / "meta.json").is_file():
-        with atomic_path(dst / "meta.json") as tmp:
-            shutil.copyfile(src / "meta.json", tmp)
+    for f in [*_other_files(src), src / "meta.json"]:
+        if f.is_file() and not (dst / f.name).is_file():
+            with atomic_path(dst / f.name) as tmp:
+                shutil.copyfile(f, tmp)
 
 
 def _read_manifest(src: Path, grid: Grid) -> list[dict]:
@@ -210,7 +238,7 @@ def restore(grid: Grid, src: Path) -> list[str]:
             raise ArtifactError(f"{source} is missing from the carry (not committed?)")
         plan.append((cell, source, run_dir_for(cell.cfg)))
     buffers = src / "expert_buffers"
-    folders = sorted(p.parent for p in buffers.rglob("meta.json")) if buffers.is_dir() else []
+    folders = sorted({p.parent for p in buffers.rglob("*") if p.is_file()}) if buffers.is_dir() else []
     experts = Path(grid.experts_dir)
     clashes = []
     for f in folders:

@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 import meddistill.distill.tm as tm_mod
 import meddistill.experts as experts_mod
+import meddistill.stats as stats_mod
 from meddistill.cli import main
 from meddistill.distill.tm import checkpoint_iteration
 from meddistill.synset import SynSet
@@ -76,6 +77,7 @@ def test_a_carried_cell_resumes_elsewhere_to_the_uninterrupted_row(carry, tmp_pa
         raise AssertionError("the carried experts were not restored")
 
     monkeypatch.setattr(experts_mod, "train_one_expert", no_training)
+    monkeypatch.setattr(stats_mod, "train_stats_net", no_training)  # the feature net came along too
     assert main(["bench", "grid.yaml", "--no-progress"]) == 0
     rows = {r["method"]: r for r in read_jsonl("store.jsonl")}
     assert rows["ptm"]["resumed"] is True and rows["ptm"].get("experts_trained") is not True

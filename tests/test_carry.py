@@ -82,6 +82,7 @@ def test_a_carried_cell_resumes_elsewhere_to_the_uninterrupted_row(carry, tmp_pa
     rows = {r["method"]: r for r in read_jsonl("store.jsonl")}
     assert rows["ptm"]["resumed"] is True and rows["ptm"].get("experts_trained") is not True
     assert rows["ptm"]["runs"] == ref["ptm"]["runs"]
+    assert [(m["from_it"], m["to_it"]) for m in rows["ptm"]["distill_machines"]] == [(0, 6)]  # one CPU here
     a, b = SynSet.load(tmp_path / "ref" / ref["ptm"]["run_dir"]), SynSet.load(m2 / rows["ptm"]["run_dir"])
     assert (a.images == b.images).all() and a.lr == b.lr
 

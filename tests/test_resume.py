@@ -248,3 +248,44 @@ def test_a_checkpoint_made_with_other_experts_is_refused_not_resumed(breast, tmp
     shutil.rmtree(folder)
     shutil.copytree(saved, folder)  # the original buffer back: the run resumes
     assert get_method("ptm")(_ctx(breast, cfg, tmp_path / "run")).meta["iterations"] == SHORT["method.iterations"]
+
+
+def test_a_run_resumed_on_another_machine_names_each_machines_iterations(breast, tiny, tmp_path, monkeypatch):
+    cfg = tiny(**SHORT)
+    whole = get_method("ptm")(_ctx(breast, cfg, tmp_path / "ref"))
+    assert [(m["from_it"], m["to_it"]) for m in whole.meta["machines"]] == [(0, 4)]
+    for name in ("here", "elsewhere"):
+        with pytest.raises(tm_mod.RunStopped):
+            get_method("ptm")(_ctx(breast, cfg, tmp_path / name, stop_at=2))
+    same = get_method("ptm")(_ctx(breast, cfg, tmp_path / "here"))
+    assert same.meta["machines"] == whole.meta["machines"]  # one machine: one segment, as uninterrupted
+    real = tm_mod.machine_info
+    monkeypatch.setattr(tm_mod, "machine_info", lambda dev: {**real(dev), "cpu": "another CPU"})
+    moved = get_method("ptm")(_ctx(breast, cfg, tmp_path / "elsewhere"))
+    assert [(m["cpu"] == "another CPU", m["from_it"], m["to_it"]) for m in moved.meta["machines"]] == [
+        (False, 0, 2),
+        (True, 2, 4),
+    ]
+    _same(moved, whole)
+
+
+def test_a_checkpoint_without_machines_says_its_earlier_iterations_are_unrecorded(breast, tiny, tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    cfg = tiny(**SHORT)
+    with pytest.raises(tm_mod.RunStopped):
+        get_method("ptm")(_ctx(breast, cfg, tmp_path / "old", stop_at=2))
+    path = tmp_path / "old" / tm_mod.CKPT
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["meta"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    del meta["machines"]  # as the code before this field wrote it
+    save_file(tensors, str(path), metadata={"meta": json.dumps(meta)})
+    syn = get_method("ptm")(_ctx(breast, cfg, tmp_path / "old"))
+    assert [(m.get("unrecorded", False), m["from_it"], m["to_it"]) for m in syn.meta["machines"]] == [
+        (True, 0, 2),
+        (False, 2, 4),
+    ]

@@ -55,6 +55,8 @@ def run_one(cell: Cell, progress: bool = False) -> dict:
             row["health"] = health
         if earlier:
             row["resumed"] = True  # ``seconds`` is this process's part only
+        if res.synset.meta.get("machines"):
+            row["distill_machines"] = res.synset.meta["machines"]  # iterations per machine
         if trains:
             row["experts_trained"] = True  # ``seconds`` includes training (or finishing) its experts
     row.update(cell_key=cell.key, seconds=round(time.monotonic() - t0, 1))

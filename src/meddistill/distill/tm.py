@@ -52,7 +52,14 @@ from meddistill.experts import ExpertBuffer
 from meddistill.health import LOG
 from meddistill.nets import FlatParams, call_flat, create_model
 from meddistill.synset import SynSet
-from meddistill.utils import append_jsonl, atomic_path, read_jsonl, write_jsonl_atomic, write_text_atomic
+from meddistill.utils import (
+    append_jsonl,
+    atomic_path,
+    machine_info,
+    read_jsonl,
+    write_jsonl_atomic,
+    write_text_atomic,
+)
 
 CKPT = "checkpoint.safetensors"
 CKPT_META = "checkpoint.json"
@@ -144,6 +151,10 @@ class TrajectoryMatching:
         schedule.check(self.buffer.num_epochs)
         self.experts_epochs = need
         self.experts_digest = self.buffer.digest(need)
+        # which machines distilled which iterations (a run resumed elsewhere names both)
+        self.machine = machine_info(self.dev)
+        self.segments: list[dict] = []
+        self.segment_start = 0
         self.net = create_model(self.cfg.net, ctx.ds.shape, ctx.ds.num_classes).to(self.dev)
         for p in self.net.parameters():
             p.requires_grad_(False)
@@ -219,6 +230,7 @@ class TrajectoryMatching:
             "config_hash": self.ctx.config_hash,
             "experts_digest": self.experts_digest,
             "experts_epochs": self.experts_epochs,
+            "machines": self.machines(st.it),
         }
         # the counters travel inside the tensor file (one atomic write); the JSON is a readable copy
         with atomic_path(self.run_dir / CKPT) as tmp:
@@ -273,12 +285,29 @@ class TrajectoryMatching:
             losses=t["losses"].tolist(),
             boost_until=t.get("boost_until"),
         )
+        if "machines" in meta:
+            self.segments = [m for m in meta["machines"] if isinstance(m, dict)]
+        else:  # a checkpoint written before machines were recorded
+            self.segments = [{"unrecorded": True, "from_it": 0, "to_it": st.it}] if st.it > 0 else []
         if self._retrains and st.boost_until is None:
             raise ArtifactError(f"checkpoint in {self.run_dir} has no DOM retrain windows; rerun with --restart")
         # drop metric rows written after the checkpoint so the log has no duplicates
         rows = [r for r in read_jsonl(self.metrics_path) if r.get("it", -1) < st.it]
         write_jsonl_atomic(self.metrics_path, rows)
         return st
+
+    def machines(self, upto: int) -> list[dict]:
+        """The machines that ran iterations ``[from_it, to_it)``, this process's last, merged
+        with the one before when it is the same machine."""
+        done = [dict(m) for m in self.segments]
+        if upto > self.segment_start:
+            last = done[-1] if done else None
+            same = last is not None and {k: v for k, v in last.items() if k not in ("from_it", "to_it")} == self.machine
+            if same and last["to_it"] == self.segment_start:
+                last["to_it"] = upto
+            else:
+                done.append({**self.machine, "from_it": self.segment_start, "to_it": upto})
+        return done
 
     def _digest_of(self, meta: dict) -> str:
         """This buffer's digest over the expert epochs the checkpoint's digest covers."""
@@ -562,6 +591,7 @@ class TrajectoryMatching:
         if st is None:
             self.metrics_path.unlink(missing_ok=True)
             st = self.init_state()
+        self.segment_start = st.it
         d, shared = self.d, self.cfg.distill
         stop = d.iterations if self.ctx.stop_at is None else min(d.iterations, self.ctx.stop_at)
         last_ckpt = time.monotonic()
@@ -596,4 +626,5 @@ class TrajectoryMatching:
             iterations=st.it,
             skipped=st.skipped,
             dom_replaced=st.replaced,
+            machines=self.machines(st.it),
         )

@@ -159,6 +159,8 @@ def _rows(store) -> dict[str, dict]:
         r.pop("seconds")
         r.pop("run_dir")
         r.pop("machine")  # the thread count differs between executors
+        r.pop("distill_machines", None)  # and so does the one each distillation ran with
+        r.pop("experts_trained", None)  # one process trains experts in its first cell, a pool before
     return rows
 
 

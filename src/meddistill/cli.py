@@ -23,6 +23,7 @@ from meddistill import __version__
 from meddistill.config import PROFILES, RunConfig, build_config
 from meddistill.errors import ArtifactError, ConfigError, MeddistillError
 from meddistill.signals import allow_interrupt
+from meddistill.utils import keep_freed_memory
 
 T = TypeVar("T")
 
@@ -684,6 +685,7 @@ def _say(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     allow_interrupt()
+    keep_freed_memory()
     try:
         return COMMANDS[args.command](args)
     except MeddistillError as exc:

@@ -85,6 +85,7 @@ def one_line_errors(ap: argparse.ArgumentParser, interrupted: str = "interrupted
     Ctrl-C with ``interrupted`` and exit 130. Other exceptions keep their traceback (a script
     is a developer's tool; ``meddistill`` itself also turns those into one line)."""
     allow_interrupt()
+    keep_freed_memory()
     try:
         yield
     except MeddistillError as exc:

@@ -105,7 +105,8 @@ def test_freed_memory_is_reused_instead_of_faulted_in_again():
     applied, kept = _faults("keep")
     assert applied == "True"
     _, default = _faults("default")
-    assert kept < 2_000, (default, kept)  # here default is ~200,000
+    # defaults: every tensor faulted in again (~195,000 here); kept: once or twice, not per tensor
+    assert kept * 5 < default, (default, kept)
     opted_out, _ = _faults("keep", {**os.environ, "MEDDISTILL_MALLOC": "default"})
     assert opted_out == "False"
 

@@ -7,7 +7,14 @@ import torch
 from safetensors.torch import load_file
 
 from meddistill.errors import ArtifactError
-from meddistill.experts import ExpertBuffer, expert_dir, require_experts, train_experts, train_one_expert
+from meddistill.experts import (
+    ExpertBuffer,
+    expert_dir,
+    require_experts,
+    train_experts,
+    train_one_expert,
+    trajectory_shape,
+)
 from meddistill.nets import FlatParams, create_model
 
 
@@ -78,8 +85,11 @@ def test_corrupt_expert_file_is_a_clear_error(breast, tiny, tmp_path):
     cfg = tiny(experts_dir=str(tmp_path / "ex"))
     folder = train_experts(breast, cfg, torch.device("cpu"), progress=False)
     (folder / "expert_0.safetensors").write_bytes(b"truncated")
-    with pytest.raises(ArtifactError, match=r"expert_0\.safetensors is unreadable"):
-        ExpertBuffer(folder).get(0)
+    buf = ExpertBuffer(folder)
+    readers = [lambda: buf.get(0), lambda: buf.digest(1), lambda: trajectory_shape(folder / "expert_0.safetensors")]
+    for read in readers:
+        with pytest.raises(ArtifactError, match=r"expert_0\.safetensors is unreadable.*delete it to retrain"):
+            read()
 
 
 def test_corrupt_meta_json_is_an_artifact_error(breast, tiny, tmp_path):

@@ -22,8 +22,7 @@ from typing import TypeVar
 from meddistill import __version__
 from meddistill.config import PROFILES, RunConfig, build_config
 from meddistill.errors import ArtifactError, ConfigError, MeddistillError
-from meddistill.signals import allow_interrupt
-from meddistill.utils import keep_freed_memory
+from meddistill.process import prepare_process
 
 T = TypeVar("T")
 
@@ -84,9 +83,8 @@ def one_line_errors(ap: argparse.ArgumentParser, interrupted: str = "interrupted
     """For a script's ``main``: a :class:`MeddistillError` ends it with one line and exit 2,
     Ctrl-C with ``interrupted`` and exit 130. Other exceptions keep their traceback (a script
     is a developer's tool; ``meddistill`` itself also turns those into one line)."""
-    allow_interrupt()
-    keep_freed_memory()
     try:
+        prepare_process()
         yield
     except MeddistillError as exc:
         ap.exit(2, f"{ap.prog}: error: {' '.join(str(exc).split())}\n")
@@ -685,9 +683,8 @@ def _say(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    allow_interrupt()
-    keep_freed_memory()
     try:
+        prepare_process()
         return COMMANDS[args.command](args)
     except MeddistillError as exc:
         _say(f"error: {exc}")

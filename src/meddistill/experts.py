@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -72,22 +73,26 @@ def _save(path: Path, traj: torch.Tensor, extra: dict[str, torch.Tensor] | None 
         save_file(tensors, str(tmp), metadata={"format": "meddistill-expert-v1"})
 
 
-def load_trajectory(path: Path) -> torch.Tensor:
+@contextmanager
+def _reading_expert(path: Path) -> Iterator[None]:
+    """Turn a damaged or missing expert file into one :class:`ArtifactError` saying what to do."""
     try:
-        return load_file(str(path))["trajectory"]
-    except (SafetensorError, OSError, KeyError) as exc:
+        yield
+    except (SafetensorError, OSError, KeyError, IndexError, ValueError) as exc:
         raise ArtifactError(f"expert file {path} is unreadable ({exc}); delete it to retrain") from None
+
+
+def load_trajectory(path: Path) -> torch.Tensor:
+    with _reading_expert(path):
+        return load_file(str(path))["trajectory"]
 
 
 def trajectory_shape(path: Path) -> tuple[int, int]:
     """(epochs + 1, parameters per epoch) of an expert file, read from its header (the tensor
     is not loaded)."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            rows, width = f.get_slice("trajectory").get_shape()
-            return int(rows), int(width)
-    except (SafetensorError, OSError, KeyError, IndexError, ValueError) as exc:
-        raise ArtifactError(f"expert file {path} is unreadable ({exc}); delete it to retrain") from None
+    with _reading_expert(path), safe_open(str(path), framework="pt") as f:
+        rows, width = f.get_slice("trajectory").get_shape()
+        return int(rows), int(width)
 
 
 def expert_files(folder: Path) -> list[Path]:
@@ -349,10 +354,7 @@ class ExpertBuffer:
         h = hashlib.sha256()
         for k in range(len(self)):
             path = self._path(k)
-            try:
-                with safe_open(str(path), framework="pt") as f:  # only the rows hashed are read
-                    rows = f.get_slice("trajectory")[: epochs + 1]
-            except (SafetensorError, OSError, KeyError) as exc:
-                raise ArtifactError(f"expert file {path} is unreadable ({exc}); delete it to retrain") from None
+            with _reading_expert(path), safe_open(str(path), framework="pt") as f:
+                rows = f.get_slice("trajectory")[: epochs + 1]  # only the rows hashed are read
             h.update(rows.contiguous().numpy().tobytes())
         return h.hexdigest()[:16]

@@ -15,27 +15,6 @@ import torch
 
 from meddistill.errors import ArtifactError, ConfigError
 
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
-
-
-def keep_freed_memory() -> bool:
-    """Have glibc's malloc keep freed memory for reuse instead of handing it back to the kernel
-    (no ``mmap`` for large blocks, no trimming of the heap). An unrolled distillation allocates
-    and frees tensors of tens of MB at every student step; handed back, each comes back as
-    fresh zero-filled pages, and the page faults can take a large share of the CPU time.
-    Allocation does not enter arithmetic, so results are unchanged; memory freed stays with the
-    process. Applied by the ``meddistill`` command and its workers; no-op off glibc or with
-    ``MEDDISTILL_MALLOC=default``. Returns whether it was applied."""
-    if os.environ.get("MEDDISTILL_MALLOC") == "default":
-        return False
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
-
 
 def derive_seed(*parts: Any) -> int:
     """A 63-bit seed that depends only on ``parts`` (never on the clock)."""

@@ -25,8 +25,8 @@ from meddistill.bench.grid import Cell, Grid, done_keys, expand
 from meddistill.distill import FULL
 from meddistill.errors import ConfigError
 from meddistill.locks import store_lock
-from meddistill.signals import allow_interrupt
-from meddistill.utils import append_jsonl, keep_freed_memory, machine_info, resolve_device
+from meddistill.process import prepare_process
+from meddistill.utils import append_jsonl, machine_info, resolve_device
 
 
 def run_one(cell: Cell, progress: bool = False) -> dict:
@@ -132,8 +132,7 @@ def _store_rows(
 def _init_worker(threads: int) -> None:
     import torch
 
-    allow_interrupt()  # a worker of a background grid stops on SIGINT like the driver
-    keep_freed_memory()  # a spawned worker starts with malloc's defaults
+    prepare_process()  # a spawned worker starts with SIGINT ignored in a background grid, malloc's defaults
     torch.set_num_threads(threads)
 
 

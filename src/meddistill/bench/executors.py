@@ -132,7 +132,7 @@ def _store_rows(
 def _init_worker(threads: int) -> None:
     import torch
 
-    prepare_process()  # a spawned worker starts with SIGINT ignored in a background grid, malloc's defaults
+    prepare_process()  # a spawned worker starts with malloc's defaults (and SIGINT ignored in a background grid)
     torch.set_num_threads(threads)
 
 

@@ -172,9 +172,13 @@ def test_options_are_registry_choices_and_off_by_default_in_the_identity():
         with pytest.raises(ConfigError, match=f"{key}='bogus' is out of range; allowed: one of"):
             build_config("tiny", overrides=[f"{D}{key}=bogus"])
     # the run identities of PTM at default settings are those computed before the options existed
-    # (cpu: with the student steps and span it had then; they are ``auto`` now)
+    # (cpu: with the student steps and span it had then, they are ``auto`` now; cpu and paper:
+    # with the bf16 experts ``experts.bf16: auto`` chose on the bf16-native CPU they were pinned on)
     pinned = {"tiny": "6ca0a8b20000", "cpu": "421428a655ff", "paper": "9f17891f5b5e"}
-    then = {"cpu": ["method.syn_steps=10", "method.expert_epochs=2"]}
+    then = {
+        "cpu": ["method.syn_steps=10", "method.expert_epochs=2", "experts.bf16=true"],
+        "paper": ["experts.bf16=true"],
+    }
     for profile, key in pinned.items():
         ov = [*then.get(profile, []), "method.dom.feature_epoch=last"]
         cfg = build_config(profile, None, ov, dataset="pneumoniamnist", device="cpu", **{"distill.ipc": 10})

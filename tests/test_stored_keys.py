@@ -37,7 +37,8 @@ def test_the_diagnosis_scripts_still_find_their_stored_mtt_rows(monkeypatch):
             seeds=[0, 1, 2],
             ipc=[10],
             rule="steps4",
-            set=["eval.num_nets=2"],
+            # the rows were made on a bf16-native CPU, where ``experts.bf16: auto`` is true
+            set=["eval.num_nets=2", "experts.bf16=true"],
             store="results/tm_accept_steps4.jsonl",
             out_dir="runs",
             experts_dir="experts",

@@ -101,9 +101,6 @@ def test_the_cli_says_so_in_one_line():
 def test_keeping_freed_memory_changes_no_result(tmp_path, session_dirs):
     """The same PTM set, bit for bit, from two ``meddistill distill`` processes, one with
     malloc's defaults."""
-    import subprocess
-    import sys
-
     from meddistill.synset import SynSet
 
     hashes = []

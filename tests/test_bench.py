@@ -200,6 +200,32 @@ def test_ctrl_c_stops_a_worker_pool_without_starting_or_waiting_for_more_cells(t
     assert len(list(Path(grid.out_dir).rglob("synset.npz"))) <= 2  # no PTM cell ran to its end
 
 
+def test_ctrl_c_starts_no_queued_cell(tmp_path, session_dirs, monkeypatch):
+    # a worker whose cell ended on Ctrl-C used to take the cell the pool had queued to it
+    import threading
+    import time
+
+    from meddistill.bench.executors import run_pool
+    from tests.pool_cells import until_stopped
+
+    grid = load_grid(_grid(tmp_path, session_dirs))
+    grid.full, grid.methods, grid.seeds = False, ["random"], list(range(6))
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    monkeypatch.setenv("MEDDISTILL_TEST_POOL", str(flags))  # spawned workers inherit it
+
+    def ctrl_c_once_both_workers_run() -> None:
+        deadline = time.monotonic() + 120
+        while len(list(flags.glob("started-*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        (flags / "stop").touch()
+
+    threading.Thread(target=ctrl_c_once_both_workers_run, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_pool(expand(grid), Path(grid.store), False, 2, 1, grace=5, cell_fn=until_stopped)
+    assert len(list(flags.glob("started-*"))) == 2
+
+
 @pytest.mark.parametrize(
     "text,msg",
     [

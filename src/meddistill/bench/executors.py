@@ -136,6 +136,27 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def _bounded(pool, fn: Callable, calls: list[tuple], workers: int, futures: list[Future]) -> Iterator:
+    """Yield ``fn(*args)`` for each of ``calls`` as each ends, with at most ``workers`` calls
+    handed to ``pool`` at once (each one appended to ``futures``). A process pool moves every
+    submitted call it can into its workers' queue, where it can no longer be cancelled: a worker
+    whose cell ended on Ctrl-C would take the next one before :func:`_stop_pool` stops it."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    todo = iter(calls)
+    running: set[Future] = set()
+    while True:
+        while len(running) < workers and (args := next(todo, None)) is not None:
+            f = pool.submit(fn, *args)
+            running.add(f)
+            futures.append(f)
+        if not running:
+            return
+        ended, running = wait(running, return_when=FIRST_COMPLETED)
+        for f in ended:
+            yield f.result()
+
+
 def run_pool(
     cells: list[Cell],
     store: Path,
@@ -144,11 +165,13 @@ def run_pool(
     threads: int | None = None,
     on_row: Callable[[dict], None] | None = None,
     grace: float = 10.0,
+    cell_fn: Callable[[Cell, bool], dict] = run_one,
 ) -> int:
-    """Run ``cells`` in ``workers`` spawned processes of ``threads`` torch threads each; on
-    Ctrl-C see :func:`_stop_pool` (``grace`` seconds for running cells to end)."""
+    """Run ``cells`` (``cell_fn``, by default :func:`run_one`) in ``workers`` spawned processes
+    of ``threads`` torch threads each; on Ctrl-C see :func:`_stop_pool` (``grace`` seconds for
+    running cells to end)."""
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import ProcessPoolExecutor
 
     import torch
 
@@ -158,11 +181,9 @@ def run_pool(
     futures: list[Future] = []
     try:
         # experts first, one task per distinct buffer, so cells never train the same experts twice
-        futures = [pool.submit(_prepare_experts, c, n) for c, n in _distinct_experts(cells)]
-        for f in futures:
-            f.result()
-        futures = [pool.submit(run_one, c, False) for c in cells]
-        rows = (f.result() for f in as_completed(futures))
+        for _ in _bounded(pool, _prepare_experts, _distinct_experts(cells), workers, futures):
+            pass
+        rows = _bounded(pool, cell_fn, [(c, False) for c in cells], workers, futures)
         return _store_rows(rows, len(cells), store, f"bench ({workers} workers)", progress, on_row)
     except KeyboardInterrupt:
         _stop_pool(pool, futures, grace)
@@ -172,14 +193,13 @@ def run_pool(
 
 
 def _stop_pool(pool, futures: list[Future], grace: float) -> None:
-    """Ctrl-C: no further cell starts; running cells get ``grace`` seconds to end (a worker that
-    got the same SIGINT writes its checkpoint and ends at once), then their processes are
-    stopped — a resume continues from each run's last checkpoint. Without this the pool would
-    start the cells already queued to it and wait for them, hours for a matching cell."""
+    """Ctrl-C: no further cell starts (:func:`_bounded` hands the pool no more calls than it has
+    workers); running cells get ``grace`` seconds to end (a worker that got the same SIGINT
+    writes its checkpoint and ends at once), then their processes are stopped — a resume
+    continues from each run's last checkpoint. Without this the pool would wait for its
+    running cells, hours for a matching cell."""
     from concurrent.futures import wait
 
-    for f in futures:
-        f.cancel()
     wait([f for f in futures if f.running()], timeout=grace)
     for proc in list((getattr(pool, "_processes", None) or {}).values()):
         proc.terminate()

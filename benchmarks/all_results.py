@@ -8,7 +8,8 @@
 Regenerates the block between ``<!-- all:begin -->`` and ``<!-- all:end -->``: one test-ACC
 table per evaluation architecture (mean ± std over seeds; a cell with fewer seeds than the rest
 says ``(n=…)``), the ConvNet AUC table, each method's mean over the finished cells per
-architecture, and PTM vs MTT paired by seed. Several stores (datasets run by different grids)
+architecture, and PTM vs MTT paired by seed (means and pairs count only the cells every method
+has finished with every seed). Several stores (datasets run by different grids)
 make one block, with a method × dataset table; a cell two stores both hold is an error.
 """
 
@@ -49,9 +50,11 @@ def per_seed(rows: list[dict], net: str) -> dict[tuple[str, int, str], dict[int,
 
 
 def finished_cells(stats: dict[tuple, Stat], order: list[str]) -> list[tuple[str, int]]:
-    """The (dataset, ipc) cells, sorted, that every method of ``order`` has a result in."""
+    """The (dataset, ipc) cells, sorted, that every method of ``order`` has finished: each has as
+    many seeds as the most seeded cell of ``stats`` (a grid still running has cells with fewer)."""
     cells = {(d, i) for d, i, m in stats if m != FULL}
-    return [c for c in sorted(cells) if all((c[0], c[1], m) in stats for m in order)]
+    seeds = max((s.n for (_, _, m), s in stats.items() if m != FULL), default=0)
+    return [c for c in sorted(cells) if all((c[0], c[1], m) in stats and stats[(*c, m)].n == seeds for m in order)]
 
 
 def summary(rows: list[dict], nets: list[str]) -> list[str]:
@@ -79,7 +82,7 @@ def summary(rows: list[dict], nets: list[str]) -> list[str]:
             cells.append(f"**{txt}**" if v is not None and v == top[n] else txt)
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     counts = ", ".join(f"{n} {ncells[n]}" for n in nets)
-    lines += ["", f"Cells averaged: {counts} (those every method has finished)."]
+    lines += ["", f"Cells averaged: {counts} (those every method has finished with every seed)."]
     return lines
 
 
@@ -92,9 +95,10 @@ def paired_lines(rows: list[dict], nets: list[str]) -> list[str]:
     ]
     for net in nets:
         ps = per_seed(rows, net)
+        done = set(finished_cells(aggregate(rows, "acc", net), methods_of(rows)))
         diffs, beat_best, n = [], 0, 0
         for (d, i, m), by in ps.items():
-            if m != "ptm" or (d, i, "mtt") not in ps:
+            if m != "ptm" or (d, i, "mtt") not in ps or (d, i) not in done:
                 continue
             common = sorted(set(by) & set(ps[(d, i, "mtt")]))
             if not common:

@@ -38,7 +38,7 @@ def test_a_grid_with_fewer_methods_gets_means_and_pairs_and_its_net_depth(all_re
     assert "### ConvNet-D4: test AUC (%)" in text
     assert "| ptm | **80.50** |" in text  # the mean over the cells these three methods share
     assert "| random | 70.50 |" in text
-    assert "Cells averaged: convnet 1" in text
+    assert "Cells averaged: convnet 1 (those every method has finished with every seed)" in text
     assert "| convnet | 1 | 1 of 1 | +5.00 | 1 of 1 |" in text
     assert "PTM > all 2 baselines" in text
     assert "Compute (each cell's wall time, summed): 6 cells, 0.00 h of cell time on machine not recorded." in text
@@ -105,6 +105,17 @@ def test_two_stores_make_one_block_with_a_method_by_dataset_table(all_results, t
 def test_a_dataset_without_a_finished_ipc_has_no_mean(all_results):
     rows = [_row("random", 0, 0.6), _row("ptm", 0, 0.8), {**_row("random", 0, 0.5), "dataset": "bloodmnist"}]
     assert "| ptm | 80.00 | – | – |" in all_results.block(rows, "s")
+
+
+def test_a_cell_still_missing_a_seed_of_one_method_is_not_averaged_or_paired(all_results):
+    # it used to count once every method had one seed, so a running grid's means mixed seed counts
+    rows = [_row(m, s, a) for m, a in (("random", 0.6), ("mtt", 0.7), ("ptm", 0.8)) for s in (0, 1)]
+    rows += [{**_row(m, 0, a), "ipc": 50} for m, a in (("random", 0.9), ("mtt", 0.1), ("ptm", 0.1))]
+    rows.append({**_row("random", 1, 0.9), "ipc": 50})
+    text = all_results.block(rows, "s")
+    assert "| random | 60.00 |" in text and "| ptm | **80.00** |" in text
+    assert "Cells averaged: convnet 1 " in text
+    assert "| convnet | 1 | 1 of 1 | +10.00 | 1 of 1 |" in text
 
 
 @pytest.mark.parametrize(

@@ -51,10 +51,14 @@ def per_seed(rows: list[dict], net: str) -> dict[tuple[str, int, str], dict[int,
 
 def finished_cells(stats: dict[tuple, Stat], order: list[str]) -> list[tuple[str, int]]:
     """The (dataset, ipc) cells, sorted, that every method of ``order`` has finished: each has as
-    many seeds as the most seeded cell of ``stats`` (a grid still running has cells with fewer)."""
-    cells = {(d, i) for d, i, m in stats if m != FULL}
-    seeds = max((s.n for (_, _, m), s in stats.items() if m != FULL), default=0)
-    return [c for c in sorted(cells) if all((c[0], c[1], m) in stats and stats[(*c, m)].n == seeds for m in order)]
+    many seeds as the dataset's most seeded cell (a grid still running has cells with fewer;
+    stores joined from grids of other seed counts are judged per dataset)."""
+    seeds: dict[str, int] = defaultdict(int)
+    for (d, _, m), s in stats.items():
+        if m != FULL:
+            seeds[d] = max(seeds[d], s.n)
+    cells = sorted({(d, i) for d, i, m in stats if m != FULL})
+    return [c for c in cells if all((*c, m) in stats and stats[(*c, m)].n == seeds[c[0]] for m in order)]
 
 
 def summary(rows: list[dict], nets: list[str]) -> list[str]:

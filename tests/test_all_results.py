@@ -118,6 +118,14 @@ def test_a_cell_still_missing_a_seed_of_one_method_is_not_averaged_or_paired(all
     assert "| convnet | 1 | 1 of 1 | +10.00 | 1 of 1 |" in text
 
 
+def test_datasets_from_grids_of_other_seed_counts_are_each_judged_by_their_own(all_results):
+    rows = [_row(m, s, a) for m, a in (("random", 0.6), ("ptm", 0.8)) for s in (0, 1, 2)]
+    rows += [{**_row(m, 0, a), "dataset": "bloodmnist"} for m, a in (("random", 0.5), ("ptm", 0.7))]
+    text = all_results.block(rows, "s")
+    assert "Cells averaged: convnet 2 " in text
+    assert "| ptm | 80.00 | 70.00 | 75.00 |" in text
+
+
 @pytest.mark.parametrize(
     "second,msg",
     [

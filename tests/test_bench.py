@@ -226,6 +226,37 @@ def test_ctrl_c_starts_no_queued_cell(tmp_path, session_dirs, monkeypatch):
     assert len(list(flags.glob("started-*"))) == 2
 
 
+def test_ctrl_c_beside_an_idle_worker_lets_the_running_cell_write_its_checkpoint(tmp_path, session_dirs, monkeypatch):
+    # the idle worker died of the SIGINT in its queue read; the pool then killed the busy one at once
+    import multiprocessing
+    import os
+    import signal
+    import threading
+    import time
+
+    from meddistill.bench.executors import run_pool
+    from tests.pool_cells import checkpoints_on_ctrl_c
+
+    grid = load_grid(_grid(tmp_path, session_dirs))
+    grid.full, grid.methods, grid.seeds = False, ["random"], [0, 1]
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    monkeypatch.setenv("MEDDISTILL_TEST_POOL", str(flags))
+
+    def ctrl_c_to_the_workers() -> None:
+        deadline = time.monotonic() + 120
+        while not list(flags.glob("started-*")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(1.0)  # seed 0's worker is idle by now
+        for p in multiprocessing.active_children():
+            os.kill(p.pid, signal.SIGINT)
+
+    threading.Thread(target=ctrl_c_to_the_workers, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_pool(expand(grid), Path(grid.store), False, 2, 1, grace=10, cell_fn=checkpoints_on_ctrl_c)
+    assert (flags / "checkpointed").exists()
+
+
 @pytest.mark.parametrize(
     "text,msg",
     [

@@ -130,10 +130,27 @@ def _store_rows(
 
 
 def _init_worker(threads: int) -> None:
+    import signal
+
     import torch
 
-    prepare_process()  # a spawned worker starts with malloc's defaults (and SIGINT ignored in a background grid)
+    prepare_process()  # a spawned worker starts with malloc's defaults
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # between calls; see _interruptible
     torch.set_num_threads(threads)
+
+
+def _interruptible(fn: Callable, *args):
+    """``fn(*args)`` in a pool worker, with SIGINT raising KeyboardInterrupt (a run writes its
+    checkpoint and ends). Between calls the worker ignores SIGINT: an idle worker would die of
+    it in its queue read, and the pool, seeing a worker die, kills the others at once, before
+    their runs have written their checkpoints."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return fn(*args)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _bounded(pool, fn: Callable, calls: list[tuple], workers: int, futures: list[Future]) -> Iterator:
@@ -147,13 +164,13 @@ def _bounded(pool, fn: Callable, calls: list[tuple], workers: int, futures: list
     running: set[Future] = set()
     while True:
         while len(running) < workers and (args := next(todo, None)) is not None:
-            f = pool.submit(fn, *args)
+            f = pool.submit(_interruptible, fn, *args)
             running.add(f)
             futures.append(f)
         if not running:
             return
         ended, running = wait(running, return_when=FIRST_COMPLETED)
-        for f in ended:
+        for f in sorted(ended, key=lambda f: f.exception() is not None):  # rows before a raise
             yield f.result()
 
 
@@ -200,6 +217,8 @@ def _stop_pool(pool, futures: list[Future], grace: float) -> None:
     running cells, hours for a matching cell."""
     from concurrent.futures import wait
 
+    for f in futures:
+        f.cancel()
     wait([f for f in futures if f.running()], timeout=grace)
     for proc in list((getattr(pool, "_processes", None) or {}).values()):
         proc.terminate()

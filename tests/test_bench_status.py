@@ -77,7 +77,10 @@ def test_states_and_time_left_come_from_the_store_and_the_run_folders(tmp_path):
     assert (r.unknown, r.from_logs, r.to_evaluate) == (0, 1, 0)
     assert r.seconds == 4.0 + (iters - 6) * 1.0  # random from its whole row, ptm from its log's rate
     assert r.wall(8) == max(r.cells)  # never less than the longest cell, whatever the workers
-    text = format_status(grid, list(st.values()), workers=2)
+    # more workers than cores share them: the cells that can run at once are the cores
+    assert remaining(list(st.values())).wall(3, cores=1) == r.seconds
+    text = format_status(grid, list(st.values()), workers=2, cores=1)
+    assert f"(~{r.seconds / 60:.0f} min with 2 workers on 1 cores)" in text
     assert "4 cells — 2 done, 1 part-done, 0 distilled but not evaluated, 1 not started" in text
     assert f"| breastmnist | 2 | ptm | 1 | partial | 6/{iters} |" in text
     assert "1 cells timed by their distillation iterations only" in text

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,9 +141,11 @@ class Remaining:
     def seconds(self) -> float:
         return sum(self.cells)
 
-    def wall(self, workers: int) -> float:
-        """With ``workers`` cells at once: at least the longest cell, at best an even split."""
-        busy = max(1, min(workers, len(self.cells)))
+    def wall(self, workers: int, cores: int | None = None) -> float:
+        """With ``workers`` cells at once on ``cores`` cores (default: all): at least the longest
+        cell, at best an even split over the cells that can run at once — no more than the cores,
+        as the rates were measured with a core per cell."""
+        busy = max(1, min(workers, len(self.cells), cores or workers))
         return max(self.seconds / busy, max(self.cells, default=0.0))
 
 
@@ -179,13 +182,18 @@ def counts_line(statuses: list[CellStatus]) -> str:
     )
 
 
-def estimate_line(statuses: list[CellStatus], workers: int = 1) -> str:
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def estimate_line(statuses: list[CellStatus], workers: int = 1, cores: int | None = None) -> str:
     r = remaining(statuses)
+    cores = cores or usable_cores()
     if not (r.cells or r.unknown or r.to_evaluate or r.expert_buffers):
         return "nothing left to run"
     parts = []
     if r.cells:
-        wall = f" (~{_hours(r.wall(workers))} with {workers} workers)" if workers > 1 else ""
+        wall = f" (~{_hours(r.wall(workers, cores))} with {workers} workers on {cores} cores)" if workers > 1 else ""
         parts.append(f"about {_hours(r.seconds)} of cell time left{wall}")
     if r.unknown:
         parts.append(f"{r.unknown} cells have no measured rate yet and are not counted")
@@ -198,7 +206,7 @@ def estimate_line(statuses: list[CellStatus], workers: int = 1) -> str:
     return "; ".join(parts) + " (from this store's finished cells and the run logs, on their machine)"
 
 
-def format_status(grid: Grid, statuses: list[CellStatus], workers: int = 1) -> str:
+def format_status(grid: Grid, statuses: list[CellStatus], workers: int = 1, cores: int | None = None) -> str:
     lines = [f"bench {grid.name}: {counts_line(statuses)} (store {grid.store})"]
     open_cells = [s for s in statuses if s.state != "done"]
     if open_cells:
@@ -207,5 +215,5 @@ def format_status(grid: Grid, statuses: list[CellStatus], workers: int = 1) -> s
             where = f"{'?' if s.it is None else s.it}/{s.iterations}" if s.iterations else "–"
             c = s.cell
             lines.append(f"| {c.dataset} | {c.ipc} | {c.method} | {c.seed} | {s.state} | {where} |")
-        lines += ["", estimate_line(statuses, workers)]
+        lines += ["", estimate_line(statuses, workers, cores)]
     return "\n".join(lines)

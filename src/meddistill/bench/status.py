@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,11 +181,9 @@ def counts_line(statuses: list[CellStatus]) -> str:
     )
 
 
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def estimate_line(statuses: list[CellStatus], workers: int = 1, cores: int | None = None) -> str:
+    from meddistill.parallel import usable_cores
+
     r = remaining(statuses)
     cores = cores or usable_cores()
     if not (r.cells or r.unknown or r.to_evaluate or r.expert_buffers):

@@ -55,6 +55,15 @@ def test_bad_input_is_one_line_not_a_traceback(tmp_path, capsys, argv, msg, monk
     assert err.startswith("meddistill: error: ") and msg in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("value", ["-2", "0"])
+def test_a_count_below_one_names_the_bound_it_breaks(capsys, value):
+    # a negative value used to be told "must be 0 or more", and 0 is refused too
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "configs/bench/cpu.yaml", "--status", "--workers", value])
+    assert e.value.code == 2
+    assert f"argument --workers: must be 1 or more, got {value}" in capsys.readouterr().err
+
+
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "meddistill.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("meddistill ")

@@ -27,21 +27,22 @@ from meddistill.process import prepare_process
 T = TypeVar("T")
 
 
-def nonneg_int(text: str) -> int:
+def _int_at_least(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be {least} or more, got {value}")
     return value
+
+
+def nonneg_int(text: str) -> int:
+    return _int_at_least(text, 0)
 
 
 def positive_int(text: str) -> int:
-    value = nonneg_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
+    return _int_at_least(text, 1)
 
 
 def comma_list(cast: Callable[[str], T], ok: Callable[[T], bool], what: str) -> Callable[[str], list[T]]:

@@ -143,7 +143,7 @@ def test_report_cli_on_missing_store(tmp_path, capsys):
 
 
 def test_ray_executor_gives_the_same_rows_as_local(tmp_path, session_dirs):
-    pytest.importorskip("ray")
+    ray = pytest.importorskip("ray")
     grid = load_grid(_grid(tmp_path, session_dirs))
     grid.seeds = [0]
     run_grid(grid, progress=False)
@@ -151,6 +151,43 @@ def test_ray_executor_gives_the_same_rows_as_local(tmp_path, session_dirs):
     grid.store, grid.out_dir = str(tmp_path / "ray.jsonl"), str(tmp_path / "runs_ray")
     assert run_grid(grid, executor="ray", progress=False) == (3, 0)
     assert _rows(grid.store) == local
+    assert not ray.is_initialized()  # the local cluster the run started is stopped
+
+
+def test_ctrl_c_on_ray_lets_running_cells_write_checkpoints_and_starts_no_more(tmp_path, session_dirs, monkeypatch):
+    # Ctrl-C used to leave the cluster's cells running (to their end) and start the queued ones
+    import time
+
+    import torch
+
+    ray = pytest.importorskip("ray")
+    from meddistill.bench.executors import run_ray
+    from tests.pool_cells import checkpoints_on_ctrl_c
+
+    grid = load_grid(_grid(tmp_path, session_dirs))
+    grid.full, grid.methods, grid.seeds = False, ["random"], list(range(6))
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    monkeypatch.setenv("MEDDISTILL_TEST_POOL", str(flags))  # the local cluster's workers inherit it
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # one CPU per task: seed 0 runs beside another
+
+    def ctrl_c(row):
+        deadline = time.monotonic() + 60
+        while not list(flags.glob("started-*")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        raise KeyboardInterrupt
+
+    ray.shutdown()  # a cluster another test left would lack this test's environment
+    ray.init(num_cpus=2, log_to_driver=False)  # two cells at once, on any machine
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_ray(expand(grid), Path(grid.store), False, on_row=ctrl_c, grace=30, cell_fn=checkpoints_on_ctrl_c)
+        assert (flags / "checkpointed").exists()
+        started = len(list(flags.glob("started-*")))
+        time.sleep(2.0)
+        assert len(list(flags.glob("started-*"))) == started < 5  # no queued cell starts after the stop
+    finally:
+        ray.shutdown()
 
 
 def _rows(store) -> dict[str, dict]:

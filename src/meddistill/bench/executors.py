@@ -230,28 +230,55 @@ def run_ray(
     progress: bool,
     address: str | None = None,
     on_row: Callable[[dict], None] | None = None,
+    grace: float = 10.0,
+    cell_fn: Callable[[Cell, bool], dict] = run_one,
 ) -> int:
+    """Run ``cells`` (``cell_fn``, by default :func:`run_one`) as Ray tasks of the driver's torch
+    thread count each, on the cluster at ``address``, the one this process already joined, or a
+    local one started and stopped here; on Ctrl-C see :func:`_stop_ray`."""
     try:
         import ray
     except ImportError:
         raise ConfigError("the Ray executor needs ray: pip install 'meddistill[ray]'") from None
-    ray.init(address=address or None, ignore_reinit_error=True, log_to_driver=False)
-    # experts first, one task per distinct buffer, so cells never train the same experts twice
     import torch
 
+    started = not ray.is_initialized()  # a local cluster this call starts, it stops
+    ray.init(address=address or None, ignore_reinit_error=True, log_to_driver=False)
     threads = torch.get_num_threads()
-    prepare = ray.remote(num_cpus=threads)(_with_threads(_prepare_experts, threads))
-    ray.get([prepare.remote(c, n) for c, n in _distinct_experts(cells)])
-    remote = ray.remote(num_cpus=threads)(_with_threads(run_one, threads))
-    pending = [remote.remote(c, False) for c in cells]
+    refs: list = []
+    try:
+        # experts first, one task per distinct buffer, so cells never train the same experts twice
+        prepare = ray.remote(num_cpus=threads)(_with_threads(_prepare_experts, threads))
+        refs = [prepare.remote(c, n) for c, n in _distinct_experts(cells)]
+        ray.get(refs)
+        remote = ray.remote(num_cpus=threads)(_with_threads(cell_fn, threads))
+        refs = [remote.remote(c, False) for c in cells]
+        return _store_rows(_ray_rows(ray, refs), len(cells), store, "bench (ray)", progress, on_row)
+    except KeyboardInterrupt:
+        _stop_ray(ray, refs, grace)
+        raise
+    finally:
+        if started:
+            ray.shutdown()
 
-    def finished() -> Iterator[dict]:
-        remaining = pending
-        while remaining:
-            ready, remaining = ray.wait(remaining, num_returns=1)
-            yield from ray.get(ready)
 
-    return _store_rows(finished(), len(cells), store, "bench (ray)", progress, on_row)
+def _ray_rows(ray, refs: list) -> Iterator[dict]:
+    remaining = refs
+    while remaining:
+        ready, remaining = ray.wait(remaining, num_returns=1)
+        yield from ray.get(ready)
+
+
+def _stop_ray(ray, refs: list, grace: float) -> None:
+    """Ctrl-C: queued tasks are cancelled; running ones get a KeyboardInterrupt (a run writes its
+    checkpoint and ends) and ``grace`` seconds to end, then their workers are stopped. A terminal's
+    Ctrl-C reaches only the driver: the cluster's workers are not in its process group."""
+    for ref in refs:
+        ray.cancel(ref, force=False)
+    ray.wait(refs, num_returns=len(refs), timeout=grace)
+    _, running = ray.wait(refs, num_returns=len(refs), timeout=0)
+    for ref in running:
+        ray.cancel(ref, force=True)
 
 
 def _in_process(cells: list[Cell]) -> list[Cell]:

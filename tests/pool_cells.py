@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -33,3 +34,25 @@ def checkpoints_on_ctrl_c(cell, progress: bool) -> dict:
         (flags / "checkpointed").touch()
         raise
     raise RuntimeError("no SIGINT came")
+
+
+def first_checkpoints_second_ignores_ctrl_c(cell, progress: bool) -> dict:
+    """The first cell to start behaves as :func:`checkpoints_on_ctrl_c`'s seed 1; every later one
+    ignores KeyboardInterrupt and touches ``alive`` in ``MEDDISTILL_TEST_POOL`` every 0.05 s until
+    its process is stopped."""
+    flags = Path(os.environ["MEDDISTILL_TEST_POOL"])
+    try:
+        os.close(os.open(flags / "first", os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        pass
+    else:
+        return checkpoints_on_ctrl_c(dataclasses.replace(cell, seed=1), progress)
+    (flags / f"started-{cell.key}").touch()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            (flags / "alive").touch()
+            time.sleep(0.05)
+        except KeyboardInterrupt:
+            pass
+    raise RuntimeError("it was not stopped")

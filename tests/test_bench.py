@@ -154,38 +154,45 @@ def test_ray_executor_gives_the_same_rows_as_local(tmp_path, session_dirs):
     assert not ray.is_initialized()  # the local cluster the run started is stopped
 
 
-def test_ctrl_c_on_ray_lets_running_cells_write_checkpoints_and_starts_no_more(tmp_path, session_dirs, monkeypatch):
-    # Ctrl-C used to leave the cluster's cells running (to their end) and start the queued ones
+@pytest.mark.parametrize("grace", [3.0, 0.0])
+def test_ctrl_c_on_ray_lets_running_cells_checkpoint_and_starts_no_more(grace, tmp_path, session_dirs, monkeypatch):
+    # Ctrl-C used to leave the cluster's cells running (to their end) and start the queued ones;
+    # with no grace, the forced stop was then dropped while the first cancel was on its way
+    import os
+    import signal
+    import threading
     import time
 
     import torch
 
     ray = pytest.importorskip("ray")
     from meddistill.bench.executors import run_ray
-    from tests.pool_cells import checkpoints_on_ctrl_c
+    from tests.pool_cells import first_checkpoints_second_ignores_ctrl_c
 
     grid = load_grid(_grid(tmp_path, session_dirs))
     grid.full, grid.methods, grid.seeds = False, ["random"], list(range(6))
     flags = tmp_path / "flags"
     flags.mkdir()
     monkeypatch.setenv("MEDDISTILL_TEST_POOL", str(flags))  # the local cluster's workers inherit it
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # one CPU per task: seed 0 runs beside another
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # one CPU per task
 
-    def ctrl_c(row):
+    def ctrl_c_once_both_run() -> None:  # the first checkpoints on Ctrl-C, the second ignores it
         deadline = time.monotonic() + 60
-        while not list(flags.glob("started-*")) and time.monotonic() < deadline:
+        while len(list(flags.glob("started-*"))) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
-        raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGINT)
 
     ray.shutdown()  # a cluster another test left would lack this test's environment
     ray.init(num_cpus=2, log_to_driver=False)  # two cells at once, on any machine
     try:
+        threading.Thread(target=ctrl_c_once_both_run, daemon=True).start()
         with pytest.raises(KeyboardInterrupt):
-            run_ray(expand(grid), Path(grid.store), False, on_row=ctrl_c, grace=30, cell_fn=checkpoints_on_ctrl_c)
-        assert (flags / "checkpointed").exists()
-        started = len(list(flags.glob("started-*")))
-        time.sleep(2.0)
-        assert len(list(flags.glob("started-*"))) == started < 5  # no queued cell starts after the stop
+            run_ray(expand(grid), Path(grid.store), False, grace=grace, cell_fn=first_checkpoints_second_ignores_ctrl_c)
+        assert (flags / "checkpointed").exists() or not grace  # with no grace it may be stopped first
+        beat = (flags / "alive").stat().st_mtime
+        time.sleep(1.5)
+        assert (flags / "alive").stat().st_mtime == beat  # the cell that ignored Ctrl-C was stopped
+        assert len(list(flags.glob("started-*"))) == 2  # no queued cell started
     finally:
         ray.shutdown()
 

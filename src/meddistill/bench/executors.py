@@ -245,15 +245,19 @@ def run_ray(
     started = not ray.is_initialized()  # a local cluster this call starts, it stops
     ray.init(address=address or None, ignore_reinit_error=True, log_to_driver=False)
     threads = torch.get_num_threads()
-    refs: list = []
+    refs: list = []  # every task sent, as it is sent, for _stop_ray
     try:
         # experts first, one task per distinct buffer, so cells never train the same experts twice
         prepare = ray.remote(num_cpus=threads)(_with_threads(_prepare_experts, threads))
-        refs = [prepare.remote(c, n) for c, n in _distinct_experts(cells)]
+        for c, n in _distinct_experts(cells):
+            refs.append(prepare.remote(c, n))
         ray.get(refs)
         remote = ray.remote(num_cpus=threads)(_with_threads(cell_fn, threads))
-        refs = [remote.remote(c, False) for c in cells]
-        return _store_rows(_ray_rows(ray, refs), len(cells), store, "bench (ray)", progress, on_row)
+        cell_refs: list = []
+        for c in cells:
+            cell_refs.append(ref := remote.remote(c, False))
+            refs.append(ref)
+        return _store_rows(_ray_rows(ray, cell_refs), len(cells), store, "bench (ray)", progress, on_row)
     except KeyboardInterrupt:
         _stop_ray(ray, refs, grace)
         raise
@@ -269,16 +273,24 @@ def _ray_rows(ray, refs: list) -> Iterator[dict]:
         yield from ray.get(ready)
 
 
-def _stop_ray(ray, refs: list, grace: float) -> None:
+def _stop_ray(ray, refs: list, grace: float, tries: int = 5) -> None:
     """Ctrl-C: queued tasks are cancelled; running ones get a KeyboardInterrupt (a run writes its
-    checkpoint and ends) and ``grace`` seconds to end, then their workers are stopped. A terminal's
-    Ctrl-C reaches only the driver: the cluster's workers are not in its process group."""
-    for ref in refs:
+    checkpoint and ends) and ``grace`` seconds to end (a second Ctrl-C cuts it short), then their
+    workers are stopped. A terminal's Ctrl-C does not reach the tasks: each Ray worker runs in its
+    own process group."""
+    for ref in reversed(refs):  # queued ones first: a cell that ends frees a worker for the next
         ray.cancel(ref, force=False)
-    ray.wait(refs, num_returns=len(refs), timeout=grace)
-    _, running = ray.wait(refs, num_returns=len(refs), timeout=0)
-    for ref in running:
-        ray.cancel(ref, force=True)
+    try:
+        ray.wait(refs, num_returns=len(refs), timeout=grace)
+    except KeyboardInterrupt:
+        pass
+    for _ in range(tries):  # Ray drops a forced cancel while the first is still being delivered
+        _, running = ray.wait(refs, num_returns=len(refs), timeout=0)
+        if not running:
+            return
+        for ref in running:
+            ray.cancel(ref, force=True)
+        ray.wait(running, num_returns=len(running), timeout=1.0)
 
 
 def _in_process(cells: list[Cell]) -> list[Cell]:

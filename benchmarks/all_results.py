@@ -50,15 +50,19 @@ def per_seed(rows: list[dict], net: str) -> dict[tuple[str, int, str], dict[int,
 
 
 def finished_cells(stats: dict[tuple, Stat], order: list[str]) -> list[tuple[str, int]]:
-    """The (dataset, ipc) cells, sorted, that every method of ``order`` has finished: each has as
-    many seeds as the dataset's most seeded cell (a grid still running has cells with fewer;
-    stores joined from grids of other seed counts are judged per dataset)."""
+    """The (dataset, ipc) cells, sorted, that every method of ``order`` has finished: all have
+    the same seeds, as many as the dataset's most seeded cell (a grid still running has cells
+    with fewer; stores joined from grids of other seed counts are judged per dataset)."""
     seeds: dict[str, int] = defaultdict(int)
     for (d, _, m), s in stats.items():
         if m != FULL:
             seeds[d] = max(seeds[d], s.n)
-    cells = sorted({(d, i) for d, i, m in stats if m != FULL})
-    return [c for c in cells if all((*c, m) in stats and stats[(*c, m)].n == seeds[c[0]] for m in order)]
+
+    def finished(d: str, i: int) -> bool:
+        have = [stats[(d, i, m)].seeds if (d, i, m) in stats else frozenset() for m in order]
+        return bool(have) and len(have[0]) == seeds[d] and all(h == have[0] for h in have)
+
+    return [c for c in sorted({(d, i) for d, i, m in stats if m != FULL}) if finished(*c)]
 
 
 def summary(rows: list[dict], nets: list[str]) -> list[str]:

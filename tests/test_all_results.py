@@ -126,6 +126,16 @@ def test_datasets_from_grids_of_other_seed_counts_are_each_judged_by_their_own(a
     assert "| ptm | 80.00 | 70.00 | 75.00 |" in text
 
 
+def test_a_cell_whose_methods_ran_other_seeds_is_not_averaged(all_results):
+    # seed counts were compared: ptm on seeds 0, 1 and random on 0, 2 counted as finished
+    rows = [_row(m, s, a) for m, a in (("random", 0.6), ("ptm", 0.8)) for s in (0, 1)]
+    rows += [{**_row("random", s, 0.5), "ipc": 50} for s in (0, 2)]
+    rows += [{**_row("ptm", s, 0.7), "ipc": 50} for s in (0, 1)]
+    text = all_results.block(rows, "s")
+    assert "Cells averaged: convnet 1 " in text
+    assert "| ptm | **80.00** |" in text
+
+
 @pytest.mark.parametrize(
     "second,msg",
     [

@@ -28,6 +28,7 @@ class Stat:
     mean: float
     std: float
     n: int
+    seeds: frozenset[int] = frozenset()
 
     def fmt(self) -> str:
         return f"{100 * self.mean:.1f} ± {100 * self.std:.1f}"
@@ -49,7 +50,7 @@ def aggregate(rows: list[dict], metric: str = "acc", net: str | None = None) -> 
     out = {}
     for k, by_seed in groups.items():
         v = np.array(list(by_seed.values()), dtype=float)
-        out[k] = Stat(float(np.nanmean(v)), float(np.nanstd(v)), len(v))
+        out[k] = Stat(float(np.nanmean(v)), float(np.nanstd(v)), len(v), frozenset(by_seed))
     return out
 
 

@@ -161,7 +161,7 @@ def test_status_flag_runs_and_writes_nothing(tmp_path, capsys):
     [
         (["--report", "rep"], "--status runs nothing: --report would have no effect"),
         (["--limit", "1"], "--limit would have no effect"),
-        (["--store", "{tmp}"], "is not a file"),
+        (["--store", "{tmp}"], "is a folder, not a file"),
     ],
 )
 def test_status_refuses_what_it_cannot_honour_in_one_line(tmp_path, capsys, extra, msg):
@@ -169,6 +169,25 @@ def test_status_refuses_what_it_cannot_honour_in_one_line(tmp_path, capsys, extr
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert msg in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("status", [False, True])
+def test_a_store_that_is_not_json_lines_is_refused_and_left_as_it_was(tmp_path, capsys, status):
+    # rows were appended to any file given as the store, the grid's own YAML included
+    grid = _grid(tmp_path)
+    text = grid.read_text()
+    assert main(["bench", str(grid), "--store", str(grid), *(["--status"] if status else [])]) == 2
+    err = capsys.readouterr().err
+    assert "is not a results file (JSON lines)" in err and len(err.strip().splitlines()) == 1
+    assert grid.read_text() == text
+
+
+def test_eval_refuses_to_append_its_row_to_a_file_that_is_not_json_lines(tmp_path, capsys):
+    notes = tmp_path / "notes.md"
+    notes.write_text("# my notes\n")
+    assert main(["eval", "--full", "breastmnist", "--results", str(notes), "--out", str(tmp_path / "runs")]) == 2
+    assert "--results " + str(notes) + " is not a results file" in capsys.readouterr().err
+    assert notes.read_text() == "# my notes\n"
 
 
 def test_a_grid_whose_store_is_not_a_path_is_refused_when_loaded(tmp_path, capsys):

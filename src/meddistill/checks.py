@@ -48,6 +48,25 @@ def check_out_file(path: str | os.PathLike, what: str) -> None:
     check_out_dir(path.parent, f"the folder of {what}")
 
 
+def check_store(path: str | os.PathLike, what: str, write: bool = True) -> None:
+    """``path`` is a results store (JSON lines, one object per line) or none yet, and, if
+    ``write``, can be appended to: rows are never appended to a file of another kind."""
+    path = Path(path).expanduser()
+    if write:
+        check_out_file(path, what)
+    elif path.is_dir():
+        raise ArtifactError(f"{what} {path} is a folder, not a file")
+    if not path.is_file():
+        return
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(4096).lstrip()
+    except OSError as exc:
+        raise ArtifactError(f"{what} {path} cannot be read ({exc.strerror})") from None
+    if first and not first.startswith(b"{"):
+        raise ArtifactError(f"{what} {path} is not a results file (JSON lines); give a new or a .jsonl path")
+
+
 def check_net(spec: NetSpec, shape: tuple[int, int, int], num_classes: int) -> None:
     """Build ``spec`` for images of ``shape`` and run a forward pass, on the meta device."""
     try:  # registry errors (unknown net, an option the net ignores) are ConfigErrors already

@@ -467,7 +467,7 @@ def _eval_run_config(args: argparse.Namespace, run_dir: Path, meta: dict) -> Run
 
 
 def _eval_full(args: argparse.Namespace) -> int:
-    from meddistill.checks import check_nets, check_out_file
+    from meddistill.checks import check_nets, check_store
     from meddistill.distill import FULL
     from meddistill.pipeline import full_row, load_data
     from meddistill.utils import append_jsonl
@@ -475,7 +475,7 @@ def _eval_full(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, dataset=args.target)
     cfg.distill.method, cfg.distill.ipc = FULL, 0
     results = args.results or Path(cfg.out_dir) / "results.jsonl"
-    check_out_file(results, "--results")
+    check_store(results, "--results")
     ds = load_data(cfg)
     check_nets(cfg, ds.shape, ds.num_classes)
     row = full_row(cfg, not args.no_progress, ds)
@@ -485,7 +485,7 @@ def _eval_full(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from meddistill.checks import check_nets, check_out_dir, check_out_file
+    from meddistill.checks import check_nets, check_out_dir, check_store
     from meddistill.pipeline import evaluate_run, load_data
     from meddistill.synset import SynSet
     from meddistill.synset_check import check_synset
@@ -500,7 +500,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     check_out_dir(run_dir, "run folder")  # the evaluation is cached there
     check_out_dir(cfg.out_dir, "--out")
     if args.results:
-        check_out_file(args.results, "--results")
+        check_store(args.results, "--results")
     ds = load_data(cfg)
     check_synset(syn, ds.shape, ds.num_classes, str(target))  # before nets are built for its shape
     check_nets(cfg, ds.shape, ds.num_classes)
@@ -541,7 +541,7 @@ def _check_bench_flags(args: argparse.Namespace) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from meddistill.bench import load_grid, run_grid, write_report
-    from meddistill.checks import check_out_dir, check_out_file
+    from meddistill.checks import check_out_dir, check_store
 
     _check_bench_flags(args)
     grid = load_grid(args.grid)
@@ -552,12 +552,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.status:
         from meddistill.bench.status import format_status, grid_status
 
-        if Path(grid.store).exists() and not Path(grid.store).is_file():
-            raise ArtifactError(f"store {grid.store} is not a file")
-
+        check_store(grid.store, "store", write=False)
         print(format_status(grid, grid_status(grid, **extra), args.workers))
         return 0
-    check_out_file(grid.store, "store")
+    check_store(grid.store, "store")
     check_out_dir(grid.out_dir, "--out")
     check_out_dir(grid.experts_dir, "--experts-dir")
     if args.report:

@@ -36,6 +36,14 @@ def test_audit_flags_copies_and_passes_a_distilled_set(breast, tiny, tmp_path):
     assert 0 <= rep.mia_auc <= 1 and rep.mia_members == rep.mia_nonmembers == 156  # test split has 156
 
 
+@pytest.mark.parametrize("threshold", [float("nan"), 2.0, -0.1])
+def test_audit_refuses_an_ssim_threshold_outside_0_to_1(threshold):
+    from meddistill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ssim_threshold must be between 0 and 1"):
+        audit(None, None, None, torch.device("cpu"), threshold)
+
+
 def test_audit_and_export_cli_make_a_standalone_folder(tmp_path, capsys, session_dirs, monkeypatch):
     proj, elsewhere = tmp_path / "proj", tmp_path / "elsewhere"
     proj.mkdir()

@@ -64,6 +64,15 @@ def test_a_count_below_one_names_the_bound_it_breaks(capsys, value):
     assert f"argument --workers: must be 1 or more, got {value}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["nan", "2", "-1", "x"])
+def test_an_ssim_threshold_outside_0_to_1_is_refused(capsys, value):
+    # nan flagged nothing and wrote NaN into audit.json; 2 flagged nothing, -1 everything
+    with pytest.raises(SystemExit) as e:
+        main(["audit", "runs/none", "--ssim-threshold", value])
+    assert e.value.code == 2
+    assert "argument --ssim-threshold: " in capsys.readouterr().err
+
+
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "meddistill.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("meddistill ")

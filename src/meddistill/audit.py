@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from meddistill.config import RunConfig
 from meddistill.data.loader import MedDataset
+from meddistill.errors import ConfigError
 from meddistill.metrics import binary_auc
 from meddistill.synset import SynSet
 from meddistill.utils import derive_seed, write_text_atomic
@@ -127,6 +128,8 @@ def audit(
     near: dict[str, torch.Tensor] | None = None,
 ) -> AuditReport:
     """``near``: the output of :func:`nearest_real`, when the caller already computed it."""
+    if not 0.0 <= ssim_threshold <= 1.0:
+        raise ConfigError(f"ssim_threshold must be between 0 and 1, got {ssim_threshold}")
     near = near if near is not None else nearest_real(syn, ds, features)
     max_ssim, arg = near["ssim"].max(1)
     mia, nm, nn_ = membership_auc(syn, ds, cfg, device)

@@ -45,6 +45,17 @@ def positive_int(text: str) -> int:
     return _int_at_least(text, 1)
 
 
+def unit_float(text: str) -> float:
+    """An argparse type: a number in [0, 1] (NaN is not one)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
 def comma_list(cast: Callable[[str], T], ok: Callable[[T], bool], what: str) -> Callable[[str], list[T]]:
     """An argparse type: a comma-separated list of ``cast`` values, each passing ``ok``
     (``what`` names one, e.g. "a seed of 0 or more"). An empty item is an error."""
@@ -258,7 +269,9 @@ def _stats_parser(sub: argparse._SubParsersAction) -> None:
 def _audit_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("audit", help="privacy audit of a run: nearest real images, membership inference")
     p.add_argument("run", help="run folder (its config.yaml says what to audit)")
-    p.add_argument("--ssim-threshold", type=float, default=0.9, help="flag images above this SSIM (default 0.9)")
+    p.add_argument(
+        "--ssim-threshold", type=unit_float, default=0.9, help="flag images above this SSIM, 0-1 (default 0.9)"
+    )
     p.add_argument(
         "--reference",
         action="store_true",

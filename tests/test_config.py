@@ -70,6 +70,18 @@ def test_unknown_profile():
         build_config("huge")
 
 
+def test_a_profile_set_in_a_file_or_override_must_be_the_one_in_use(tmp_path):
+    # --set profile=paper on a tiny run relabelled it "paper" with tiny's settings
+    with pytest.raises(ConfigError, match="'profile=paper' sets profile 'paper' but the config is built on 'tiny'"):
+        build_config("tiny", overrides=["profile=paper"])
+    f = tmp_path / "c.yaml"
+    f.write_text("profile: bogus\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml sets profile 'bogus'"):
+        build_config("cpu", str(f))
+    f.write_text("profile: tiny\n")  # a run folder's config.yaml, reused with its own profile
+    assert build_config("tiny", str(f)).profile == "tiny"
+
+
 def test_override_parsing_types():
     assert parse_override("a.b=0.5") == {"a": {"b": 0.5}}
     assert build_config("tiny", overrides=["method.lr_lr=1e-3"]).distill.active.lr_lr == 1e-3

@@ -349,10 +349,12 @@ def build_config(
     cfg.profile = profile
     if config_file:
         merge(cfg, read_yaml(config_file))
+        _check_profile(cfg, profile, f"config file {config_file}")
     deferred: list[tuple[str, Any]] = []
     for ov in overrides or []:
         key, value = split_override(ov)
         _apply(cfg, key, value, deferred)
+        _check_profile(cfg, profile, repr(ov))
     for key, value in flags.items():
         if value is not None:
             _apply(cfg, key, value, deferred)
@@ -361,6 +363,16 @@ def build_config(
     resolve_auto(cfg)
     check_config(cfg)
     return cfg
+
+
+def _check_profile(cfg: RunConfig, profile: str, where: str) -> None:
+    """``profile`` records the profile the config was built on; a file or override that names
+    another would relabel the run without changing its settings."""
+    if cfg.profile != profile:
+        raise ConfigError(
+            f"{where} sets profile {cfg.profile!r} but the config is built on {profile!r}; "
+            "choose the profile with --profile"
+        )
 
 
 def _apply(cfg: RunConfig, key: str, value: Any, deferred: list[tuple[str, Any]]) -> None:

@@ -12,7 +12,7 @@ import torch
 from meddistill.cli import main, usage_table
 from meddistill.config import build_config, dump_yaml
 from meddistill.errors import ArtifactError
-from meddistill.runfolder import origin_dir, saved_path
+from meddistill.runfolder import origin_dir, runs_root, saved_path
 from meddistill.synset import SynSet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,6 +94,20 @@ def test_origin_of_relative_paths_is_where_the_run_folder_is(tmp_path):
         saved_path(run_dir, cfg, "experts_dir", "--experts-dir")
     cfg.out_dir = "elsewhere"  # the run folder is not where its out_dir says
     assert origin_dir(run_dir, cfg) is None
+
+
+def test_a_run_folder_of_own_images_is_found_in_its_usual_layout(tmp_path):
+    # the folder name was compared with "<cfg.dataset>_<size>", an absolute path for own images
+    images = tmp_path / "my scans"
+    (images / "a").mkdir(parents=True)
+    cfg = build_config("tiny", dataset="breastmnist", out_dir="runs")
+    cfg.dataset = str(images)  # as a run on a folder records it
+    run_dir = tmp_path / "proj" / "runs" / "my_scans_28" / "ptm-ipc1-s0-0123456789"
+    run_dir.mkdir(parents=True)
+    assert origin_dir(run_dir, cfg) == (tmp_path / "proj").resolve()
+    assert runs_root(run_dir, cfg) == (tmp_path / "proj" / "runs").resolve()
+    images.rename(tmp_path / "moved")  # the images gone: the layout is told by the size
+    assert origin_dir(run_dir, cfg) == (tmp_path / "proj").resolve()
 
 
 def test_audit_from_another_directory_does_not_train_experts_there(tmp_path, monkeypatch, capsys):

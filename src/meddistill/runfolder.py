@@ -15,7 +15,8 @@ import os
 from pathlib import Path
 
 from meddistill.config import RunConfig, config_from_dict, read_yaml
-from meddistill.errors import ArtifactError, ConfigError
+from meddistill.data.sources import dataset_tag
+from meddistill.errors import ArtifactError, ConfigError, MeddistillError
 
 
 def load_run_config(run_dir: Path) -> RunConfig | None:
@@ -46,7 +47,7 @@ def origin_dir(run_dir: Path, cfg: RunConfig) -> Path | None:
     if out.is_absolute() or ".." in out.parts:
         return None
     here = run_dir.resolve()
-    if here.parent.name != f"{cfg.dataset}_{cfg.size}":
+    if not _in_dataset_folder(here, cfg):
         return None
     runs = here.parent.parent
     parts = () if out == Path(".") else out.parts
@@ -58,7 +59,17 @@ def origin_dir(run_dir: Path, cfg: RunConfig) -> Path | None:
 def runs_root(run_dir: Path, cfg: RunConfig) -> Path | None:
     """The ``out_dir`` folder that holds this run folder, if it has the usual layout."""
     here = run_dir.resolve()
-    return here.parent.parent if here.parent.name == f"{cfg.dataset}_{cfg.size}" else None
+    return here.parent.parent if _in_dataset_folder(here, cfg) else None
+
+
+def _in_dataset_folder(here: Path, cfg: RunConfig) -> bool:
+    """Is the run folder ``here`` in its ``<dataset tag>_<size>`` folder? For own images the tag
+    is the images' folder or CSV name; if they are gone, the size alone is checked."""
+    try:
+        tag = dataset_tag(cfg.dataset)
+    except MeddistillError:
+        return here.parent.name.endswith(f"_{cfg.size}")
+    return here.parent.name == f"{tag}_{cfg.size}"
 
 
 def saved_path(run_dir: Path, cfg: RunConfig, key: str, flag: str) -> str:

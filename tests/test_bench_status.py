@@ -190,6 +190,17 @@ def test_eval_refuses_to_append_its_row_to_a_file_that_is_not_json_lines(tmp_pat
     assert notes.read_text() == "# my notes\n"
 
 
+def test_a_torn_checkpoint_in_a_grid_says_how_to_recover_with_bench(tmp_path, capsys):
+    # the error said "rerun with --restart", a flag bench does not have
+    grid = _grid(tmp_path, "ptm")
+    ptm0 = run_dir_for(_cells(load_grid(grid))[("ptm", 0)].cfg)
+    ptm0.mkdir(parents=True)
+    (ptm0 / "checkpoint.safetensors").write_bytes(b"torn")
+    assert main(["bench", str(grid), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "is unreadable" in err and "in a bench grid: delete that run folder and rerun the grid" in err
+
+
 def test_a_grid_whose_store_is_not_a_path_is_refused_when_loaded(tmp_path, capsys):
     p = _grid(tmp_path)
     p.write_text(p.read_text().replace(f"store: {tmp_path / 'store.jsonl'}", "store: [a]"))

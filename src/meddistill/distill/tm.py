@@ -87,6 +87,9 @@ def normalised_distance(theta: torch.Tensor, start: torch.Tensor, target: torch.
     return ((theta - target) ** 2).sum() / ((start - target) ** 2).sum().clamp_min(1e-12)
 
 
+RESTART = "rerun with --restart (in a bench grid: delete that run folder and rerun the grid)"
+
+
 @dataclass
 class TMState:
     images: torch.Tensor
@@ -251,7 +254,7 @@ class TrajectoryMatching:
                 return None
             meta = json.loads(embedded if embedded is not None else meta_path.read_text())
         except (SafetensorError, OSError, json.JSONDecodeError) as exc:
-            raise ArtifactError(f"checkpoint in {self.run_dir} is unreadable ({exc}); rerun with --restart") from None
+            raise ArtifactError(f"checkpoint in {self.run_dir} is unreadable ({exc}); {RESTART}") from None
         return meta, t
 
     def load_checkpoint(self) -> TMState | None:
@@ -260,11 +263,11 @@ class TrajectoryMatching:
             return None
         meta, t = found
         if meta.get("config_hash") != self.ctx.config_hash:
-            raise ArtifactError(f"checkpoint in {self.run_dir} belongs to another config; rerun with --restart")
+            raise ArtifactError(f"checkpoint in {self.run_dir} belongs to another config; {RESTART}")
         if "experts_digest" in meta and meta["experts_digest"] != self._digest_of(meta):
             raise ArtifactError(
                 f"checkpoint in {self.run_dir} was made with other expert trajectories than "
-                f"{self.buffer.folder} now holds (trained again?); restore those or rerun with --restart"
+                f"{self.buffer.folder} now holds (trained again?); restore those or {RESTART}"
             )
         gen = torch.Generator()
         gen.set_state(t["gen_state"])
@@ -290,7 +293,7 @@ class TrajectoryMatching:
         else:  # a checkpoint written before machines were recorded
             self.segments = [{"unrecorded": True, "from_it": 0, "to_it": st.it}] if st.it > 0 else []
         if self._retrains and st.boost_until is None:
-            raise ArtifactError(f"checkpoint in {self.run_dir} has no DOM retrain windows; rerun with --restart")
+            raise ArtifactError(f"checkpoint in {self.run_dir} has no DOM retrain windows; {RESTART}")
         # drop metric rows written after the checkpoint so the log has no duplicates
         rows = [r for r in read_jsonl(self.metrics_path) if r.get("it", -1) < st.it]
         write_jsonl_atomic(self.metrics_path, rows)

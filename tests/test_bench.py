@@ -197,6 +197,18 @@ def test_ctrl_c_on_ray_lets_running_cells_checkpoint_and_starts_no_more(grace, t
         ray.shutdown()
 
 
+def test_a_ray_address_where_nothing_listens_is_a_one_line_error(tmp_path, session_dirs):
+    # Ray retried it for minutes, printing its own warnings
+    import time
+
+    pytest.importorskip("ray")
+    grid = load_grid(_grid(tmp_path, session_dirs))
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError, match=r"no Ray cluster answers at 127\.0\.0\.1:1 .*check --address"):
+        run_grid(grid, executor="ray", address="127.0.0.1:1", progress=False)
+    assert time.monotonic() - t0 < 30
+
+
 def _rows(store) -> dict[str, dict]:
     rows = {r["cell_key"]: r for r in read_jsonl(store)}
     for r in rows.values():

@@ -14,6 +14,7 @@ order, hence the last bits of results.
 from __future__ import annotations
 
 import dataclasses
+import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -243,7 +244,7 @@ def run_ray(
     import torch
 
     started = not ray.is_initialized()  # a local cluster this call starts, it stops
-    ray.init(address=address or None, ignore_reinit_error=True, log_to_driver=False)
+    _join_ray(ray, address)
     threads = torch.get_num_threads()
     refs: list = []  # every task sent, as it is sent, for _stop_ray
     try:
@@ -264,6 +265,22 @@ def run_ray(
     finally:
         if started:
             ray.shutdown()
+
+
+def _join_ray(ray, address: str | None, timeout: float = 5.0) -> None:
+    """``ray.init`` on ``address`` (None: this process's cluster or a new local one), or a one-line
+    error: Ray itself retries an address where nothing listens for minutes."""
+    where = address or ""
+    host, _, port = where.rpartition(":")
+    if host and port.isdigit() and "://" not in where:
+        try:
+            socket.create_connection((host, int(port)), timeout=timeout).close()
+        except OSError as exc:
+            raise ConfigError(f"no Ray cluster answers at {where} ({exc.strerror or exc}); check --address") from None
+    try:
+        ray.init(address=address or None, ignore_reinit_error=True, log_to_driver=False)
+    except ConnectionError as exc:
+        raise ConfigError(f"cannot join the Ray cluster at {where}: {' '.join(str(exc).split())}") from None
 
 
 def _ray_rows(ray, refs: list) -> Iterator[dict]:

@@ -190,6 +190,16 @@ def test_eval_refuses_to_append_its_row_to_a_file_that_is_not_json_lines(tmp_pat
     assert notes.read_text() == "# my notes\n"
 
 
+def test_a_grid_setting_the_experts_cannot_serve_is_refused_before_any_cell_runs(tmp_path, capsys):
+    # random ran, then the ptm cell failed: "schedule matches up to expert epoch 12 ..."
+    grid = _grid(tmp_path)
+    grid.write_text(grid.read_text() + "method_overrides:\n  ptm: [distill.ptm.expert_epochs=10]\n")
+    for argv in (["--status"], ["--no-progress"]):
+        assert main(["bench", str(grid), *argv]) == 2
+        assert "the schedule matches up to expert epoch 12" in capsys.readouterr().err
+    assert not (tmp_path / "store.jsonl").exists()
+
+
 def test_a_torn_checkpoint_in_a_grid_says_how_to_recover_with_bench(tmp_path, capsys):
     # the error said "rerun with --restart", a flag bench does not have
     grid = _grid(tmp_path, "ptm")

@@ -82,6 +82,20 @@ def test_a_profile_set_in_a_file_or_override_must_be_the_one_in_use(tmp_path):
     assert build_config("tiny", str(f)).profile == "tiny"
 
 
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["method.expert_epochs=10"], "the schedule matches up to expert epoch 12 but experts have 4 epochs"),
+        (["method.min_start_epoch=3", "method.max_start_epoch=2"], r"max_start_epoch \(2\) must exceed"),
+        (["distill.ptm.dom.start=0.9", "distill.ptm.dom.stop=0.1"], r"dom.start \(0.9\) is after distill.ptm"),
+    ],
+)
+def test_settings_that_cannot_run_together_are_refused_with_the_config(overrides, match):
+    # they passed --dry-run and bench --status, and failed cells into a grid (or, DOM, never ran)
+    with pytest.raises(ConfigError, match=match):
+        build_config("tiny", overrides=["distill.method=ptm", *overrides])
+
+
 def test_override_parsing_types():
     assert parse_override("a.b=0.5") == {"a": {"b": 0.5}}
     assert build_config("tiny", overrides=["method.lr_lr=1e-3"]).distill.active.lr_lr == 1e-3

@@ -246,7 +246,8 @@ def _in_range(value: Any, meta: dict[str, Any]) -> bool:
 
 def validate(obj: Any, prefix: str = "") -> None:
     """Check every field of a config dataclass (recursively) against its declared range:
-    floats finite, numbers within ``[lo, hi]``, strings among ``choices``. One line per error."""
+    floats finite, numbers within ``[lo, hi]``, strings among ``choices``; then its own
+    ``check_fields(prefix)``, if it has one. One line per error."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         key = f"{prefix}{f.name}"
@@ -264,6 +265,8 @@ def validate(obj: Any, prefix: str = "") -> None:
             continue  # resolved once the dataset is known
         if has_range and not isinstance(value, bool) and not _in_range(value, f.metadata):
             raise ConfigError(f"{key}={value!r} is out of range; allowed: {_range_text(f.metadata)}")
+    if hasattr(obj, "check_fields"):  # a section's checks across its fields
+        obj.check_fields(prefix)
 
 
 def split_override(text: str) -> tuple[str, Any]:
@@ -401,7 +404,7 @@ def check_config(cfg: RunConfig) -> None:
     from meddistill.distill.base import get_spec
     from meddistill.nets.registry import list_nets
 
-    get_spec(cfg.distill.method)
+    get_spec(cfg.distill.method).experts_read(cfg)  # a schedule the experts cannot serve is refused here
     if not DEVICE_PATTERN.match(cfg.device):
         raise ConfigError(f"device {cfg.device!r} is not supported; use auto, cpu, cuda or cuda:N")
     if not cfg.eval.nets:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from meddistill.config import setting
+from meddistill.errors import ConfigError
 from meddistill.nets import FlatParams, call_flat
 
 View = tuple[torch.Tensor, float]  # (m, m) cosine similarities of one class's images, threshold
@@ -375,6 +376,11 @@ class DOMConfig:
     # expert 0's final epoch (experts.epochs: the run needs fully trained experts); ``read`` —
     # the last epoch the run's schedule reads (experts trained on demand suffice)
     feature_epoch: str = setting("read", choices=("last", "read"), neutral="last")
+
+    def check_fields(self, prefix: str) -> None:
+        """The checks across fields (:func:`meddistill.config.validate` calls it)."""
+        if self.start > self.stop:
+            raise ConfigError(f"{prefix}start ({self.start}) is after {prefix}stop ({self.stop}): DOM would never run")
 
 
 # ----------------------------------------------------------------------------- monitoring

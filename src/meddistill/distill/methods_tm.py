@@ -101,9 +101,12 @@ def _datm(ctx: DistillContext) -> TrajectoryMatching:
 
 
 def expert_epochs_read(cfg) -> int:
-    """How many expert epochs the active trajectory-matching method reads (what it trains)."""
+    """How many expert epochs the active trajectory-matching method reads (what it trains); a
+    schedule that reads past ``experts.epochs`` is a ConfigError."""
     d = cfg.distill.active
-    return epochs_read(SCHEDULES[cfg.distill.method](d), d, cfg.experts.epochs)
+    schedule = SCHEDULES[cfg.distill.method](d)
+    schedule.check(cfg.experts.epochs)
+    return epochs_read(schedule, d, cfg.experts.epochs)
 
 
 ENGINES = {"mtt": _mtt, "ptm": _ptm, "ptm_nodom": _ptm_nodom, "datm": _datm}

@@ -62,7 +62,7 @@ class Schedule:
         if need > num_epochs:
             raise ConfigError(
                 f"the schedule matches up to expert epoch {need} but experts have "
-                f"{num_epochs} epochs; lower distill.max_start_epoch/expert_epochs or train longer experts"
+                f"{num_epochs} epochs; lower the method's max_start_epoch or expert_epochs, or raise experts.epochs"
             )
 
 

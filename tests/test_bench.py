@@ -362,6 +362,10 @@ def _row(**kw):
         ([{"dataset": "d", "ipc": 1, "method": "a", "seed": 0}], [], "row 1 lacks acc_mean, auc_mean"),
         ([_row(), [1, 2]], [], "row 2 is not a JSON object"),
         ([_row(ipc="one")], [], "row 1 has a non-numeric ipc"),
+        ([_row(method=None)], [], "row 1 has a dataset or method that is not a name"),  # was an internal error
+        ([_row(dataset=5)], [], "row 1 has a dataset or method that is not a name"),
+        ([_row(), _row(seed=1, acc_mean=87.5)], [], "row 2 has an accuracy or AUC outside 0-1"),  # shown as 8750.0
+        ([_row(per_net={"convnet": {"acc_mean": 0.5, "auc_mean": -0.1}})], [], "outside 0-1"),
         ([_row(per_net={"convnet": {"acc_mean": 0.5}})], [], "per_net entry without acc_mean/auc_mean"),
         (
             [_row(per_net={"convnet": {"acc_mean": 0.5, "auc_mean": 0.5}})],

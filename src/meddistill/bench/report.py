@@ -255,6 +255,8 @@ def check_rows(rows: list, store: str | Path) -> None:
         missing = [k for k in ROW_KEYS if k not in r]
         if missing:
             raise ArtifactError(f"{store}: row {i} lacks {', '.join(missing)}; is this a results file?")
+        if not all(isinstance(r[k], str) and r[k] for k in ("dataset", "method")):
+            raise ArtifactError(f"{store}: row {i} has a dataset or method that is not a name")
         if not all(_is_int(r[k]) for k in ("ipc", "seed")) or not all(_is_num(r[k]) for k in METRICS.values()):
             raise ArtifactError(f"{store}: row {i} has a non-numeric ipc, seed, acc_mean or auc_mean")
         per_net = r.get("per_net", {})
@@ -262,6 +264,9 @@ def check_rows(rows: list, store: str | Path) -> None:
             raise ArtifactError(f"{store}: row {i} has a malformed per_net")
         if any(not _is_num(s.get(k)) for s in per_net.values() for k in METRICS.values()):
             raise ArtifactError(f"{store}: row {i} has a per_net entry without acc_mean/auc_mean")
+        values = [r[k] for k in METRICS.values()] + [s[k] for s in per_net.values() for k in METRICS.values()]
+        if any(v > 1 or v < 0 for v in values):  # NaN passes: an AUC a one-class test split cannot give
+            raise ArtifactError(f"{store}: row {i} has an accuracy or AUC outside 0-1 (stored as fractions, not %)")
 
 
 def read_results(store: str | Path) -> list[dict]:

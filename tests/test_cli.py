@@ -73,6 +73,13 @@ def test_an_ssim_threshold_outside_0_to_1_is_refused(capsys, value):
     assert "argument --ssim-threshold: " in capsys.readouterr().err
 
 
+def test_datasets_at_a_size_medmnist_does_not_have_is_one_line(capsys):
+    # it was "internal error: ValueError", after the table's header
+    assert main(["datasets", "--size", "7"]) == 2
+    out, err = capsys.readouterr()
+    assert "image size 7 is not a MedMNIST size; choose one of 28, 64, 128, 224" in err and err.count("\n") == 1
+
+
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "meddistill.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("meddistill ")

@@ -51,7 +51,7 @@ class DatasetInfo:
 
 def check_size(size: int) -> None:
     if size not in SIZES:
-        raise ValueError(f"image size {size} is not a MedMNIST size; choose one of {SIZES}")
+        raise ConfigError(f"image size {size} is not a MedMNIST size; choose one of {', '.join(map(str, SIZES))}")
 
 
 # the 11 organs of the three OrganMNIST views (axial, coronal, sagittal)

@@ -78,6 +78,7 @@ def test_datasets_at_a_size_medmnist_does_not_have_is_one_line(capsys):
     assert main(["datasets", "--size", "7"]) == 2
     out, err = capsys.readouterr()
     assert "image size 7 is not a MedMNIST size; choose one of 28, 64, 128, 224" in err and err.count("\n") == 1
+    assert out == ""
 
 
 def test_console_script_is_installed():

@@ -357,7 +357,9 @@ def config_from_args(args: argparse.Namespace, dataset: str | None = None) -> Ru
 def cmd_datasets(args: argparse.Namespace) -> int:
     from meddistill.data import DATASETS
     from meddistill.data.loader import candidate_roots, is_data_file
+    from meddistill.data.registry import check_size
 
+    check_size(args.size)
     roots = candidate_roots(args.data_root)
     print(f"{'name':16} {'modality':26} {'task':26} {'cls':>3} {'ch':>2} {'train':>7}  {'license':13} local file")
     for d in DATASETS.values():

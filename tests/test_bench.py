@@ -328,6 +328,10 @@ def test_ctrl_c_beside_an_idle_worker_lets_the_running_cell_write_its_checkpoint
         ("eval_nets: [convnet, alexnet]\n", "unknown net 'alexnet'"),
         ("ipc: [1, two]\n", "ipc must be integers"),
         ("profile: huge\n", "unknown profile 'huge'"),
+        ("", "g.yaml is empty; a grid names its datasets"),  # ran a default cell
+        ("# nothing yet\n", "g.yaml is empty"),
+        ("datasets: []\nmethods: [random]\n", "datasets empty: the grid has no cell"),  # exit 0, 0 cells
+        ("full: false\nseeds: []\nipc: []\n", "seeds, ipc empty"),
     ],
 )
 def test_grid_mistakes_are_found_when_the_grid_is_loaded(tmp_path, text, msg):

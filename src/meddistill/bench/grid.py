@@ -76,6 +76,8 @@ def load_grid(path: str | Path) -> Grid:
     """Read and check a grid YAML: every name (dataset, method, net) and override is checked
     here, not when its cell comes up."""
     data: dict[str, Any] = read_yaml(path)
+    if not data:
+        raise ConfigError(f"{path} is empty; a grid names its datasets, methods, ipc and seeds")
     unknown = set(data) - GRID_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown grid keys {sorted(unknown)}; valid: {sorted(GRID_KEYS - {'name'})}")
@@ -107,6 +109,10 @@ def check_grid(grid: Grid, where: str | None = None) -> None:
     try:
         if grid.profile not in PROFILES:
             raise ConfigError(f"unknown profile {grid.profile!r}; choose one of {', '.join(PROFILES)}")
+        needed = ("datasets", "seeds") if grid.full else ("datasets", "seeds", "methods", "ipc")
+        empty = [k for k in needed if not getattr(grid, k)]
+        if empty:  # a grid of full-data rows only needs no methods or ipc
+            raise ConfigError(f"{', '.join(empty)} empty: the grid has no cell")
         _int_list(grid.ipc, "ipc")
         _int_list(grid.seeds, "seeds")
         grid.datasets = [_single_label(str(d)) for d in grid.datasets]

@@ -377,6 +377,7 @@ def _row(**kw):
             "evaluated with net 'foo'; nets present: convnet",
         ),
         ([_row()], ["--net", "all"], "nets present: none"),
+        ([_row()], ["--order", "a,foo"], "--order names foo, not a method of"),  # was ignored
     ],
 )
 def test_report_of_bad_rows_or_an_absent_net_is_one_line(tmp_path, capsys, rows, argv, msg):
@@ -386,6 +387,13 @@ def test_report_of_bad_rows_or_an_absent_net_is_one_line(tmp_path, capsys, rows,
     err = capsys.readouterr().err
     assert err.startswith("meddistill: error: ") and msg in err and err.count("\n") == 1
     assert not (tmp_path / "rep").exists()  # no empty tables
+
+
+@pytest.mark.parametrize("argv", [["report", "s.jsonl", "--order", ""], ["eval", "runs/x", "--nets", ""]])
+def test_an_empty_name_list_is_refused_not_ignored(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and "has an empty item" in capsys.readouterr().err
 
 
 def test_pool_trains_each_expert_buffer_only_to_the_last_epoch_its_cells_read(tmp_path):

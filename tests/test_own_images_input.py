@@ -333,3 +333,11 @@ def test_cli_prints_one_line_and_exits_2(grey, tmp_path, capsys, case, argv_extr
     err = capsys.readouterr().err
     assert err.startswith("meddistill: error: ") and msg in err and err.count("\n") == 1
     assert not (tmp_path / "ex").exists()  # failed before training any expert
+
+
+def test_an_empty_dataset_name_is_not_the_working_directory(tmp_path, monkeypatch, capsys):
+    # "" was read as the folder the command ran in
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert main(["distill", "", "--profile", "tiny", "--dry-run"]) == 2
+    assert "unknown dataset ''" in capsys.readouterr().err

@@ -225,7 +225,7 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--full", action="store_true", help="evaluate training on the full real train split")
     p.add_argument("--results", help="JSON-lines file to append the result row to")
     p.add_argument("--num-nets", type=int, help="fresh nets (seeds) per evaluation net")
-    p.add_argument("--nets", help="comma-separated evaluation nets, e.g. convnet,resnet18,vgg11")
+    p.add_argument("--nets", type=names("a net"), help="comma-separated evaluation nets, e.g. convnet,resnet18,vgg11")
     _config_flags(p, "size profile (default: cpu; for a run folder, its own)")
     _size(p)
     _seed(p, "evaluation seed (default 0; for a run folder, the run's seed)")
@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", help="results JSON-lines file written by bench")
     p.add_argument("--out", default="report", help="output folder (default: report)")
     p.add_argument("--net", help="evaluation net to report; 'all': one sub-folder per net (default: the row's mean)")
-    p.add_argument("--order", help="comma-separated method order for the tables")
+    p.add_argument("--order", type=names("a method"), help="comma-separated method order for the tables")
     return ap
 
 
@@ -345,7 +345,7 @@ def config_from_args(args: argparse.Namespace, dataset: str | None = None) -> Ru
         "experts.num_experts": getattr(args, "num_experts", None),
         "experts.epochs": getattr(args, "epochs", None),
         "eval.num_nets": getattr(args, "num_nets", None),
-        "eval.nets": args.nets.split(",") if getattr(args, "nets", None) else None,
+        "eval.nets": getattr(args, "nets", None),
         "data.channels": getattr(args, "channels", None),  # own images
         "data.licence": getattr(args, "licence", None),
         "data.on_bad_image": getattr(args, "on_bad_image", None),
@@ -587,11 +587,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from meddistill.bench import write_report
+    from meddistill.bench.report import read_results
     from meddistill.checks import check_out_dir
 
     check_out_dir(args.out, "--out")
-    order = args.order.split(",") if args.order else None
-    written = write_report(args.store, args.out, order, args.net)
+    present = sorted({r["method"] for r in read_results(args.store)})
+    stray = [m for m in args.order or [] if m not in present]
+    if stray:
+        raise ConfigError(f"--order names {', '.join(stray)}, not a method of {args.store}; its: {', '.join(present)}")
+    written = write_report(args.store, args.out, args.order, args.net)
     for key, path in written.items():  # one ACC table, or one per net with --net all
         if key.endswith("acc.md"):
             print(f"{path}:\n{path.read_text()}")

@@ -205,7 +205,7 @@ register_source(
 register_source(
     Source(
         "folder",
-        lambda d: Path(d).expanduser().is_dir(),
+        lambda d: bool(d.strip()) and Path(d).expanduser().is_dir(),  # "" is no folder, not the working one
         _local_loader(scan_folder),
         _local_identity(scan_folder),
         _local_tag,

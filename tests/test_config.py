@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -82,18 +84,32 @@ def test_a_profile_set_in_a_file_or_override_must_be_the_one_in_use(tmp_path):
     assert build_config("tiny", str(f)).profile == "tiny"
 
 
+def test_a_dom_start_after_its_stop_is_refused_with_the_config():
+    # DOM then never ran, in a run still labelled ptm
+    with pytest.raises(ConfigError, match=r"dom.start \(0.9\) is after distill.ptm.dom.stop \(0.1\)"):
+        build_config("tiny", overrides=["distill.method=ptm", "distill.ptm.dom.start=0.9", "distill.ptm.dom.stop=0.1"])
+
+
+def test_a_config_that_only_trains_experts_need_not_serve_the_default_methods_schedule():
+    # reference_compare and `meddistill experts` train 2-epoch experts on the tiny profile
+    assert build_config("tiny", overrides=["experts.epochs=2"]).experts.epochs == 2
+
+
 @pytest.mark.parametrize(
     "overrides,match",
     [
         (["method.expert_epochs=10"], "the schedule matches up to expert epoch 12 but experts have 4 epochs"),
         (["method.min_start_epoch=3", "method.max_start_epoch=2"], r"max_start_epoch \(2\) must exceed"),
-        (["distill.ptm.dom.start=0.9", "distill.ptm.dom.stop=0.1"], r"dom.start \(0.9\) is after distill.ptm"),
     ],
 )
-def test_settings_that_cannot_run_together_are_refused_with_the_config(overrides, match):
-    # they passed --dry-run and bench --status, and failed cells into a grid (or, DOM, never ran)
-    with pytest.raises(ConfigError, match=match):
-        build_config("tiny", overrides=["distill.method=ptm", *overrides])
+def test_a_schedule_the_experts_cannot_serve_fails_the_dry_run(overrides, match, capsys):
+    # it passed --dry-run, and failed the run once its experts were trained
+    from meddistill.cli import main
+
+    argv = ["distill", "breastmnist", "--profile", "tiny", "--method", "ptm", "--dry-run"]
+    assert main([*argv, *(a for ov in overrides for a in ("--set", ov))]) == 2
+    err = capsys.readouterr().err
+    assert re.search(match, err) and err.count("\n") == 1
 
 
 def test_override_parsing_types():

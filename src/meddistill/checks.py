@@ -86,12 +86,22 @@ def check_nets(cfg: RunConfig, shape: tuple[int, int, int], num_classes: int, ev
         check_net(spec_for(cfg.net, name), shape, num_classes)
 
 
+def check_method(cfg: RunConfig) -> None:
+    """The active method's settings that fail only together, without the data: for trajectory
+    matching, a schedule that reads an expert epoch past ``experts.epochs`` (a config that only
+    trains experts never runs the method, so :func:`meddistill.config.check_config` leaves this)."""
+    from meddistill.distill import get_spec
+
+    get_spec(cfg.distill.method).experts_read(cfg)
+
+
 def check_cell(cfg: RunConfig, ds: MedDataset, evaluation: bool = True) -> None:
     """Everything a distillation cell needs, checked before its folder is made."""
     from meddistill.distill import DistillContext, get_method
     from meddistill.utils import resolve_device
 
     get_method(cfg.distill.method)
+    check_method(cfg)
     device = resolve_device(cfg.device)
     check_nets(cfg, ds.shape, ds.num_classes, evaluation)
     DistillContext(ds, cfg, device, Path(cfg.out_dir)).check_ipc()

@@ -404,7 +404,7 @@ def check_config(cfg: RunConfig) -> None:
     from meddistill.distill.base import get_spec
     from meddistill.nets.registry import list_nets
 
-    get_spec(cfg.distill.method).experts_read(cfg)  # a schedule the experts cannot serve is refused here
+    get_spec(cfg.distill.method)
     if not DEVICE_PATTERN.match(cfg.device):
         raise ConfigError(f"device {cfg.device!r} is not supported; use auto, cpu, cuda or cuda:N")
     if not cfg.eval.nets:

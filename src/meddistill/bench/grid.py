@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meddistill.checks import check_method
 from meddistill.config import RunConfig, build_config, read_yaml
 from meddistill.data.sources import data_identity
 from meddistill.distill import FULL
@@ -201,7 +202,12 @@ def _all_cells(grid: Grid, **extra: Any) -> list[Cell]:
             for ipc in grid.ipc:
                 for method in grid.methods:
                     cfg = cell_config(grid, dataset, ipc, method, seed, **extra)
-                    cells.append(Cell(dataset, ipc, method, seed, cfg, cell_key(cfg)))
+                    cell = Cell(dataset, ipc, method, seed, cfg, cell_key(cfg))
+                    try:
+                        check_method(cfg)  # settings that would fail the cell partway through the grid
+                    except ConfigError as exc:
+                        raise ConfigError(f"grid {grid.name}, cell {cell.label}: {exc}") from None
+                    cells.append(cell)
     return cells
 
 

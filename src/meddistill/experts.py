@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from meddistill.augment import for_dataset
 from meddistill.config import ExpertConfig, RunConfig
 from meddistill.data.loader import MedDataset
-from meddistill.data.sources import data_identity, dataset_tag
+from meddistill.data.sources import data_identity, dataset_dir
 from meddistill.errors import ArtifactError, ConfigError
 from meddistill.nets import FlatParams, create_model, flatten_params, load_flat
 from meddistill.parallel import plan_workers, run_tasks
@@ -63,7 +63,7 @@ def expert_identity(cfg: RunConfig) -> dict:
 
 def expert_dir(cfg: RunConfig) -> Path:
     ident = expert_identity(cfg)
-    return Path(cfg.experts_dir) / f"{dataset_tag(cfg.dataset)}_{cfg.size}" / f"{cfg.net.tag()}-{config_hash(ident, 8)}"
+    return Path(cfg.experts_dir) / dataset_dir(cfg) / f"{cfg.net.tag()}-{config_hash(ident, 8)}"
 
 
 def _save(path: Path, traj: torch.Tensor, extra: dict[str, torch.Tensor] | None = None) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from meddistill.config import RunConfig, dump_yaml, identity_dict
 from meddistill.data.loader import MedDataset
-from meddistill.data.sources import create_dataset, data_identity, dataset_tag, write_run_records
+from meddistill.data.sources import create_dataset, data_identity, dataset_dir, dataset_tag, write_run_records
 from meddistill.distill import DistillContext, get_method, get_spec
 from meddistill.evaluate import EvalSummary, evaluate_images
 from meddistill.experts import expert_identity
@@ -64,7 +64,7 @@ def eval_identity(cfg: RunConfig) -> dict:
 def run_dir_for(cfg: RunConfig) -> Path:
     d = cfg.distill
     h = config_hash(distill_identity(cfg), 10)
-    return Path(cfg.out_dir) / f"{dataset_tag(cfg.dataset)}_{cfg.size}" / f"{d.method}-ipc{d.ipc}-s{cfg.seed}-{h}"
+    return Path(cfg.out_dir) / dataset_dir(cfg) / f"{d.method}-ipc{d.ipc}-s{cfg.seed}-{h}"
 
 
 @dataclass

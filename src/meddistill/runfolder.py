@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from meddistill.config import RunConfig, config_from_dict, read_yaml
-from meddistill.data.sources import dataset_tag
+from meddistill.data.sources import dataset_dir
 from meddistill.errors import ArtifactError, ConfigError, MeddistillError
 
 
@@ -66,10 +66,9 @@ def _in_dataset_folder(here: Path, cfg: RunConfig) -> bool:
     """Is the run folder ``here`` in its ``<dataset tag>_<size>`` folder? For own images the tag
     is the images' folder or CSV name; if they are gone, the size alone is checked."""
     try:
-        tag = dataset_tag(cfg.dataset)
+        return here.parent.name == dataset_dir(cfg)
     except MeddistillError:
         return here.parent.name.endswith(f"_{cfg.size}")
-    return here.parent.name == f"{tag}_{cfg.size}"
 
 
 def saved_path(run_dir: Path, cfg: RunConfig, key: str, flag: str) -> str:

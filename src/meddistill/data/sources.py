@@ -95,6 +95,11 @@ def dataset_tag(dataset: str) -> str:
     return pick_source(dataset).tag(dataset)
 
 
+def dataset_dir(cfg: RunConfig) -> str:
+    """The ``<tag>_<size>`` folder name that groups a dataset's runs and experts."""
+    return f"{dataset_tag(cfg.dataset)}_{cfg.size}"
+
+
 def canonical_dataset(dataset: str) -> str:
     """A local source as an absolute path (so later commands find it from any folder)."""
     for source in _SOURCES.values():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -253,3 +254,15 @@ def test_stats_cli_prints_one_line_and_writes_stats_json(tmp_path, capsys):
 def test_stats_cli_on_a_folder_without_config_is_one_error_line(tmp_path, capsys):
     assert main(["stats", str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_the_feature_net_of_own_images_is_kept_under_experts_dir(tmp_path):
+    # the folder was "<cfg.dataset>_<size>", an absolute path for own images: the net went beside them
+    from meddistill.config import build_config
+    from tests.own_images_data import npz_arrays, write_pngs
+
+    images = tmp_path / "scans"
+    arrays = npz_arrays(Path(os.environ["MEDDISTILL_DATA"]) / "breastmnist.npz", {"train": 8, "val": 4, "test": 4})
+    write_pngs(arrays, images, ("malignant", "benign"))
+    cfg = build_config("tiny", dataset=str(images), experts_dir=str(tmp_path / "experts"))
+    assert stats.stats_net_dir(cfg).parent == tmp_path / "experts" / "scans_28"

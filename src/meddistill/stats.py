@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from meddistill.config import RunConfig
 from meddistill.data.loader import MedDataset
+from meddistill.data.sources import dataset_dir
 from meddistill.errors import ArtifactError, ConfigError
 from meddistill.experts import expert_identity, expert_plan
 from meddistill.nets import create_model
@@ -171,7 +172,7 @@ def stats_net_identity(cfg: RunConfig) -> dict:
 
 def stats_net_dir(cfg: RunConfig) -> Path:
     ident = stats_net_identity(cfg)
-    return Path(cfg.experts_dir) / f"{cfg.dataset}_{cfg.size}" / f"stats-{cfg.net.tag()}-{config_hash(ident, 8)}"
+    return Path(cfg.experts_dir) / dataset_dir(cfg) / f"stats-{cfg.net.tag()}-{config_hash(ident, 8)}"
 
 
 def _accuracy(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:

@@ -332,6 +332,11 @@ def test_ctrl_c_beside_an_idle_worker_lets_the_running_cell_write_its_checkpoint
         ("# nothing yet\n", "g.yaml is empty"),
         ("datasets: []\nmethods: [random]\n", "datasets empty: the grid has no cell"),  # exit 0, 0 cells
         ("full: false\nseeds: []\nipc: []\n", "seeds, ipc empty"),
+        # overrides that set no cell: silently ignored before
+        ("ipc: [10, 50]\nipc_overrides:\n  5: [seed=1]\n", "ipc_overrides names 5, not in the grid (10, 50)"),
+        ("methods: [mtt]\nmethod_overrides:\n  ptm: [seed=1]\n", "method_overrides names ptm, not in the grid"),
+        ("full: false\nmethod_overrides:\n  full: [seed=1]\n", "method_overrides names full, not in the grid"),
+        ("datasets: [bloodmnist]\ndataset_overrides:\n  breast: [seed=1]\n", "dataset_overrides names breastmnist"),
     ],
 )
 def test_grid_mistakes_are_found_when_the_grid_is_loaded(tmp_path, text, msg):
@@ -413,3 +418,13 @@ def test_pool_trains_each_expert_buffer_only_to_the_last_epoch_its_cells_read(tm
     reads = {c.method: get_spec(c.method).experts_read(c.cfg) for c in cells if get_spec(c.method).needs_experts}
     assert reads["mtt"] == 4  # start epochs 0-2, two epochs on: the last target is epoch 4
     assert tasks[0][1] == max(reads.values()) < 6
+
+
+def test_overrides_keyed_by_what_the_grid_runs_are_accepted(tmp_path):
+    p = tmp_path / "g.yaml"
+    p.write_text(
+        "profile: tiny\ndatasets: [breastmnist]\nipc: [1, 2]\nmethods: [random]\n"
+        "ipc_overrides:\n  2: [seed=1]\nmethod_overrides:\n  random: [seed=1]\n  full: [seed=1]\n"
+    )
+    grid = load_grid(p)
+    assert grid.ipc_overrides == {2: ["seed=1"]} and set(grid.method_overrides) == {"random", "full"}

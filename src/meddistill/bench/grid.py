@@ -96,7 +96,25 @@ def load_grid(path: str | Path) -> Grid:
     data["ipc_overrides"] = {_int_key(k, f"{path}: ipc_overrides"): v for k, v in data["ipc_overrides"].items()}
     grid = Grid(**data)
     check_grid(grid, str(path))
+    _check_override_keys(grid, str(path))
     return grid
+
+
+def _check_override_keys(grid: Grid, where: str) -> None:
+    """An override keyed by an ipc, method or dataset the grid does not run would set no cell,
+    which in a grid file is a typo (``5`` for ``50``) or a leftover: a :class:`ConfigError`."""
+    methods = [*grid.methods, *([FULL] if grid.full else [])]
+    for key, keys, valid in (
+        ("ipc_overrides", grid.ipc_overrides, grid.ipc),
+        ("method_overrides", grid.method_overrides, methods),
+        ("dataset_overrides", grid.dataset_overrides, grid.datasets),
+    ):
+        unused = [k for k in keys if k not in valid]
+        if unused:
+            raise ConfigError(
+                f"{where}: {key} names {', '.join(map(str, unused))}, not in the grid "
+                f"({', '.join(map(str, valid)) or 'none'}); it would set no cell"
+            )
 
 
 def check_grid(grid: Grid, where: str | None = None) -> None:

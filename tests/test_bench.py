@@ -333,7 +333,7 @@ def test_ctrl_c_beside_an_idle_worker_lets_the_running_cell_write_its_checkpoint
         ("datasets: []\nmethods: [random]\n", "datasets empty: the grid has no cell"),  # exit 0, 0 cells
         ("full: false\nseeds: []\nipc: []\n", "seeds, ipc empty"),
         # overrides that set no cell: silently ignored before
-        ("ipc: [10, 50]\nipc_overrides:\n  5: [seed=1]\n", "ipc_overrides names 5, not in the grid (10, 50)"),
+        ("ipc: [10, 50]\nipc_overrides:\n  5: [seed=1]\n", "ipc_overrides names 5, not in the grid (10, 50"),
         ("methods: [mtt]\nmethod_overrides:\n  ptm: [seed=1]\n", "method_overrides names ptm, not in the grid"),
         ("full: false\nmethod_overrides:\n  full: [seed=1]\n", "method_overrides names full, not in the grid"),
         ("datasets: [bloodmnist]\ndataset_overrides:\n  breast: [seed=1]\n", "dataset_overrides names breastmnist"),
@@ -428,3 +428,13 @@ def test_overrides_keyed_by_what_the_grid_runs_are_accepted(tmp_path):
     )
     grid = load_grid(p)
     assert grid.ipc_overrides == {2: ["seed=1"]} and set(grid.method_overrides) == {"random", "full"}
+
+
+def test_an_ipc_1_override_is_accepted_where_it_sets_only_the_full_data_cells(tmp_path):
+    p = tmp_path / "g.yaml"
+    p.write_text(
+        "profile: tiny\ndatasets: [breastmnist]\nipc: [10]\nmethods: [random]\n"
+        "ipc_overrides:\n  1: [eval.full_epochs=7]\n"  # refused before: "names 1, not in the grid"
+    )
+    full = [c for c in expand(load_grid(p)) if c.method == "full"]
+    assert full and all(c.cfg.eval.full_epochs == 7 for c in full)

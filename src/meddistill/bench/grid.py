@@ -104,8 +104,9 @@ def _check_override_keys(grid: Grid, where: str) -> None:
     """An override keyed by an ipc, method or dataset the grid does not run would set no cell,
     which in a grid file is a typo (``5`` for ``50``) or a leftover: a :class:`ConfigError`."""
     methods = [*grid.methods, *([FULL] if grid.full else [])]
+    ipcs = [*grid.ipc, *([1] if grid.full and 1 not in grid.ipc else [])]  # full-data cells are built at ipc 1
     for key, keys, valid in (
-        ("ipc_overrides", grid.ipc_overrides, grid.ipc),
+        ("ipc_overrides", grid.ipc_overrides, ipcs),
         ("method_overrides", grid.method_overrides, methods),
         ("dataset_overrides", grid.dataset_overrides, grid.datasets),
     ):

@@ -103,18 +103,18 @@ def load_grid(path: str | Path) -> Grid:
 def _check_override_keys(grid: Grid, where: str) -> None:
     """An override keyed by an ipc, method or dataset the grid does not run would set no cell,
     which in a grid file is a typo (``5`` for ``50``) or a leftover: a :class:`ConfigError`."""
-    methods = [*grid.methods, *([FULL] if grid.full else [])]
-    ipcs = [*grid.ipc, *([1] if grid.full and 1 not in grid.ipc else [])]  # full-data cells are built at ipc 1
-    for key, keys, valid in (
-        ("ipc_overrides", grid.ipc_overrides, ipcs),
-        ("method_overrides", grid.method_overrides, methods),
-        ("dataset_overrides", grid.dataset_overrides, grid.datasets),
+    full = [FULL] if grid.full else []
+    for key, keys, valid, extra in (
+        ("ipc_overrides", grid.ipc_overrides, grid.ipc, [1] if full else []),  # full-data cells are built at ipc 1
+        ("method_overrides", grid.method_overrides, grid.methods, full),
+        ("dataset_overrides", grid.dataset_overrides, grid.datasets, []),
     ):
-        unused = [k for k in keys if k not in valid]
+        unused = [k for k in keys if k not in [*valid, *extra]]
         if unused:
+            also = f"; {extra[0]} for the full-data cells" if extra else ""
             raise ConfigError(
                 f"{where}: {key} names {', '.join(map(str, unused))}, not in the grid "
-                f"({', '.join(map(str, valid)) or 'none'}); it would set no cell"
+                f"({', '.join(map(str, valid)) or 'none'}{also}); it would set no cell"
             )
 
 

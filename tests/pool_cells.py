@@ -56,3 +56,8 @@ def first_checkpoints_second_ignores_ctrl_c(cell, progress: bool) -> dict:
         except KeyboardInterrupt:
             pass
     raise RuntimeError("it was not stopped")
+
+
+def returns_key(cell, progress: bool) -> dict:
+    """A cell that ends at once with a row holding only its key."""
+    return {"cell_key": cell.key}

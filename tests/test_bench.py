@@ -313,6 +313,39 @@ def test_ctrl_c_beside_an_idle_worker_lets_the_running_cell_write_its_checkpoint
     assert (flags / "checkpointed").exists()
 
 
+def test_ctrl_c_while_a_worker_is_still_starting_does_not_break_the_pool(tmp_path, session_dirs):
+    # a worker still importing (before its initializer ignores SIGINT) died of a Ctrl-C, and the
+    # pool, seeing a worker die, raised BrokenProcessPool and killed the others at once
+    import multiprocessing
+    import os
+    import signal
+    import threading
+    import time
+
+    from meddistill.bench.executors import run_pool
+    from tests.pool_cells import returns_key
+
+    grid = load_grid(_grid(tmp_path, session_dirs))
+    grid.full, grid.methods, grid.seeds = False, ["random"], [0, 1, 2, 3]
+    done = threading.Event()
+    hit: set[int] = set()
+
+    def ctrl_c_each_new_worker() -> None:
+        while not done.is_set():
+            for p in multiprocessing.active_children():
+                if p.pid and p.pid not in hit:
+                    hit.add(p.pid)
+                    os.kill(p.pid, signal.SIGINT)
+            time.sleep(0.001)
+
+    threading.Thread(target=ctrl_c_each_new_worker, daemon=True).start()
+    try:
+        n = run_pool(expand(grid), Path(grid.store), False, 2, 1, cell_fn=returns_key)
+    finally:
+        done.set()
+    assert hit and n == 4
+
+
 @pytest.mark.parametrize(
     "text,msg",
     [

@@ -137,7 +137,26 @@ def _init_worker(threads: int) -> None:
 
     prepare_process()  # a spawned worker starts with malloc's defaults
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # between calls; see _interruptible
+    if hasattr(signal, "pthread_sigmask"):  # blocked since its spawn; see _submit
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a pending one is dropped
     torch.set_num_threads(threads)
+
+
+def _submit(pool, fn: Callable, *args) -> Future:
+    """``pool.submit(fn, *args)`` with SIGINT blocked in this thread meanwhile, so a worker the
+    pool spawns for it starts with SIGINT blocked until :func:`_init_worker` ignores it: a
+    Ctrl-C while the worker still imports would kill it, and the pool, seeing a worker die,
+    kills the others at once. A SIGINT that reaches this process meanwhile is delivered when
+    the call returns."""
+    import signal
+
+    if not hasattr(signal, "pthread_sigmask"):
+        return pool.submit(fn, *args)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return pool.submit(fn, *args)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _interruptible(fn: Callable, *args):
@@ -165,7 +184,7 @@ def _bounded(pool, fn: Callable, calls: list[tuple], workers: int, futures: list
     running: set[Future] = set()
     while True:
         while len(running) < workers and (args := next(todo, None)) is not None:
-            f = pool.submit(_interruptible, fn, *args)
+            f = _submit(pool, _interruptible, fn, *args)
             running.add(f)
             futures.append(f)
         if not running:

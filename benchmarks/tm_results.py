@@ -14,8 +14,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from meddistill.bench.report import aggregate, table, write_block
-from meddistill.utils import read_jsonl
+from meddistill.bench.report import aggregate, read_results, split_settings, table, write_block
 
 ORDER = ["ptm", "ptm_nodom", "mtt"]
 
@@ -81,7 +80,8 @@ def main() -> None:
     ap.add_argument("out")
     ap.add_argument("--marker", default="measured", help="name of the block to (re)write")
     args = ap.parse_args()
-    block = measured(read_jsonl(args.store), args.store)
+    rows, _ = split_settings(read_results(args.store))  # a cell stored with two settings shows each apart
+    block = measured(rows, args.store)
     write_block(args.out, args.marker, block)
     print(block)
 

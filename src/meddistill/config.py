@@ -91,6 +91,8 @@ class DistillConfig:
     checkpoint_every_s: float = setting(120.0, lo=0)  # 0: after every iteration
     log_every: int = setting(10, lo=1)
     sections: dict[str, Any] = field(default_factory=_method_sections, repr=False)
+    #: shared keys that change how a run is checkpointed and logged, never the set it makes
+    RUN_ONLY: typing.ClassVar[tuple[str, ...]] = ("checkpoint_every_s", "log_every")
 
     def section(self, method: str | None = None) -> Any:
         """The config section of ``method`` (default: the active one); None if it has none."""

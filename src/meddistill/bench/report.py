@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from meddistill.distill import FULL
+from meddistill.config import DistillConfig
+from meddistill.distill import FULL, get_spec
 from meddistill.errors import ArtifactError, ConfigError
 from meddistill.utils import read_jsonl
 
@@ -279,14 +281,102 @@ def read_results(store: str | Path) -> list[dict]:
     return rows
 
 
+def _flat(d: object, prefix: str = "") -> dict[str, object]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _config(r: dict) -> dict[str, str]:
+    """A row's stored config as dotted keys (values as JSON), without what cannot change its
+    result: the run-only distill keys, and the experts of a method that reads none."""
+    config = dict(r.get("config") or {})
+    if isinstance(config.get("distill"), dict):
+        config["distill"] = {k: v for k, v in config["distill"].items() if k not in DistillConfig.RUN_ONLY}
+    try:
+        if not get_spec(r["method"]).needs_experts:
+            config.pop("experts", None)
+    except ConfigError:  # a method this version does not have: keep all it stored
+        pass
+    return {k: json.dumps(v, sort_keys=True) for k, v in _flat(config).items()}
+
+
+def _agree(a: dict[str, str], b: dict[str, str]) -> bool:
+    """Two stored configs are one setting when every key both hold has one value: a key that
+    only one holds is an option added later, which the other ran without."""
+    return all(a[k] == b[k] for k in a.keys() & b.keys())
+
+
+def _settings(rows: list[dict]) -> list[dict[str, str]]:
+    """One config per row: the first config of ``rows`` it agrees with (:func:`_agree`)."""
+    seen: list[dict[str, str]] = []
+    out = []
+    for r in rows:
+        c = _config(r)
+        same = next((s for s in seen if _agree(s, c)), None)
+        if same is None:
+            seen.append(same := c)
+        out.append(same)
+    return out
+
+
+def split_settings(rows: list[dict], order: list[str] | None = None) -> tuple[list[dict], list[str]]:
+    """Rows of one dataset, ipc and method computed with different settings (a store that two
+    runs or sweeps wrote to) are told apart: each row of that method is named with its values of
+    the config keys that differ within such a group, ``ptm (distill.ptm.lr_img=100.0)``, so each
+    setting is a table row of its own instead of a cell that takes one seed from each (rows of
+    one setting and seed, re-run, keep the last as before). A dataset stored at several sizes is
+    named with its size (``breastmnist_64``). Returns the rows (copies where renamed) and
+    ``order`` with each method replaced by its names. Full-data rows of several settings are an
+    :class:`ArtifactError`."""
+    sizes: dict[str, set] = defaultdict(set)
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        sizes[r["dataset"]].add(r.get("size"))
+        groups[(r["dataset"], r.get("size"), int(r["ipc"]), r["method"])].append(r)
+    setting = {}  # id(row) -> its group's setting
+    keys: dict[str, set[str]] = defaultdict(set)
+    for (d, _, _, m), rs in groups.items():
+        configs = _settings(rs)
+        distinct = list({id(c): c for c in configs}.values())
+        if len(distinct) > 1 and m == FULL:
+            raise ArtifactError(f"{d} has full-data rows computed with different settings; keep one of them")
+        if len(distinct) > 1:
+            keys[m] |= {k for c in distinct for k in c if len({o[k] for o in distinct if k in o}) > 1}
+        setting.update({id(r): c for r, c in zip(rs, configs, strict=True)})
+    out, names = [], defaultdict(set)
+    for r in rows:
+        renamed = {}
+        if r["method"] in keys:
+            c = setting[id(r)]
+            named = ", ".join(f"{k}={_shown(c[k])}" for k in sorted(keys[r["method"]]) if k in c)
+            renamed["method"] = f"{r['method']} ({named})" if named else r["method"]
+        if len(sizes[r["dataset"]]) > 1:
+            renamed["dataset"] = f"{r['dataset']}_{r.get('size')}"
+        out.append({**r, **renamed} if renamed else r)
+        names[r["method"]].add(renamed.get("method", r["method"]))
+    ranked = list(order or []) + sorted(set(names) - set(order or []))
+    return out, [n for m in ranked for n in sorted(names.get(m, ()))]
+
+
+def _shown(value: str) -> str:
+    """A stored config value (JSON) as a table shows it: strings unquoted."""
+    v = json.loads(value)
+    return v if isinstance(v, str) else value
+
+
 def write_report(
     store: str | Path, out: str | Path, order: list[str] | None = None, net: str | None = None
 ) -> dict[str, Path]:
-    """Tables (md/csv/tex) and plots per metric, plus image grids side by side per method.
+    """Tables (md/csv/tex) and plots per metric, plus image grids side by side per method;
+    rows of several settings per cell are shown apart (:func:`split_settings`).
 
     ``net="all"``: one sub-folder of tables and plots per evaluation architecture found in the
     rows; the image grids (the same sets whichever net evaluates them) go once into ``out``."""
-    rows = read_results(store)
+    rows, order = split_settings(read_results(store), order)
     nets = list(dict.fromkeys(n for r in rows for n in r.get("per_net") or {}))
     if net is not None and (net not in nets if net != "all" else not nets):
         present = ", ".join(nets) or "none (the rows have no per_net results)"

@@ -1,0 +1,96 @@
+"""Reports of stores that hold several settings of one cell (``bench.report.split_settings``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meddistill.bench.report import aggregate, split_settings
+from meddistill.cli import main
+
+
+def _row(method: str = "ptm", seed: int = 0, acc: float = 0.5, lr: float | None = 10.0, **kw) -> dict:
+    section = {"iterations": 200} if lr is None else {"iterations": 200, "lr_img": lr}
+    config = {
+        "distill": {"method": method, "ipc": 2, "log_every": 10, method: section},
+        "eval": {"epochs": 300},
+        "experts": {"num_experts": 8},
+    }
+    row = {"dataset": "breastmnist", "size": 28, "ipc": 2, "method": method, "seed": seed}
+    return {**row, "acc_mean": acc, "auc_mean": acc, "config": config, **kw}
+
+
+def _logged_every_step(row: dict) -> dict:
+    distill = {**row["config"]["distill"], "log_every": 1}
+    return {**row, "config": {**row["config"], "distill": distill}}
+
+
+def _report(tmp_path, capsys, rows: list[dict], *argv: str) -> str:
+    store = tmp_path / "s.jsonl"
+    store.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["report", str(store), "--out", str(tmp_path / "rep"), *argv]) == 0
+    return capsys.readouterr().out
+
+
+def test_two_settings_of_one_cell_are_two_table_rows_not_one_seed_of_each(tmp_path, capsys):
+    # the table showed "ptm | 75.0 ± 15.0": seed 0 at lr 100 (the last row) beside seed 1 at lr 10
+    rows = [_row(seed=0, acc=0.5), _row(seed=1, acc=0.6), _row(seed=0, acc=0.9, lr=100.0)]
+    out = _report(tmp_path, capsys, rows)
+    assert "| ptm (distill.ptm.lr_img=10.0) | 55.0 ± 5.0 |" in out
+    assert "| ptm (distill.ptm.lr_img=100.0) | **90.0 ± 0.0 (n=1)** |" in out
+    assert "| ptm |" not in out
+
+
+def test_a_re_run_or_a_key_only_newer_rows_hold_or_a_run_only_key_is_one_setting(tmp_path, capsys):
+    rows = [
+        _row(seed=0, acc=0.5),
+        _row(seed=0, acc=0.7),  # the same setting and seed again: the last row is kept
+        _row(seed=1, acc=0.6, lr=None),  # stored before lr_img was a key: it ran without it
+        _logged_every_step(_row(seed=2, acc=0.8)),  # a run-only key
+        _row("random", seed=0, acc=0.4, lr=None),
+        {**_row("random", seed=1, acc=0.4, lr=None), "config": {**_row("random", lr=None)["config"], "experts": {}}},
+    ]
+    out = _report(tmp_path, capsys, rows)
+    assert "| ptm | **70.0 ± 8.2** |" in out and "| random | 40.0 ± 0.0 (n=2) |" in out
+
+
+def test_order_places_each_setting_of_a_method_where_the_method_goes(tmp_path, capsys):
+    rows = [_row(acc=0.5), _row(acc=0.6, lr=100.0), _row("mtt", acc=0.55), _row("dm", acc=0.45, lr=None)]
+    out = _report(tmp_path, capsys, rows, "--order", "mtt,ptm")
+    names = [line.split(" | ")[0].lstrip("| ") for line in out.splitlines() if line.startswith("| ") and "±" in line]
+    assert names == ["mtt", "ptm (distill.ptm.lr_img=10.0)", "ptm (distill.ptm.lr_img=100.0)", "dm"]
+
+
+def test_one_dataset_at_two_sizes_is_two_columns(tmp_path, capsys):
+    rows = [_row(acc=0.5), _row(acc=0.9, size=64)]
+    out = _report(tmp_path, capsys, rows)
+    assert "| method | breastmnist_28 ipc=2 | breastmnist_64 ipc=2 |" in out
+    assert "| ptm | **50.0 ± 0.0** | **90.0 ± 0.0** |" in out
+
+
+def test_full_data_rows_of_two_settings_are_a_one_line_error(tmp_path, capsys):
+    full = {**_row("full", lr=None), "ipc": 0}
+    other = {**full, "config": {**full["config"], "eval": {"epochs": 30}}}
+    store = tmp_path / "s.jsonl"
+    store.write_text(json.dumps(full) + "\n" + json.dumps(other) + "\n")
+    assert main(["report", str(store), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert "breastmnist has full-data rows computed with different settings" in err and err.count("\n") == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([1.0, 10.0, 100.0]), st.integers(0, 3), st.floats(0, 1)), min_size=1))
+def test_every_table_cell_holds_one_setting_and_the_last_row_of_each_of_its_seeds(cells):
+    rows = [_row(seed=s, acc=a, lr=lr) for lr, s, a in cells]
+    split, order = split_settings(rows)
+    stats = aggregate(split)
+    lrs = sorted({lr for lr, _, _ in cells})
+    assert len(order) == len(lrs) == len(stats)
+    for lr in lrs:
+        name = "ptm" if len(lrs) == 1 else f"ptm (distill.ptm.lr_img={lr})"
+        last = {s: a for x, s, a in cells if x == lr}
+        stat = stats[("breastmnist", 2, name)]
+        assert stat.seeds == frozenset(last) and stat.mean == pytest.approx(sum(last.values()) / len(last))

@@ -21,7 +21,7 @@ from collections import defaultdict
 import numpy as np
 
 from meddistill.bench.grid import FULL
-from meddistill.bench.report import Stat, aggregate, read_results, split_settings, table, write_block
+from meddistill.bench.report import Stat, aggregate, one_setting_per_method, read_results, table, write_block
 from meddistill.errors import ConfigError, MeddistillError
 
 ORDER = ["random", "herding", "kcenter", "dm", "dc", "mtt", "datm", "ptm_nodom", "ptm"]
@@ -122,8 +122,8 @@ def paired_lines(rows: list[dict], nets: list[str]) -> list[str]:
 
 
 def read_stores(stores: list[str]) -> list[dict]:
-    """The rows of several stores (:func:`split_settings`); an error when two hold the same cell or one
-    dataset comes at two sizes."""
+    """The rows of several stores; an error when two hold the same cell, one dataset comes at two
+    sizes, or a cell holds a method at two settings (:func:`one_setting_per_method`)."""
     rows: list[dict] = []
     sizes: dict[str, set] = defaultdict(set)
     owner: dict[tuple, int] = {}
@@ -138,7 +138,8 @@ def read_stores(stores: list[str]) -> list[dict]:
     mixed = [d for d, v in sizes.items() if len(v) > 1]
     if mixed:
         raise ConfigError(f"{mixed[0]} comes at sizes {sorted(map(str, sizes[mixed[0]]))}; make one block per size")
-    return split_settings(rows)[0]  # a cell stored with two settings shows each apart
+    one_setting_per_method(rows, " + ".join(stores))
+    return rows
 
 
 def by_dataset(rows: list[dict], net: str) -> list[str]:

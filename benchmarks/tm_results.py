@@ -14,7 +14,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from meddistill.bench.report import aggregate, read_results, split_settings, table, write_block
+from meddistill.bench.report import aggregate, one_setting_per_method, read_results, table, write_block
+from meddistill.cli import one_line_errors
 
 ORDER = ["ptm", "ptm_nodom", "mtt"]
 
@@ -80,7 +81,9 @@ def main() -> None:
     ap.add_argument("out")
     ap.add_argument("--marker", default="measured", help="name of the block to (re)write")
     args = ap.parse_args()
-    rows, _ = split_settings(read_results(args.store))  # a cell stored with two settings shows each apart
+    with one_line_errors(ap):
+        rows = read_results(args.store)
+        one_setting_per_method(rows, args.store)
     block = measured(rows, args.store)
     write_block(args.out, args.marker, block)
     print(block)

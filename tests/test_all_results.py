@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from meddistill.errors import ArtifactError
+
 
 @pytest.fixture
 def all_results(bench_script):
@@ -164,7 +166,7 @@ def test_paired_diff_pairs_by_seed_and_gives_the_standard_error_over_cells(bench
     assert "| ptm − mtt | convnet | 2 | +2.00 ± 0.00 | +2.00 |" in paired_diff.lines(rows, [("ptm", "mtt")])
 
 
-def test_a_cell_stored_at_two_settings_is_shown_as_two_methods(all_results, tmp_path):
+def test_a_cell_stored_at_two_settings_is_refused(all_results, tmp_path):
     # read_stores kept the last row of each seed, so a cell mixed the settings
     def at(lr: float, row: dict) -> dict:
         return {**row, "config": {"net": {"depth": 4}, "distill": {"ptm": {"lr_img": lr}}}}
@@ -172,5 +174,5 @@ def test_a_cell_stored_at_two_settings_is_shown_as_two_methods(all_results, tmp_
     rows = [at(10.0, _row("ptm", s, 0.8)) for s in (0, 1)] + [_row("random", s, 0.7) for s in (0, 1)]
     store = tmp_path / "s.jsonl"
     store.write_text("".join(json.dumps(r) + "\n" for r in [*rows, at(100.0, _row("ptm", 1, 0.6))]))
-    methods = {r["method"] for r in all_results.read_stores([str(store)])}
-    assert methods == {"ptm (distill.ptm.lr_img=10.0)", "ptm (distill.ptm.lr_img=100.0)", "random"}
+    with pytest.raises(ArtifactError, match=r"holds ptm at several settings in one cell \(ptm \(distill.ptm.lr_img="):
+        all_results.read_stores([str(store)])

@@ -346,6 +346,34 @@ def test_ctrl_c_while_a_worker_is_still_starting_does_not_break_the_pool(tmp_pat
     assert hit and n == 4
 
 
+def test_a_ctrl_c_during_a_submit_leaves_no_call_to_start():
+    # the call's future was lost (KeyboardInterrupt raised before it was recorded), so the
+    # pool's stop neither cancelled nor waited for it: its cell could still start
+    import os
+    import signal
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    from meddistill.bench.executors import _stop_pool, _submit
+
+    class Pool:
+        def __init__(self) -> None:
+            self._processes: dict = {}
+            self._pending_work_items: dict = {}
+
+        def submit(self, fn, *args) -> Future:
+            f = Future()
+            self._pending_work_items[0] = SimpleNamespace(future=f)
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the pool spawns a worker
+            return f
+
+    pool, futures = Pool(), []
+    with pytest.raises(KeyboardInterrupt):
+        _submit(pool, futures, print)
+    _stop_pool(pool, futures, grace=0)
+    assert pool._pending_work_items[0].future.cancelled()
+
+
 @pytest.mark.parametrize(
     "text,msg",
     [

@@ -29,6 +29,7 @@ def _logged_every_step(row: dict) -> dict:
 
 
 def _report(tmp_path, capsys, rows: list[dict], *argv: str) -> str:
+    tmp_path.mkdir(exist_ok=True)
     store = tmp_path / "s.jsonl"
     store.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["report", str(store), "--out", str(tmp_path / "rep"), *argv]) == 0
@@ -44,17 +45,16 @@ def test_two_settings_of_one_cell_are_two_table_rows_not_one_seed_of_each(tmp_pa
     assert "| ptm |" not in out
 
 
-def test_a_re_run_or_a_key_only_newer_rows_hold_or_a_run_only_key_is_one_setting(tmp_path, capsys):
+def test_a_re_run_or_a_run_only_key_or_experts_a_method_never_reads_are_one_setting(tmp_path, capsys):
     rows = [
         _row(seed=0, acc=0.5),
         _row(seed=0, acc=0.7),  # the same setting and seed again: the last row is kept
-        _row(seed=1, acc=0.6, lr=None),  # stored before lr_img was a key: it ran without it
         _logged_every_step(_row(seed=2, acc=0.8)),  # a run-only key
         _row("random", seed=0, acc=0.4, lr=None),
         {**_row("random", seed=1, acc=0.4, lr=None), "config": {**_row("random", lr=None)["config"], "experts": {}}},
     ]
     out = _report(tmp_path, capsys, rows)
-    assert "| ptm | **70.0 ± 8.2** |" in out and "| random | 40.0 ± 0.0 (n=2) |" in out
+    assert "| ptm | **75.0 ± 5.0** |" in out and "| random | 40.0 ± 0.0 |" in out
 
 
 def test_order_places_each_setting_of_a_method_where_the_method_goes(tmp_path, capsys):
@@ -78,7 +78,49 @@ def test_full_data_rows_of_two_settings_are_a_one_line_error(tmp_path, capsys):
     store.write_text(json.dumps(full) + "\n" + json.dumps(other) + "\n")
     assert main(["report", str(store), "--out", str(tmp_path / "rep")]) == 2
     err = capsys.readouterr().err
-    assert "breastmnist has full-data rows computed with different settings" in err and err.count("\n") == 1
+    assert "breastmnist has full-data rows of 2 settings (eval.epochs); keep one" in err and err.count("\n") == 1
+
+
+def _dom(row: dict, **dom) -> dict:
+    distill = {**row["config"]["distill"], "ptm": {**row["config"]["distill"]["ptm"], "dom": dom}}
+    return {**row, "config": {**row["config"], "distill": distill}}
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_a_row_without_a_key_or_a_config_is_a_setting_of_its_own_wherever_it_stands(tmp_path, capsys, first):
+    # an old row (no lr_img) or one with no config agreed with every setting, so when it came
+    # first the lr 10 and lr 100 rows were merged into it: one unnamed cell of both
+    odd = [_row(seed=0, acc=0.3, lr=None), {**_row(seed=1, acc=0.3), "config": None}]
+    rows = [_row(seed=0, acc=0.5), _row(seed=0, acc=0.9, lr=100.0)]
+    out = _report(tmp_path, capsys, odd + rows if first else rows + odd)
+    assert "| ptm (distill.ptm.lr_img=10.0) | 50.0 ± 0.0 |" in out
+    assert "| ptm (distill.ptm.lr_img=100.0) | **90.0 ± 0.0** |" in out
+    assert "| ptm (distill.ptm.lr_img=not stored) | 30.0 ± 0.0 |" in out
+    assert "| ptm (config not stored) | 30.0 ± 0.0 |" in out
+
+
+def test_an_option_at_its_neutral_value_is_the_setting_stored_before_it_existed(tmp_path, capsys):
+    rows = [_dom(_row(seed=0, acc=0.5)), _dom(_row(seed=1, acc=0.7), rate=0.1, feature_epoch="last")]
+    assert "| ptm | **60.0 ± 10.0** |" in _report(tmp_path, capsys, rows)
+    # an option off its neutral value is another setting: named with the value the other ran
+    rows = [_dom(_row(seed=0, acc=0.5)), _dom(_row(seed=1, acc=0.7), feature_epoch="read")]
+    out = _report(tmp_path / "b", capsys, rows)
+    assert "| ptm (distill.ptm.dom.feature_epoch=last) | 50.0 ± 0.0 |" in out
+    assert "| ptm (distill.ptm.dom.feature_epoch=read) | **70.0 ± 0.0** |" in out
+
+
+def test_10_and_10_0_and_a_block_only_newer_rows_store_are_one_setting(tmp_path, capsys):
+    newer = {**_row(seed=1, acc=0.7, lr=10), "config": {**_row(lr=10)["config"], "dsa": {"scale": 1.2}}}
+    out = _report(tmp_path, capsys, [_row(seed=0, acc=0.5, lr=10.0), newer])
+    assert "| ptm | **60.0 ± 10.0** |" in out
+    other = {**newer, "seed": 0, "acc_mean": 0.6, "config": {**newer["config"], "dsa": {"scale": 1.5}}}
+    out = _report(tmp_path / "b", capsys, [newer, other])  # both store it: compared
+    assert "| ptm (dsa.scale=1.2) | **70.0 ± 0.0** |" in out and "| ptm (dsa.scale=1.5) | 60.0 ± 0.0 |" in out
+
+
+def test_names_of_one_method_are_ordered_by_their_values():
+    rows = [_row(acc=0.5, lr=lr) for lr in (1000.0, 300.0, 30.0)]
+    assert split_settings(rows)[1] == [f"ptm (distill.ptm.lr_img={lr})" for lr in (30.0, 300.0, 1000.0)]
 
 
 @settings(max_examples=60, deadline=None)

@@ -124,6 +124,8 @@ def test_experts_and_synthetic_set_equal_the_npz_ones(own, breast, tiny, name):
         res = run_cell(cfg, progress=False)
         run_dir, syn = res.run_dir, res.synset
         assert res.row["dataset"] == "breast" and 0 <= res.row["acc_mean"] <= 1
+        # what tells two settings apart in a report: the images and the augmentation too
+        assert res.row["config"]["data"]["fingerprint"] and "scale" in res.row["config"]["dsa"]
     else:
         run_dir, syn = distill(cfg, progress=False)
     assert expert_dir(cfg) != expert_dir(tiny()) and expert_dir(cfg).parent.name == "breast_28"

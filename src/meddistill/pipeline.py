@@ -203,8 +203,12 @@ def result_row(
             "distill": cfg.distill.to_dict(active_only=True),
             "eval": asdict(cfg.eval),
             "experts": asdict(cfg.experts),
+            "dsa": asdict(cfg.dsa),
         },
     }
+    own = data_identity(cfg).get("data")  # own images: their fingerprint and decoding options
+    if own is not None:
+        row["config"]["data"] = own
     main = summary.stats(cfg.eval.nets[0])
     row.update(acc_mean=main["acc_mean"], acc_std=main["acc_std"], auc_mean=main["auc_mean"], auc_std=main["auc_std"])
     return row

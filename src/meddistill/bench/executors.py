@@ -142,19 +142,23 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _submit(pool, fn: Callable, *args) -> Future:
-    """``pool.submit(fn, *args)`` with SIGINT blocked in this thread meanwhile, so a worker the
-    pool spawns for it starts with SIGINT blocked until :func:`_init_worker` ignores it: a
-    Ctrl-C while the worker still imports would kill it, and the pool, seeing a worker die,
-    kills the others at once. A SIGINT that reaches this process meanwhile is delivered when
-    the call returns."""
+def _submit(pool, futures: list[Future], fn: Callable, *args) -> Future:
+    """``pool.submit(fn, *args)``, its future appended to ``futures``, with SIGINT blocked in
+    this thread meanwhile, so a worker the pool spawns for it starts with SIGINT blocked until
+    :func:`_init_worker` ignores it: a Ctrl-C while the worker still imports would kill it, and
+    the pool, seeing a worker die, kills the others at once. A Ctrl-C meanwhile is not lost: it
+    raises KeyboardInterrupt here, during the call (another thread of this process took the
+    signal) or when the mask is restored; :func:`_stop_pool` then stops every call the pool
+    holds, this one included."""
     import signal
 
     if not hasattr(signal, "pthread_sigmask"):
-        return pool.submit(fn, *args)
+        futures.append(f := pool.submit(fn, *args))
+        return f
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        return pool.submit(fn, *args)
+        futures.append(f := pool.submit(fn, *args))
+        return f
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
@@ -184,9 +188,7 @@ def _bounded(pool, fn: Callable, calls: list[tuple], workers: int, futures: list
     running: set[Future] = set()
     while True:
         while len(running) < workers and (args := next(todo, None)) is not None:
-            f = _submit(pool, _interruptible, fn, *args)
-            running.add(f)
-            futures.append(f)
+            running.add(_submit(pool, futures, _interruptible, fn, *args))
         if not running:
             return
         ended, running = wait(running, return_when=FIRST_COMPLETED)
@@ -237,6 +239,8 @@ def _stop_pool(pool, futures: list[Future], grace: float) -> None:
     running cells, hours for a matching cell."""
     from concurrent.futures import wait
 
+    pending = getattr(pool, "_pending_work_items", None) or {}  # with one whose submit was interrupted
+    futures = list(dict.fromkeys([*futures, *(w.future for w in list(pending.values()))]))
     for f in futures:
         f.cancel()
     wait([f for f in futures if f.running()], timeout=grace)

@@ -8,6 +8,7 @@ that seed's evaluation nets); the best mean per column is marked (bold in Markdo
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import re
@@ -290,10 +291,43 @@ def _flat(d: object, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def _config(r: dict) -> dict[str, str]:
-    """A row's stored config as dotted keys (values as JSON), without what cannot change its
-    result: the run-only distill keys, and the experts of a method that reads none."""
-    config = dict(r.get("config") or {})
+def _canon(v: object) -> str:
+    """A stored value as compared: JSON, with an integer equal to its float (10 == 10.0)."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    return json.dumps(v, sort_keys=True)
+
+
+def _neutral_values() -> dict[str, str]:
+    """Dotted keys of a stored row config (``distill.<method>.<key>``, ``eval.<key>`` …) whose
+    field has a ``neutral`` value (:func:`meddistill.config.setting`) → that value (:func:`_canon`)."""
+    from meddistill.config import RunConfig
+
+    out: dict[str, str] = {}
+
+    def walk(obj: object, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            elif f.metadata.get("neutral", dataclasses.MISSING) is not dataclasses.MISSING:
+                out[f"{prefix}{f.name}"] = _canon(f.metadata["neutral"])
+
+    cfg = RunConfig()
+    walk(cfg, "")
+    for method, section in cfg.distill.sections.items():
+        walk(section, f"distill.{method}.")
+    return out
+
+
+def _config(r: dict, neutral: dict[str, str]) -> dict[str, object] | None:
+    """A row's stored config as dotted keys, without what cannot tell two settings apart: the
+    run-only distill keys, the experts of a method that reads none, and options at their
+    neutral value (a row stored before an option existed ran without it). None: not stored."""
+    config = r.get("config")
+    if not isinstance(config, dict) or not config:
+        return None
+    config = dict(config)
     if isinstance(config.get("distill"), dict):
         config["distill"] = {k: v for k, v in config["distill"].items() if k not in DistillConfig.RUN_ONLY}
     try:
@@ -301,71 +335,90 @@ def _config(r: dict) -> dict[str, str]:
             config.pop("experts", None)
     except ConfigError:  # a method this version does not have: keep all it stored
         pass
-    return {k: json.dumps(v, sort_keys=True) for k, v in _flat(config).items()}
+    return {k: v for k, v in _flat(config).items() if neutral.get(k) != _canon(v)}
 
 
-def _agree(a: dict[str, str], b: dict[str, str]) -> bool:
-    """Two stored configs are one setting when every key both hold has one value: a key that
-    only one holds is an option added later, which the other ran without."""
-    return all(a[k] == b[k] for k in a.keys() & b.keys())
+def _comparable(configs: list[dict[str, object] | None]) -> list[dict[str, object] | None]:
+    """Each config over the top-level blocks (``net``, ``eval``, ``dsa`` …) that every stored
+    config of a group holds: a block that rows written by an older version lack is not compared.
+    None stays None (no config stored)."""
+    held = [{k.split(".")[0] for k in c} for c in configs if c is not None]
+    common = set.intersection(*held) if held else set()
+    return [None if c is None else {k: v for k, v in c.items() if k.split(".")[0] in common} for c in configs]
 
 
-def _settings(rows: list[dict]) -> list[dict[str, str]]:
-    """One config per row: the first config of ``rows`` it agrees with (:func:`_agree`)."""
-    seen: list[dict[str, str]] = []
-    out = []
-    for r in rows:
-        c = _config(r)
-        same = next((s for s in seen if _agree(s, c)), None)
-        if same is None:
-            seen.append(same := c)
-        out.append(same)
-    return out
+def _sortable(v: object) -> tuple:
+    return (0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, str(v))
 
 
 def split_settings(rows: list[dict], order: list[str] | None = None) -> tuple[list[dict], list[str]]:
     """Rows of one dataset, ipc and method computed with different settings (a store that two
     runs or sweeps wrote to) are told apart: each row of that method is named with its values of
     the config keys that differ within such a group, ``ptm (distill.ptm.lr_img=100.0)``, so each
-    setting is a table row of its own instead of a cell that takes one seed from each (rows of
-    one setting and seed, re-run, keep the last as before). A dataset stored at several sizes is
-    named with its size (``breastmnist_64``). Returns the rows (copies where renamed) and
-    ``order`` with each method replaced by its names. Full-data rows of several settings are an
-    :class:`ArtifactError`."""
+    setting is a table row of its own instead of a cell that takes one seed from each (the rows
+    of one setting and seed keep the last, as before; settings are compared as
+    :func:`_config` and :func:`_comparable` say). A dataset stored at several sizes is named with
+    its size (``breastmnist_64``). Returns the rows (copies where renamed) and ``order`` with each
+    method replaced by its names. Full-data rows of several settings are an :class:`ArtifactError`."""
+    neutral = _neutral_values()
     sizes: dict[str, set] = defaultdict(set)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         sizes[r["dataset"]].add(r.get("size"))
         groups[(r["dataset"], r.get("size"), int(r["ipc"]), r["method"])].append(r)
-    setting = {}  # id(row) -> its group's setting
+    config: dict[int, dict[str, object] | None] = {}  # id(row) -> its config, as compared
     keys: dict[str, set[str]] = defaultdict(set)
     for (d, _, _, m), rs in groups.items():
-        configs = _settings(rs)
-        distinct = list({id(c): c for c in configs}.values())
-        if len(distinct) > 1 and m == FULL:
-            raise ArtifactError(f"{d} has full-data rows computed with different settings; keep one of them")
-        if len(distinct) > 1:
-            keys[m] |= {k for c in distinct for k in c if len({o[k] for o in distinct if k in o}) > 1}
-        setting.update({id(r): c for r, c in zip(rs, configs, strict=True)})
-    out, names = [], defaultdict(set)
+        configs = _comparable([_config(r, neutral) for r in rs])
+        config.update({id(r): c for r, c in zip(rs, configs, strict=True)})
+        settings = {None if c is None else _canon({k: _canon(v) for k, v in c.items()}): c for c in configs}
+        if len(settings) < 2:
+            continue
+        known = [c for c in settings.values() if c is not None]
+        differ = {k for c in known for k in c if len({_canon(o.get(k)) for o in known}) > 1}
+        if m == FULL:
+            raise ArtifactError(
+                f"{d} has full-data rows of {len(settings)} settings"
+                f" ({', '.join(sorted(differ)) or 'one without a stored config'}); keep one"
+            )
+        keys[m] |= differ
+    out, names = [], defaultdict(dict)
     for r in rows:
         renamed = {}
         if r["method"] in keys:
-            c = setting[id(r)]
-            named = ", ".join(f"{k}={_shown(c[k])}" for k in sorted(keys[r["method"]]) if k in c)
-            renamed["method"] = f"{r['method']} ({named})" if named else r["method"]
+            renamed["method"], rank = _setting_name(r["method"], config[id(r)], sorted(keys[r["method"]]), neutral)
+            names[r["method"]][renamed["method"]] = rank
         if len(sizes[r["dataset"]]) > 1:
-            renamed["dataset"] = f"{r['dataset']}_{r.get('size')}"
+            size = r.get("size")
+            renamed["dataset"] = f"{r['dataset']}_{size}" if size is not None else f"{r['dataset']} (size not stored)"
         out.append({**r, **renamed} if renamed else r)
-        names[r["method"]].add(renamed.get("method", r["method"]))
+        names[r["method"]].setdefault(renamed.get("method", r["method"]), ())
     ranked = list(order or []) + sorted(set(names) - set(order or []))
-    return out, [n for m in ranked for n in sorted(names.get(m, ()))]
+    return out, [n for m in ranked for n in sorted(names.get(m, {}), key=lambda n, m=m: (names[m][n], n))]
 
 
-def _shown(value: str) -> str:
-    """A stored config value (JSON) as a table shows it: strings unquoted."""
-    v = json.loads(value)
-    return v if isinstance(v, str) else value
+def _setting_name(method: str, config: dict[str, object] | None, keys: list[str], neutral: dict[str, str]) -> tuple:
+    """``method (key=value, …)`` over ``keys`` (a key a config does not hold shows its neutral
+    value, or ``not stored``), and a key that orders a method's names by their values."""
+    if config is None:
+        return f"{method} (config not stored)", ((2, 0.0, ""),)
+    values = [config[k] if k in config else json.loads(neutral[k]) if k in neutral else "not stored" for k in keys]
+    shown = [v if isinstance(v, str) else json.dumps(v) for v in values]
+    name = ", ".join(f"{k}={v}" for k, v in zip(keys, shown, strict=True))
+    return f"{method} ({name})", tuple(_sortable(v) for v in values)
+
+
+def one_setting_per_method(rows: list[dict], where: str) -> None:
+    """An :class:`ArtifactError` when ``rows`` hold a method at two settings in one cell
+    (:func:`split_settings`): for tables that compare methods by name."""
+    split, _ = split_settings(rows)
+    for r, s in zip(rows, split, strict=True):
+        if s["method"] != r["method"]:
+            raise ArtifactError(
+                f"{where} holds {r['method']} at several settings in one cell ({s['method']} is one);"
+                " these tables compare one setting per method: give a store of one setting each"
+                " (meddistill report shows every setting apart)"
+            )
 
 
 def write_report(

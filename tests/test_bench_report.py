@@ -40,9 +40,10 @@ def test_two_settings_of_one_cell_are_two_table_rows_not_one_seed_of_each(tmp_pa
     # the table showed "ptm | 75.0 ± 15.0": seed 0 at lr 100 (the last row) beside seed 1 at lr 10
     rows = [_row(seed=0, acc=0.5), _row(seed=1, acc=0.6), _row(seed=0, acc=0.9, lr=100.0)]
     out = _report(tmp_path, capsys, rows)
-    assert "| ptm (distill.ptm.lr_img=10.0) | 55.0 ± 5.0 |" in out
-    assert "| ptm (distill.ptm.lr_img=100.0) | **90.0 ± 0.0 (n=1)** |" in out
+    assert "| ptm (distill.ptm.lr_img=10) | 55.0 ± 5.0 |" in out
+    assert "| ptm (distill.ptm.lr_img=100) | **90.0 ± 0.0 (n=1)** |" in out
     assert "| ptm |" not in out
+    assert "note: " in out and "holds ptm at several settings in one cell; each setting is a row of its own" in out
 
 
 def test_a_re_run_or_a_run_only_key_or_experts_a_method_never_reads_are_one_setting(tmp_path, capsys):
@@ -61,7 +62,7 @@ def test_order_places_each_setting_of_a_method_where_the_method_goes(tmp_path, c
     rows = [_row(acc=0.5), _row(acc=0.6, lr=100.0), _row("mtt", acc=0.55), _row("dm", acc=0.45, lr=None)]
     out = _report(tmp_path, capsys, rows, "--order", "mtt,ptm")
     names = [line.split(" | ")[0].lstrip("| ") for line in out.splitlines() if line.startswith("| ") and "±" in line]
-    assert names == ["mtt", "ptm (distill.ptm.lr_img=10.0)", "ptm (distill.ptm.lr_img=100.0)", "dm"]
+    assert names == ["mtt", "ptm (distill.ptm.lr_img=10)", "ptm (distill.ptm.lr_img=100)", "dm"]
 
 
 def test_one_dataset_at_two_sizes_is_two_columns(tmp_path, capsys):
@@ -73,12 +74,12 @@ def test_one_dataset_at_two_sizes_is_two_columns(tmp_path, capsys):
 
 def test_full_data_rows_of_two_settings_are_a_one_line_error(tmp_path, capsys):
     full = {**_row("full", lr=None), "ipc": 0}
-    other = {**full, "config": {**full["config"], "eval": {"epochs": 30}}}
+    other = {**full, "config": {**full["config"], "eval": {"epochs": 300, "full_epochs": 5}}}
     store = tmp_path / "s.jsonl"
     store.write_text(json.dumps(full) + "\n" + json.dumps(other) + "\n")
     assert main(["report", str(store), "--out", str(tmp_path / "rep")]) == 2
     err = capsys.readouterr().err
-    assert "breastmnist has full-data rows of 2 settings (eval.epochs); keep one" in err and err.count("\n") == 1
+    assert "breastmnist has full-data rows of 2 settings (eval.full_epochs); keep one" in err and err.count("\n") == 1
 
 
 def _dom(row: dict, **dom) -> dict:
@@ -93,8 +94,8 @@ def test_a_row_without_a_key_or_a_config_is_a_setting_of_its_own_wherever_it_sta
     odd = [_row(seed=0, acc=0.3, lr=None), {**_row(seed=1, acc=0.3), "config": None}]
     rows = [_row(seed=0, acc=0.5), _row(seed=0, acc=0.9, lr=100.0)]
     out = _report(tmp_path, capsys, odd + rows if first else rows + odd)
-    assert "| ptm (distill.ptm.lr_img=10.0) | 50.0 ± 0.0 |" in out
-    assert "| ptm (distill.ptm.lr_img=100.0) | **90.0 ± 0.0** |" in out
+    assert "| ptm (distill.ptm.lr_img=10) | 50.0 ± 0.0 |" in out
+    assert "| ptm (distill.ptm.lr_img=100) | **90.0 ± 0.0** |" in out
     assert "| ptm (distill.ptm.lr_img=not stored) | 30.0 ± 0.0 |" in out
     assert "| ptm (config not stored) | 30.0 ± 0.0 |" in out
 
@@ -109,18 +110,28 @@ def test_an_option_at_its_neutral_value_is_the_setting_stored_before_it_existed(
     assert "| ptm (distill.ptm.dom.feature_epoch=read) | **70.0 ± 0.0** |" in out
 
 
-def test_10_and_10_0_and_a_block_only_newer_rows_store_are_one_setting(tmp_path, capsys):
+def test_10_and_10_0_are_one_setting_and_a_block_only_newer_rows_store_tells_them_apart(tmp_path, capsys):
     newer = {**_row(seed=1, acc=0.7, lr=10), "config": {**_row(lr=10)["config"], "dsa": {"scale": 1.2}}}
-    out = _report(tmp_path, capsys, [_row(seed=0, acc=0.5, lr=10.0), newer])
-    assert "| ptm | **60.0 ± 10.0** |" in out
+    assert "| ptm | **60.0 ± 10.0** |" in _report(
+        tmp_path, capsys, [_row(seed=0, acc=0.5, lr=10.0), _row(seed=1, acc=0.7, lr=10)]
+    )
+    # an older row does not say its DSA: a setting apart, not merged with the newer rows'
     other = {**newer, "seed": 0, "acc_mean": 0.6, "config": {**newer["config"], "dsa": {"scale": 1.5}}}
-    out = _report(tmp_path / "b", capsys, [newer, other])  # both store it: compared
-    assert "| ptm (dsa.scale=1.2) | **70.0 ± 0.0** |" in out and "| ptm (dsa.scale=1.5) | 60.0 ± 0.0 |" in out
+    out = _report(tmp_path / "b", capsys, [newer, other, _row(seed=2, acc=0.5)])
+    assert "| ptm (dsa=not stored) | 50.0 ± 0.0 |" in out
+    assert "| ptm (dsa=stored, dsa.scale=1.2) | **70.0 ± 0.0** |" in out
+    assert "| ptm (dsa=stored, dsa.scale=1.5) | 60.0 ± 0.0 |" in out
+
+
+def test_full_data_rows_are_compared_on_what_the_full_split_evaluation_reads(tmp_path, capsys):
+    full = {**_row("full", lr=None), "ipc": 0}
+    epochs = {**full, "seed": 1, "config": {**full["config"], "eval": {"epochs": 30}}}  # read only for a set
+    assert "| full dataset | 50.0 ± 0.0 |" in _report(tmp_path, capsys, [_row(), full, epochs])
 
 
 def test_names_of_one_method_are_ordered_by_their_values():
     rows = [_row(acc=0.5, lr=lr) for lr in (1000.0, 300.0, 30.0)]
-    assert split_settings(rows)[1] == [f"ptm (distill.ptm.lr_img={lr})" for lr in (30.0, 300.0, 1000.0)]
+    assert split_settings(rows)[1] == [f"ptm (distill.ptm.lr_img={lr})" for lr in (30, 300, 1000)]
 
 
 @settings(max_examples=60, deadline=None)
@@ -132,7 +143,7 @@ def test_every_table_cell_holds_one_setting_and_the_last_row_of_each_of_its_seed
     lrs = sorted({lr for lr, _, _ in cells})
     assert len(order) == len(lrs) == len(stats)
     for lr in lrs:
-        name = "ptm" if len(lrs) == 1 else f"ptm (distill.ptm.lr_img={lr})"
+        name = "ptm" if len(lrs) == 1 else f"ptm (distill.ptm.lr_img={lr:g})"
         last = {s: a for x, s, a in cells if x == lr}
         stat = stats[("breastmnist", 2, name)]
         assert stat.seeds == frozenset(last) and stat.mean == pytest.approx(sum(last.values()) / len(last))

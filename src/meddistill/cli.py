@@ -587,14 +587,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from meddistill.bench import write_report
-    from meddistill.bench.report import read_results
+    from meddistill.bench.report import read_results, split_settings
     from meddistill.checks import check_out_dir
 
     check_out_dir(args.out, "--out")
-    present = sorted({r["method"] for r in read_results(args.store)})
+    rows = read_results(args.store)
+    present = sorted({r["method"] for r in rows})
     stray = [m for m in args.order or [] if m not in present]
     if stray:
         raise ConfigError(f"--order names {', '.join(stray)}, not a method of {args.store}; its: {', '.join(present)}")
+    split = sorted({r["method"] for r in rows} - {r["method"] for r in split_settings(rows)[0]})
+    if split:
+        print(
+            f"note: {args.store} holds {', '.join(split)} at several settings in one cell; each setting is a row"
+            " of its own, named by the stored config values that differ"
+        )
     written = write_report(args.store, args.out, args.order, args.net)
     for key, path in written.items():  # one ACC table, or one per net with --net all
         if key.endswith("acc.md"):

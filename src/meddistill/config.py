@@ -129,6 +129,9 @@ class EvalConfig:
     nets: list[str] = field(default_factory=lambda: ["convnet"])
     dsa: bool = True
     bf16: bool = False
+    #: keys only the full-train-split evaluation reads, and those it replaces with them
+    FULL_ONLY: typing.ClassVar[tuple[str, ...]] = ("full_epochs", "full_batch_size", "full_val_every")
+    SET_ONLY: typing.ClassVar[tuple[str, ...]] = ("epochs", "batch_size", "val_every")
 
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")

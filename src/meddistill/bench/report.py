@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from meddistill.config import DistillConfig
+from meddistill.config import DistillConfig, EvalConfig
 from meddistill.distill import FULL, get_spec
 from meddistill.errors import ArtifactError, ConfigError
 from meddistill.utils import read_jsonl
@@ -145,11 +145,14 @@ def health_table(rows: list[dict], order: list[str] | None = None, net: str | No
     return "\n".join(lines) + "\n"
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, beside: tuple = ()) -> Path:
     from meddistill.plots import plt
 
     fig.tight_layout()
-    fig.savefig(path)
+    if beside:  # artists outside the axes (a legend), left out of the layout: widen the image
+        fig.savefig(path, bbox_inches="tight", bbox_extra_artists=beside)
+    else:
+        fig.savefig(path)
     plt.close(fig)
     return path
 
@@ -161,7 +164,7 @@ def plot_vs_ipc(stats: dict[tuple, Stat], out: Path, order: list[str] | None = N
     datasets = sorted({d for d, _, _ in stats})
     for d in datasets:
         fig, ax = plt.subplots(figsize=(4.2, 3.0), dpi=120)
-        for m in _methods({k: v for k, v in stats.items() if k[0] == d}, order):
+        for n, m in enumerate(_methods({k: v for k, v in stats.items() if k[0] == d}, order)):
             pts = sorted((i, s) for (dd, i, mm), s in stats.items() if dd == d and mm == m)
             if pts:
                 xs = [p[0] for p in pts]
@@ -173,17 +176,26 @@ def plot_vs_ipc(stats: dict[tuple, Stat], out: Path, order: list[str] | None = N
                     ms=3,
                     capsize=2,
                     lw=1,
+                    ls=("-", "--", ":", "-.")[n // 10 % 4],  # past the 10 colours of the cycle
                     label=m,
                 )
         full = stats.get((d, 0, FULL))
         if full:
             ax.axhline(100 * full.mean, ls="--", c="k", lw=0.8, label="full dataset")
         ax.set_xscale("log")
+        ipcs = sorted({i for dd, i, mm in stats if dd == d and mm != FULL})
+        ax.set_xticks(ipcs, [str(i) for i in ipcs])
+        ax.minorticks_off()
         ax.set_xlabel("images per class")
         ax.set_ylabel(f"test {metric.upper()} (%)")
         ax.set_title(d, fontsize=9)
-        ax.legend(fontsize=6)
-        paths.append(_save(fig, out / f"{metric}_vs_ipc_{d}.png"))
+        beside: tuple = ()
+        if len(ax.get_legend_handles_labels()[1]) > 6:  # beside the axes, not over the lines
+            beside = (ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0)),)
+            beside[0].set_in_layout(False)
+        else:
+            ax.legend(fontsize=6)
+        paths.append(_save(fig, out / f"{metric}_vs_ipc_{d}.png", beside))
     return paths
 
 
@@ -298,6 +310,19 @@ def _canon(v: object) -> str:
     return json.dumps(v, sort_keys=True)
 
 
+def _shown(canon: str) -> str:
+    """A compared value (:func:`_canon`) as a name shows it: ``10``, ``0.01``, ``read``."""
+    v = json.loads(canon)
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        return str(int(v))
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def _sortable(canon: str) -> tuple:
+    v = json.loads(canon)
+    return (0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, str(v))
+
+
 def _neutral_values() -> dict[str, str]:
     """Dotted keys of a stored row config (``distill.<method>.<key>``, ``eval.<key>`` …) whose
     field has a ``neutral`` value (:func:`meddistill.config.setting`) → that value (:func:`_canon`)."""
@@ -320,62 +345,83 @@ def _neutral_values() -> dict[str, str]:
     return out
 
 
-def _config(r: dict, neutral: dict[str, str]) -> dict[str, object] | None:
-    """A row's stored config as dotted keys, without what cannot tell two settings apart: the
-    run-only distill keys, the experts of a method that reads none, and options at their
-    neutral value (a row stored before an option existed ran without it). None: not stored."""
+NOT_STORED = json.dumps("not stored")
+
+
+def _config(r: dict, neutral: dict[str, str]) -> dict[str, str] | None:
+    """A row's stored config as dotted keys → :func:`_canon` values, without what cannot tell
+    two settings apart: the run-only distill keys (``DistillConfig.RUN_ONLY``), the experts of a
+    method that reads none, the evaluation keys the row's kind of evaluation does not read
+    (``EvalConfig.FULL_ONLY`` / ``SET_ONLY``) and options at their neutral value (a row stored
+    before an option existed ran without it). Each top-level block (``net``, ``eval``, ``dsa``
+    …) is also a key of its own, ``"stored"``. None: no config stored."""
     config = r.get("config")
     if not isinstance(config, dict) or not config:
         return None
     config = dict(config)
     if isinstance(config.get("distill"), dict):
         config["distill"] = {k: v for k, v in config["distill"].items() if k not in DistillConfig.RUN_ONLY}
+    if isinstance(config.get("eval"), dict):
+        unread = EvalConfig.SET_ONLY if r["method"] == FULL else EvalConfig.FULL_ONLY
+        config["eval"] = {k: v for k, v in config["eval"].items() if k not in unread}
     try:
         if not get_spec(r["method"]).needs_experts:
             config.pop("experts", None)
     except ConfigError:  # a method this version does not have: keep all it stored
         pass
-    return {k: v for k, v in _flat(config).items() if neutral.get(k) != _canon(v)}
+    flat = {k: _canon(v) for k, v in _flat(config).items()}
+    flat = {k: v for k, v in flat.items() if neutral.get(k) != v}
+    return {**flat, **{block: json.dumps("stored") for block, v in config.items() if isinstance(v, dict)}}
 
 
-def _comparable(configs: list[dict[str, object] | None]) -> list[dict[str, object] | None]:
-    """Each config over the top-level blocks (``net``, ``eval``, ``dsa`` …) that every stored
-    config of a group holds: a block that rows written by an older version lack is not compared.
-    None stays None (no config stored)."""
-    held = [{k.split(".")[0] for k in c} for c in configs if c is not None]
-    common = set.intersection(*held) if held else set()
-    return [None if c is None else {k: v for k, v in c.items() if k.split(".")[0] in common} for c in configs]
+def _block(key: str) -> str:
+    return key.split(".")[0]
 
 
-def _sortable(v: object) -> tuple:
-    return (0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, str(v))
+def _compared(configs: list[dict[str, str] | None]) -> list[dict[str, str] | None]:
+    """The configs of one cell's rows, a block that some of them lack marked ``not stored`` in
+    those (rows written by an older version): they are a setting apart from the rows that
+    store it, never merged with them. None stays None (no config stored)."""
+    blocks = {k for c in configs if c is not None for k in c if "." not in k}
+    return [None if c is None else {**{b: NOT_STORED for b in blocks if b not in c}, **c} for c in configs]
+
+
+def _differing(configs: list[dict[str, str]]) -> set[str]:
+    """Keys whose value differs among the configs that store their block (a key a config of
+    that block lacks counts as one more value); a block's own key among all configs."""
+    out = set()
+    for k in {k for c in configs for k in c}:
+        holders = [c for c in configs if "." not in k or c.get(_block(k)) != NOT_STORED]
+        if len({c.get(k) for c in holders}) > 1:
+            out.add(k)
+    return out
 
 
 def split_settings(rows: list[dict], order: list[str] | None = None) -> tuple[list[dict], list[str]]:
     """Rows of one dataset, ipc and method computed with different settings (a store that two
     runs or sweeps wrote to) are told apart: each row of that method is named with its values of
-    the config keys that differ within such a group, ``ptm (distill.ptm.lr_img=100.0)``, so each
+    the config keys that differ within such a cell, ``ptm (distill.ptm.lr_img=100)``, so each
     setting is a table row of its own instead of a cell that takes one seed from each (the rows
-    of one setting and seed keep the last, as before; settings are compared as
-    :func:`_config` and :func:`_comparable` say). A dataset stored at several sizes is named with
-    its size (``breastmnist_64``). Returns the rows (copies where renamed) and ``order`` with each
-    method replaced by its names. Full-data rows of several settings are an :class:`ArtifactError`."""
+    of one setting and seed keep the last, as before). Settings are the rows' configs as
+    :func:`_config` and :func:`_compared` give them, equal or not. A dataset stored at several
+    sizes is named with its size (``breastmnist_64``). Returns the rows (copies where renamed)
+    and ``order`` with each method replaced by its names, a method's names ordered by their
+    values. Full-data rows of several settings are an :class:`ArtifactError`."""
     neutral = _neutral_values()
     sizes: dict[str, set] = defaultdict(set)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         sizes[r["dataset"]].add(r.get("size"))
         groups[(r["dataset"], r.get("size"), int(r["ipc"]), r["method"])].append(r)
-    config: dict[int, dict[str, object] | None] = {}  # id(row) -> its config, as compared
+    config: dict[int, dict[str, str] | None] = {}  # id(row) -> its config, as compared
     keys: dict[str, set[str]] = defaultdict(set)
     for (d, _, _, m), rs in groups.items():
-        configs = _comparable([_config(r, neutral) for r in rs])
+        configs = _compared([_config(r, neutral) for r in rs])
         config.update({id(r): c for r, c in zip(rs, configs, strict=True)})
-        settings = {None if c is None else _canon({k: _canon(v) for k, v in c.items()}): c for c in configs}
+        settings = {None if c is None else json.dumps(c, sort_keys=True): c for c in configs}
         if len(settings) < 2:
             continue
-        known = [c for c in settings.values() if c is not None]
-        differ = {k for c in known for k in c if len({_canon(o.get(k)) for o in known}) > 1}
+        differ = _differing([c for c in settings.values() if c is not None])
         if m == FULL:
             raise ArtifactError(
                 f"{d} has full-data rows of {len(settings)} settings"
@@ -397,15 +443,18 @@ def split_settings(rows: list[dict], order: list[str] | None = None) -> tuple[li
     return out, [n for m in ranked for n in sorted(names.get(m, {}), key=lambda n, m=m: (names[m][n], n))]
 
 
-def _setting_name(method: str, config: dict[str, object] | None, keys: list[str], neutral: dict[str, str]) -> tuple:
-    """``method (key=value, …)`` over ``keys`` (a key a config does not hold shows its neutral
-    value, or ``not stored``), and a key that orders a method's names by their values."""
+def _setting_name(method: str, config: dict[str, str] | None, keys: list[str], neutral: dict[str, str]) -> tuple:
+    """``method (key=value, …)`` over ``keys`` (in a block the config stores, a key it lacks
+    shows its neutral value, or ``not stored``), and a key that orders a method's names."""
     if config is None:
         return f"{method} (config not stored)", ((2, 0.0, ""),)
-    values = [config[k] if k in config else json.loads(neutral[k]) if k in neutral else "not stored" for k in keys]
-    shown = [v if isinstance(v, str) else json.dumps(v) for v in values]
-    name = ", ".join(f"{k}={v}" for k, v in zip(keys, shown, strict=True))
-    return f"{method} ({name})", tuple(_sortable(v) for v in values)
+    values = []
+    for k in keys:
+        if "." in k and config.get(_block(k)) == NOT_STORED:
+            continue  # the block's own key says it
+        values.append((k, config[k] if k in config else neutral.get(k, NOT_STORED)))
+    name = ", ".join(f"{k}={_shown(v)}" for k, v in values)
+    return f"{method} ({name})", tuple(_sortable(v) for _, v in values)
 
 
 def one_setting_per_method(rows: list[dict], where: str) -> None:

@@ -236,3 +236,11 @@ def test_an_option_at_its_neutral_value_leaves_the_identity_unchanged():
 def test_an_invalid_expert_batch_is_a_range_error_not_a_crash_of_the_auto_settings():
     with pytest.raises(ConfigError, match=r"experts\.batch_size=0 is out of range"):
         build_config("cpu", overrides=["experts.batch_size=0"])
+
+
+def test_neutral_values_name_each_option_by_its_dotted_key():
+    from meddistill.config import RunConfig, neutral_values
+
+    neutral = neutral_values(RunConfig())
+    assert neutral["distill.ptm.dom.feature_epoch"] == "last" and neutral["distill.ptm.dom.rate"] == 0.1
+    assert "distill.ptm.lr_img" not in neutral and "eval.epochs" not in neutral  # no neutral value

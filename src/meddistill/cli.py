@@ -602,7 +602,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"note: {args.store} holds {', '.join(split)} at several settings in one cell; each setting is a row"
             " of its own, named by the stored config values that differ"
         )
-    written = write_report(args.store, args.out, args.order, args.net)
+    written = write_report(args.store, args.out, args.order, args.net, rows)
     for key, path in written.items():  # one ACC table, or one per net with --net all
         if key.endswith("acc.md"):
             print(f"{path}:\n{path.read_text()}")

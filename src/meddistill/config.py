@@ -47,6 +47,22 @@ def setting(
     return field(default=default, metadata=meta)
 
 
+def neutral_values(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of config dataclass ``obj`` (recursively, a ``sections`` dict's entries
+    by their names, as :func:`validate` names them) whose field has a ``neutral`` value → that value."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.name == "sections":
+            for name, sec in value.items():
+                out.update(neutral_values(sec, f"{prefix}{name}."))
+        elif dataclasses.is_dataclass(value):
+            out.update(neutral_values(value, f"{prefix}{f.name}."))
+        elif f.metadata.get("neutral", MISSING) is not MISSING:
+            out[f"{prefix}{f.name}"] = f.metadata["neutral"]
+    return out
+
+
 def identity_dict(obj: Any) -> dict:
     """``asdict(obj)`` without the fields that are at their ``neutral`` value (recursively)."""
     out = {}

@@ -13,6 +13,7 @@ order, hence the last bits of results.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import socket
 import time
@@ -142,25 +143,33 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread meanwhile (where the platform can block it); one that
+    arrives is delivered when the block ends."""
+    import signal
+
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _submit(pool, futures: list[Future], fn: Callable, *args) -> Future:
     """``pool.submit(fn, *args)``, its future appended to ``futures``, with SIGINT blocked in
     this thread meanwhile, so a worker the pool spawns for it starts with SIGINT blocked until
     :func:`_init_worker` ignores it: a Ctrl-C while the worker still imports would kill it, and
     the pool, seeing a worker die, kills the others at once. A Ctrl-C meanwhile is not lost: it
     raises KeyboardInterrupt here, during the call (another thread of this process took the
-    signal) or when the mask is restored; :func:`_stop_pool` then stops every call the pool
-    holds, this one included."""
-    import signal
-
-    if not hasattr(signal, "pthread_sigmask"):
+    signal) or when the block ends; :func:`_stop_pool` then stops every call the pool holds,
+    this one included."""
+    with _sigint_blocked():
         futures.append(f := pool.submit(fn, *args))
         return f
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        futures.append(f := pool.submit(fn, *args))
-        return f
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _interruptible(fn: Callable, *args):

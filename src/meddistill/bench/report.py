@@ -8,7 +8,6 @@ that seed's evaluation nets); the best mean per column is marked (bold in Markdo
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import re
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from meddistill.config import DistillConfig, EvalConfig
+from meddistill.config import DistillConfig, EvalConfig, RunConfig, neutral_values
 from meddistill.distill import FULL, get_spec
 from meddistill.errors import ArtifactError, ConfigError
 from meddistill.utils import read_jsonl
@@ -323,28 +322,6 @@ def _sortable(canon: str) -> tuple:
     return (0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, str(v))
 
 
-def _neutral_values() -> dict[str, str]:
-    """Dotted keys of a stored row config (``distill.<method>.<key>``, ``eval.<key>`` …) whose
-    field has a ``neutral`` value (:func:`meddistill.config.setting`) → that value (:func:`_canon`)."""
-    from meddistill.config import RunConfig
-
-    out: dict[str, str] = {}
-
-    def walk(obj: object, prefix: str) -> None:
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            if dataclasses.is_dataclass(value):
-                walk(value, f"{prefix}{f.name}.")
-            elif f.metadata.get("neutral", dataclasses.MISSING) is not dataclasses.MISSING:
-                out[f"{prefix}{f.name}"] = _canon(f.metadata["neutral"])
-
-    cfg = RunConfig()
-    walk(cfg, "")
-    for method, section in cfg.distill.sections.items():
-        walk(section, f"distill.{method}.")
-    return out
-
-
 NOT_STORED = json.dumps("not stored")
 
 
@@ -359,11 +336,13 @@ def _config(r: dict, neutral: dict[str, str]) -> dict[str, str] | None:
     if not isinstance(config, dict) or not config:
         return None
     config = dict(config)
-    if isinstance(config.get("distill"), dict):
-        config["distill"] = {k: v for k, v in config["distill"].items() if k not in DistillConfig.RUN_ONLY}
-    if isinstance(config.get("eval"), dict):
-        unread = EvalConfig.SET_ONLY if r["method"] == FULL else EvalConfig.FULL_ONLY
-        config["eval"] = {k: v for k, v in config["eval"].items() if k not in unread}
+    unread = {
+        "distill": DistillConfig.RUN_ONLY,
+        "eval": EvalConfig.SET_ONLY if r["method"] == FULL else EvalConfig.FULL_ONLY,
+    }
+    for block, keys in unread.items():
+        if isinstance(config.get(block), dict):
+            config[block] = {k: v for k, v in config[block].items() if k not in keys}
     try:
         if not get_spec(r["method"]).needs_experts:
             config.pop("experts", None)
@@ -407,7 +386,7 @@ def split_settings(rows: list[dict], order: list[str] | None = None) -> tuple[li
     sizes is named with its size (``breastmnist_64``). Returns the rows (copies where renamed)
     and ``order`` with each method replaced by its names, a method's names ordered by their
     values. Full-data rows of several settings are an :class:`ArtifactError`."""
-    neutral = _neutral_values()
+    neutral = {k: _canon(v) for k, v in neutral_values(RunConfig()).items()}
     sizes: dict[str, set] = defaultdict(set)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
@@ -471,14 +450,19 @@ def one_setting_per_method(rows: list[dict], where: str) -> None:
 
 
 def write_report(
-    store: str | Path, out: str | Path, order: list[str] | None = None, net: str | None = None
+    store: str | Path,
+    out: str | Path,
+    order: list[str] | None = None,
+    net: str | None = None,
+    rows: list[dict] | None = None,
 ) -> dict[str, Path]:
     """Tables (md/csv/tex) and plots per metric, plus image grids side by side per method;
-    rows of several settings per cell are shown apart (:func:`split_settings`).
+    rows of several settings per cell are shown apart (:func:`split_settings`). ``rows``: the
+    store's rows (:func:`read_results`) when the caller has read them already.
 
     ``net="all"``: one sub-folder of tables and plots per evaluation architecture found in the
     rows; the image grids (the same sets whichever net evaluates them) go once into ``out``."""
-    rows, order = split_settings(read_results(store), order)
+    rows, order = split_settings(read_results(store) if rows is None else rows, order)
     nets = list(dict.fromkeys(n for r in rows for n in r.get("per_net") or {}))
     if net is not None and (net not in nets if net != "all" else not nets):
         present = ", ".join(nets) or "none (the rows have no per_net results)"

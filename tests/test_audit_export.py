@@ -22,26 +22,62 @@ def test_ssim_is_one_for_identical_images_and_lower_otherwise():
     assert (s[~torch.eye(3, dtype=torch.bool)] < 0.5).all()
 
 
-def test_audit_flags_copies_and_passes_a_distilled_set(breast, tiny, tmp_path):
+def test_a_copy_is_traced_at_rank_1_and_flagged_and_a_noise_start_is_not(breast, tiny, tmp_path):
+    from tests.conftest import distill_ctx as _ctx
+
+    cpu = torch.device("cpu")
+    cfg = tiny(**{"distill.ipc": 3})
+    copy = get_method("random")(_ctx(breast, cfg, tmp_path / "copy"))
+    rep = audit(copy, breast, cfg, cpu, screen=False)
+    assert rep.sources_recorded and rep.traceability["ssim"]["traced"] == list(range(6))
+    assert rep.traceability["cos"]["traced"] == list(range(6))  # an exact copy: cosine 1 with its source
+    assert not rep.traceability["at_chance"] and rep.traceability["ssim"]["p_value"] < 1e-6
+    assert rep.closeness["flagged"] == list(range(6)) and not rep.shareable
+    assert min(rep.closeness["ssim"]["percentile_of_test"]) == 100.0
+    cfg_noise = tiny(**{"distill.ipc": 3, "method.init": "noise"})
+    distilled = get_method("ptm")(_ctx(breast, cfg_noise, tmp_path / "noise"))
+    rep = audit(distilled, breast, cfg_noise, cpu)
+    assert rep.init == "noise" and rep.traceability["ssim"]["n_with_sources"] == 0
+    assert rep.traceability["at_chance"] and rep.closeness["flagged"] == [] and rep.shareable
+    assert 0 <= rep.loss_screen["auc"] <= 1 and rep.loss_screen["members"] == 156  # test split has 156
+
+
+def test_closeness_is_calibrated_on_the_test_split(breast, tiny, tmp_path, monkeypatch):
+    """With a test split made of train images, the reference scores 1 and nothing is above it."""
+    from dataclasses import replace
+
+    from meddistill import audit as audit_mod
     from tests.conftest import distill_ctx as _ctx
 
     cfg = tiny(**{"distill.ipc": 3})
     copy = get_method("random")(_ctx(breast, cfg, tmp_path / "copy"))
-    rep_copy = audit(copy, breast, cfg, torch.device("cpu"))
-    assert len(rep_copy.flagged) == 6 and min(rep_copy.max_ssim) > 0.99
-    cfg_noise = tiny(**{"distill.ipc": 3, "method.init": "noise"})
-    distilled = get_method("ptm")(_ctx(breast, cfg_noise, tmp_path / "noise"))
-    rep = audit(distilled, breast, cfg_noise, torch.device("cpu"))
-    assert rep.flagged == [] and max(rep.max_ssim) < 0.5
-    assert 0 <= rep.mia_auc <= 1 and rep.mia_members == rep.mia_nonmembers == 156  # test split has 156
+    leaky = replace(breast, test=breast.train)
+    monkeypatch.setattr(audit_mod, "_ref_path", lambda cfg, n: tmp_path / f"ref_{n}.json")
+    rep = audit(copy, leaky, cfg, torch.device("cpu"), screen=False)
+    assert rep.closeness["n_reference"] == min(audit_mod.REF_MAX, len(breast.train))
+    assert rep.closeness["ssim"]["limit"] > 0.99 and rep.closeness["ssim"]["above"] == []
+    assert not rep.traceability["at_chance"]  # traceability does not depend on the reference
 
 
-@pytest.mark.parametrize("threshold", [float("nan"), 2.0, -0.1])
-def test_audit_refuses_an_ssim_threshold_outside_0_to_1(threshold):
+def test_traced_at_chance_is_a_poisson_tail():
+    from meddistill.audit import poisson_tail, traceability
+
+    assert poisson_tail(0, 0.3) == 1.0
+    assert poisson_tail(1, 0.3) == pytest.approx(1 - np.exp(-0.3))
+    labels = torch.tensor([0, 0, 1])
+    train = torch.tensor([0] * 100 + [1] * 50)
+    t = traceability([1, 40, None], labels, train, [[0], [1], []])
+    assert t["traced"] == [0] and t["n_with_sources"] == 2 and t["median_rank"] == 20.5
+    assert t["p_value"] == pytest.approx(1 - np.exp(-0.02)) and not t["at_chance"]
+    assert traceability([30, 40, None], labels, train, [[0], [1], []])["at_chance"]
+
+
+@pytest.mark.parametrize("percentile", [0.0, 100.0, float("nan")])
+def test_audit_refuses_a_percentile_outside_0_to_100(percentile):
     from meddistill.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="ssim_threshold must be between 0 and 1"):
-        audit(None, None, None, torch.device("cpu"), threshold)
+    with pytest.raises(ConfigError, match="percentile must be between 0 and 100"):
+        audit(None, None, None, torch.device("cpu"), percentile)
 
 
 def test_audit_and_export_cli_make_a_standalone_folder(tmp_path, capsys, session_dirs, monkeypatch):
@@ -60,15 +96,28 @@ def test_audit_and_export_cli_make_a_standalone_folder(tmp_path, capsys, session
     assert main(["audit", str(run_dir), "--reference", "--device", "cpu", "--no-progress"]) == 0
     assert list(elsewhere.iterdir()) == []
     out = capsys.readouterr().out
-    assert "membership-inference AUC" in out and "reference (random real images)" in out
+    assert "loss-attack screen AUC" in out and "reference (random real images): NOT shareable" in out
     assert (run_dir / "audit.json").exists() and (run_dir / "audit.png").exists()
     exp = tmp_path / "export"
-    assert main(["export", str(run_dir), str(exp)]) == 0
+    assert main(["export", str(run_dir), str(exp)]) == 2  # a real-image start is traceable
+    assert "is not shareable" in capsys.readouterr().err and not exp.exists()
+    assert main(["export", str(run_dir), str(exp), "--allow-traceable"]) == 0
+    assert (exp / "card.md").read_text().splitlines()[2].startswith("> **Not shown to be free of patient images")
+    exp = tmp_path / "export_noise"
+    monkeypatch.chdir(proj)
+    assert main(["run", "breastmnist", "--ipc", "2", *args, "--set", "method.init=noise"]) == 0
+    noise_dir = next(d for d in (proj / "runs" / "breastmnist_28").iterdir() if d != run_dir)
+    assert main(["export", str(noise_dir), str(exp)]) == 2  # not audited yet
+    assert "no privacy audit" in capsys.readouterr().err
+    assert main(["audit", str(noise_dir), "--device", "cpu", "--no-progress"]) == 0
+    assert main(["export", str(noise_dir), str(exp)]) == 0
+    assert "Not shown" not in (exp / "card.md").read_text()
+    exp = tmp_path / "export"
     with np.load(exp / "synset.npz", allow_pickle=False) as z:
         assert z["train_images"].dtype == np.uint8 and z["train_images"].shape == (4, 28, 28)
         assert z["train_labels"].shape == (4, 1)
     card = (exp / "card.md").read_text()
-    assert "CC BY 4.0" in card and "test ACC" in card and "Membership-inference AUC" in card
+    assert "CC BY 4.0" in card and "test ACC" in card and "Traceability" in card and "Loss-attack screen" in card
     # the example trains with plain PyTorch, in the export folder, without importing meddistill
     code = (exp / "train_example.py").read_text()
     assert "meddistill" not in code.split('"""')[-1] and len(code.splitlines()) <= 25
@@ -78,7 +127,7 @@ def test_audit_and_export_cli_make_a_standalone_folder(tmp_path, capsys, session
     assert res.returncode == 0, res.stderr
     assert "final training loss" in res.stdout
     with pytest.raises(Exception, match="not empty"):
-        export_run(run_dir, exp)
+        export_run(run_dir, exp, allow_traceable=True)
 
 
 def test_export_refuses_a_folder_without_synset(tmp_path, capsys):

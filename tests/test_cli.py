@@ -64,13 +64,12 @@ def test_a_count_below_one_names_the_bound_it_breaks(capsys, value):
     assert f"argument --workers: must be 1 or more, got {value}" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("value", ["nan", "2", "-1", "x"])
-def test_an_ssim_threshold_outside_0_to_1_is_refused(capsys, value):
-    # nan flagged nothing and wrote NaN into audit.json; 2 flagged nothing, -1 everything
+@pytest.mark.parametrize("value", ["nan", "100", "0", "-1", "x"])
+def test_a_closeness_percentile_outside_0_to_100_is_refused(capsys, value):
     with pytest.raises(SystemExit) as e:
-        main(["audit", "runs/none", "--ssim-threshold", value])
+        main(["audit", "runs/none", "--percentile", value])
     assert e.value.code == 2
-    assert "argument --ssim-threshold: " in capsys.readouterr().err
+    assert "argument --percentile: " in capsys.readouterr().err
 
 
 def test_datasets_at_a_size_medmnist_does_not_have_is_one_line(capsys):

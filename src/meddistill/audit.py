@@ -1,18 +1,30 @@
-"""Privacy audit of a synthetic set: how close is each image to a real patient image, and does
-a model trained on the set leak membership of the real training split?
+"""Privacy audit of a synthetic set, as a data-protection review would read it.
 
-- Nearest real training images per synthetic image by SSIM (pixel space, [0, 1]), by L2
-  (normalised space) and by cosine in an expert's feature space.
-- Memorisation score = the highest SSIM to any real training image; an image is flagged
-  when it exceeds ``ssim_threshold`` (a copy scores 1.0).
-- Membership inference: a net is trained on the synthetic set with the evaluation protocol;
-  its per-sample loss on real train images (members) and real test images (non-members)
-  gives the attack's AUC (score = −loss). 0.5 means no measurable leak.
+- **Traceability.** Each synthetic image records the train images it was initialised or
+  re-initialised from (``meta["sources"]``, :mod:`meddistill.distill.init`; DOM's
+  replacements too). For each image with sources: the rank of its best-ranked source among
+  all train images of its class, by SSIM (pixels in [0, 1]) and by cosine in the features of
+  a net the distillation never used (:func:`meddistill.stats.feature_net`, trained on the real
+  train split with its own seed). An image is *traced* when a source is rank 1. Under the null
+  of a set unrelated to its sources, image i is traced with probability |S_i| / n_class; the
+  set traces *at chance* when the count traced is not significant at ``ALPHA`` (a one-sided
+  Poisson tail with that mean). An image without sources cannot be traced.
+- **Closeness, calibrated.** Each synthetic image's highest SSIM and highest feature cosine to
+  any train image, against the same statistic for real *test* images — unrelated patients —
+  (:func:`closeness_reference`, a seeded sample of at most ``REF_MAX``): each image's
+  percentile in that distribution, and a flag above the ``percentile`` (99th by default).
+- **Shareable** = traces at chance and no image flagged. ``export`` refuses other sets.
+- **Loss-attack screen** (cheap, weak): a net trained on the set with the evaluation
+  protocol; its loss separates train from test images (AUC). All train images count as
+  members, so a leak of a few images barely moves it: a screen, not a measurement.
+- **LiRA** (optional, ``--shadows K``; :mod:`meddistill.lira`): the strong attack.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,8 +36,15 @@ from meddistill.config import RunConfig
 from meddistill.data.loader import MedDataset
 from meddistill.errors import ConfigError
 from meddistill.metrics import binary_auc
+from meddistill.stats import embed, feature_net, stats_net_dir
 from meddistill.synset import SynSet
-from meddistill.utils import derive_seed, write_text_atomic
+from meddistill.utils import atomic_path, derive_seed, resolve_device, write_text_atomic
+
+AUDIT_FILE = "audit.json"
+AUDIT_FORMAT = 2  # bump when a definition changes; export refuses an audit of another format
+ALPHA = 0.01  # significance of "traced above chance"
+REF_MAX = 1000  # test images in the closeness reference
+PERCENTILE = 99.0
 
 
 def _gauss(size: int = 7, sigma: float = 1.5) -> torch.Tensor:
@@ -62,41 +81,128 @@ def ssim_matrix(a: torch.Tensor, b: torch.Tensor, chunk: int = 512) -> torch.Ten
     return out
 
 
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x.flatten(1).float(), dim=1)
+
+
 @dataclass
-class AuditReport:
-    n_synthetic: int
-    ssim_threshold: float
-    max_ssim: list[float]
-    nearest_ssim_index: list[int]
-    min_l2: list[float]
-    max_feature_cosine: list[float]
-    flagged: list[int]
-    mia_auc: float
-    mia_members: int
-    mia_nonmembers: int
-    summary: dict = field(default_factory=dict)
+class Views:
+    """A set's similarity to every train image: SSIM (pixels) and cosine (feature net)."""
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+    ssim: torch.Tensor  # (n, n_train)
+    cos: torch.Tensor  # (n, n_train)
 
 
-def nearest_real(syn: SynSet, ds: MedDataset, features=None) -> dict[str, torch.Tensor]:
-    real = ds.train.images
-    px_syn = syn.pixels()
-    px_real = ds.denormalize(real).clamp(0, 1)
-    ssim = ssim_matrix(px_syn, px_real)
-    l2 = torch.cdist(syn.images.flatten(1), real.flatten(1)) / np.sqrt(real[0].numel())
-    out = {"ssim": ssim, "l2": l2}
-    if features is not None:
-        fs, fr = features(syn.images), features(real)
-        out["cos"] = F.normalize(fs, dim=1) @ F.normalize(fr, dim=1).T
+def similarities(px: torch.Tensor, feats: torch.Tensor, px_train: torch.Tensor, f_train: torch.Tensor) -> Views:
+    return Views(ssim_matrix(px, px_train), _unit(feats) @ _unit(f_train).T)
+
+
+def source_ranks(sim: torch.Tensor, labels: torch.Tensor, train_labels: torch.Tensor, sources) -> list[int | None]:
+    """Per image, the best rank (1 = most similar) of its sources among the train images of its
+    class; ties count in the source's favour. None for an image without sources."""
+    ranks: list[int | None] = []
+    for i, src in enumerate(sources):
+        if not src:
+            ranks.append(None)
+            continue
+        row = sim[i]
+        cls = row[train_labels == labels[i]]
+        ranks.append(min(1 + int((cls > row[int(s)]).sum()) for s in src))
+    return ranks
+
+
+def poisson_tail(k: int, lam: float) -> float:
+    """P(X >= k) for X ~ Poisson(lam)."""
+    if k <= 0:
+        return 1.0
+    return max(0.0, 1.0 - sum(math.exp(-lam) * lam**j / math.factorial(j) for j in range(k)))
+
+
+def traceability(ranks: list[int | None], labels: torch.Tensor, train_labels: torch.Tensor, sources) -> dict:
+    """Traced fraction at rank 1, median rank, their chance levels and the one-sided p-value."""
+    with_src = [i for i, r in enumerate(ranks) if r is not None]
+    sizes = [int((train_labels == labels[i]).sum()) for i in with_src]
+    traced = [i for i in with_src if ranks[i] == 1]
+    lam = sum(min(1.0, len(set(sources[i])) / n) for i, n in zip(with_src, sizes, strict=True))
+    p = poisson_tail(len(traced), lam)
+    return {
+        "n_with_sources": len(with_src),
+        "traced": traced,
+        "traced_fraction": len(traced) / len(ranks) if ranks else 0.0,
+        "chance_fraction": lam / len(ranks) if ranks else 0.0,
+        "median_rank": float(np.median([ranks[i] for i in with_src])) if with_src else None,
+        "chance_median_rank": float(np.median([(n + 1) / 2 for n in sizes])) if sizes else None,
+        "p_value": p,
+        "at_chance": p >= ALPHA,
+    }
+
+
+def _ref_path(cfg: RunConfig, n: int) -> Path:
+    return stats_net_dir(cfg) / f"closeness_ref_{n}.json"
+
+
+def closeness_reference(
+    ds: MedDataset, cfg: RunConfig, net: torch.nn.Module, f_train: torch.Tensor, device, n: int = REF_MAX
+) -> dict[str, list[float]]:
+    """Highest SSIM and feature cosine to the train split of a seeded sample of at most ``n``
+    test images (unrelated patients); cached beside the feature net."""
+    n = min(n, len(ds.test))
+    path = _ref_path(cfg, n)
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+            if len(saved.get("ssim", [])) == n == len(saved.get("cos", [])):
+                return saved
+        except (OSError, json.JSONDecodeError):
+            pass  # unreadable cache: recompute
+    g = torch.Generator().manual_seed(derive_seed(cfg.experts.seed, "closeness-ref"))
+    idx = torch.randperm(len(ds.test), generator=g)[:n].sort().values
+    x = ds.test.images[idx]
+    px_train = ds.denormalize(ds.train.images).clamp(0, 1)
+    views = similarities(ds.denormalize(x).clamp(0, 1), embed(net, x, device), px_train, f_train)
+    out = {
+        "test_indices": idx.tolist(),
+        "ssim": views.ssim.max(1).values.tolist(),
+        "cos": views.cos.max(1).values.tolist(),
+    }
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(out))
     return out
 
 
-def membership_auc(syn: SynSet, ds: MedDataset, cfg: RunConfig, device, n: int = 500) -> tuple[float, int, int]:
+def _percentiles(values: torch.Tensor, ref: list[float]) -> list[float]:
+    r = torch.tensor(ref, dtype=torch.float64)
+    return [100.0 * float((r < v).double().mean()) for v in values.double()]
+
+
+def closeness(views: Views, ref: dict[str, list[float]], percentile: float = PERCENTILE) -> dict:
+    """Each image's highest SSIM / cosine to the train split, its percentile among the test
+    images' and the images above the reference's ``percentile``."""
+    if not 0.0 < percentile < 100.0:
+        raise ConfigError(f"the closeness percentile must be between 0 and 100, got {percentile}")
+    out: dict = {"percentile": percentile, "n_reference": len(ref["ssim"])}
+    flagged: set[int] = set()
+    for key, sim in (("ssim", views.ssim), ("cos", views.cos)):
+        best = sim.max(1).values
+        limit = float(np.percentile(np.asarray(ref[key]), percentile))
+        above = [int(i) for i in torch.nonzero(best > limit).view(-1)]
+        flagged.update(above)
+        out[key] = {
+            "max": best.tolist(),
+            "nearest": sim.argmax(1).tolist(),
+            "percentile_of_test": _percentiles(best, ref[key]),
+            "limit": limit,
+            "above": above,
+            "reference_median": float(np.median(ref[key])),
+        }
+    out["flagged"] = sorted(flagged)
+    return out
+
+
+def loss_screen(syn: SynSet, ds: MedDataset, cfg: RunConfig, device, n: int = 500) -> dict:
     """Loss-threshold attack (members: train, non-members: test) on a net trained on the synthetic
     set with the evaluation protocol (:func:`~meddistill.evaluate.train_and_select`: its epochs,
-    lr schedule, DSA, and the checkpoint chosen on validation)."""
+    lr schedule, DSA, and the checkpoint chosen on validation). A cheap screen only."""
     from meddistill.evaluate import train_and_select
     from meddistill.nets import NetSpec, create_model
 
@@ -115,7 +221,56 @@ def membership_auc(syn: SynSet, ds: MedDataset, cfg: RunConfig, device, n: int =
         ln = F.cross_entropy(net(ds.test.images[ni].to(device)), ds.test.labels[ni].to(device), reduction="none")
     scores = torch.cat([-lm, -ln]).cpu().numpy()
     member = np.r_[np.ones(len(mi), bool), np.zeros(len(ni), bool)]
-    return binary_auc(member, scores), len(mi), len(ni)
+    return {"auc": binary_auc(member, scores), "members": len(mi), "nonmembers": len(ni), "kind": "loss screen"}
+
+
+@dataclass
+class AuditReport:
+    n_synthetic: int
+    init: str | None
+    sources_recorded: bool
+    traceability: dict
+    closeness: dict
+    shareable: bool
+    synset_hash: str
+    feature_net: str
+    loss_screen: dict | None = None
+    lira: dict | None = None
+    seconds: dict = field(default_factory=dict)
+    format: int = AUDIT_FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    def summary(self) -> dict:
+        """The headline figures (a benchmark row's ``privacy`` block)."""
+        t, c = self.traceability, self.closeness
+        out = {
+            "init": self.init,
+            "shareable": self.shareable,
+            "traced_ssim": len(t["ssim"]["traced"]),
+            "traced_cos": len(t["cos"]["traced"]),
+            "at_chance": t["at_chance"],
+            "median_rank_ssim": t["ssim"]["median_rank"],
+            "chance_median_rank": t["ssim"]["chance_median_rank"],
+            "flagged": len(c["flagged"]),
+            "max_ssim": max(c["ssim"]["max"]) if c["ssim"]["max"] else None,
+            "max_ssim_percentile": max(c["ssim"]["percentile_of_test"], default=None),
+            "max_cos_percentile": max(c["cos"]["percentile_of_test"], default=None),
+            "n_synthetic": self.n_synthetic,
+        }
+        if self.loss_screen is not None:
+            out["loss_screen_auc"] = self.loss_screen["auc"]
+        if self.lira is not None:
+            out["lira"] = {k: v for k, v in self.lira.items() if not isinstance(v, (list, dict))}
+        return out
+
+
+def _sources(syn: SynSet) -> tuple[list[list[int]], bool]:
+    src = syn.meta.get("sources")
+    if isinstance(src, list) and len(src) == len(syn.labels):
+        return [[int(i) for i in s] for s in src], True
+    return [[] for _ in range(len(syn.labels))], False
 
 
 def audit(
@@ -123,34 +278,51 @@ def audit(
     ds: MedDataset,
     cfg: RunConfig,
     device,
-    ssim_threshold: float = 0.9,
-    features=None,
-    near: dict[str, torch.Tensor] | None = None,
+    percentile: float = PERCENTILE,
+    screen: bool = True,
+    progress: bool = False,
+    views: Views | None = None,
 ) -> AuditReport:
-    """``near``: the output of :func:`nearest_real`, when the caller already computed it."""
-    if not 0.0 <= ssim_threshold <= 1.0:
-        raise ConfigError(f"ssim_threshold must be between 0 and 1, got {ssim_threshold}")
-    near = near if near is not None else nearest_real(syn, ds, features)
-    max_ssim, arg = near["ssim"].max(1)
-    mia, nm, nn_ = membership_auc(syn, ds, cfg, device)
-    flagged = [int(i) for i in torch.nonzero(max_ssim > ssim_threshold).view(-1)]
-    cos = near["cos"].max(1).values.tolist() if "cos" in near else []
+    """Traceability and calibrated closeness of ``syn`` (and the loss screen with ``screen``)."""
+    if not 0.0 < percentile < 100.0:
+        raise ConfigError(f"the closeness percentile must be between 0 and 100, got {percentile}")
+    secs: dict[str, float] = {}
+    t0 = time.monotonic()
+    net = feature_net(ds, cfg, device, progress)
+    f_train = embed(net, ds.train.images, device)
+    secs["feature_net"] = round(time.monotonic() - t0, 2)
+    t0 = time.monotonic()
+    ref = closeness_reference(ds, cfg, net, f_train, device)
+    secs["reference"] = round(time.monotonic() - t0, 2)
+    t0 = time.monotonic()
+    if views is None:
+        px_train = ds.denormalize(ds.train.images).clamp(0, 1)
+        views = similarities(syn.pixels(), embed(net, syn.images, device), px_train, f_train)
+    sources, recorded = _sources(syn)
+    labels, train_labels = syn.labels.long(), ds.train.labels.view(-1).long()
+    trace: dict = {}
+    for key, sim in (("ssim", views.ssim), ("cos", views.cos)):
+        ranks = source_ranks(sim, labels, train_labels, sources)
+        trace[key] = {**traceability(ranks, labels, train_labels, sources), "ranks": ranks}
+    trace["at_chance"] = recorded and trace["ssim"]["at_chance"] and trace["cos"]["at_chance"]
+    close = closeness(views, ref, percentile)
+    secs["set"] = round(time.monotonic() - t0, 2)
+    screen_out = None
+    if screen:
+        t0 = time.monotonic()
+        screen_out = loss_screen(syn, ds, cfg, device)
+        secs["loss_screen"] = round(time.monotonic() - t0, 2)
     return AuditReport(
         n_synthetic=len(syn.labels),
-        ssim_threshold=ssim_threshold,
-        max_ssim=max_ssim.tolist(),
-        nearest_ssim_index=arg.tolist(),
-        min_l2=near["l2"].min(1).values.tolist(),
-        max_feature_cosine=cos,
-        flagged=flagged,
-        mia_auc=mia,
-        mia_members=nm,
-        mia_nonmembers=nn_,
-        summary={
-            "mean_max_ssim": float(max_ssim.mean()),
-            "flagged_fraction": len(flagged) / max(1, len(syn.labels)),
-            "mia_auc": mia,
-        },
+        init=syn.meta.get("init"),
+        sources_recorded=recorded,
+        traceability=trace,
+        closeness=close,
+        shareable=bool(trace["at_chance"] and not close["flagged"]),
+        synset_hash=syn.content_hash(),
+        feature_net=stats_net_dir(cfg).name,
+        loss_screen=screen_out,
+        seconds=secs,
     )
 
 
@@ -191,10 +363,61 @@ def audit_figure(
 
 
 def run_audit(
-    run_dir: Path, syn: SynSet, ds: MedDataset, cfg: RunConfig, device, ssim_threshold: float = 0.9, features=None
+    run_dir: Path,
+    syn: SynSet,
+    ds: MedDataset,
+    cfg: RunConfig,
+    device,
+    percentile: float = PERCENTILE,
+    screen: bool = True,
+    progress: bool = False,
+    lira: dict | None = None,
 ) -> AuditReport:
-    near = nearest_real(syn, ds, features)  # the SSIM matrix serves the report and the figure
-    rep = audit(syn, ds, cfg, device, ssim_threshold, features, near)
-    write_text_atomic(run_dir / "audit.json", rep.to_json())
-    audit_figure(syn, ds, near["ssim"], run_dir / "audit.png")
+    """:func:`audit` of a run folder's set; writes ``audit.json`` and ``audit.png`` there."""
+    rep = audit(syn, ds, cfg, device, percentile, screen, progress)
+    rep.lira = lira
+    write_text_atomic(run_dir / AUDIT_FILE, rep.to_json())
+    px_train = ds.denormalize(ds.train.images).clamp(0, 1)
+    audit_figure(syn, ds, ssim_matrix(syn.pixels(), px_train), run_dir / "audit.png")
     return rep
+
+
+def run_privacy(cfg: RunConfig, run_dir: Path, syn: SynSet, ds: MedDataset, progress: bool = False) -> dict:
+    """A benchmark row's ``privacy`` block: the summary of the run folder's audit of this very
+    set, audited now (traceability and closeness, no attack) when there is none."""
+    old = read_audit(run_dir)
+    if old is not None and old.get("synset_hash") == syn.content_hash() and old.get("feature_net") == stats_net_dir(
+        cfg
+    ).name:
+        return AuditReport(**old).summary()
+    rep = audit(syn, ds, cfg, resolve_device(cfg.device), screen=False, progress=progress)
+    write_text_atomic(Path(run_dir) / AUDIT_FILE, rep.to_json())
+    return rep.summary()
+
+
+def read_audit(run_dir: Path) -> dict | None:
+    """A run folder's ``audit.json`` of the current format, or None."""
+    path = Path(run_dir) / AUDIT_FILE
+    try:
+        out = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return out if isinstance(out, dict) and out.get("format") == AUDIT_FORMAT else None
+
+
+def summary_line(rep: AuditReport) -> str:
+    s = rep.summary()
+    t = rep.traceability
+    trace = "n/a (no recorded sources)" if not rep.sources_recorded else (
+        f"{s['traced_ssim']}/{rep.n_synthetic} traced to their source by SSIM, {s['traced_cos']} by features "
+        f"(p={t['ssim']['p_value']:.2g}/{t['cos']['p_value']:.2g}; {'at' if t['at_chance'] else 'ABOVE'} chance)"
+    )
+    line = (
+        f"{'shareable' if rep.shareable else 'NOT shareable'}: {trace}; {s['flagged']} image(s) closer to a train "
+        f"image than {rep.closeness['percentile']:g}% of test images are (highest SSIM {s['max_ssim']:.3f})"
+    )
+    if rep.loss_screen is not None:
+        line += f"; loss-attack screen AUC {rep.loss_screen['auc']:.3f}"
+    if rep.lira is not None:
+        line += f"; LiRA TPR@0.1%FPR {rep.lira.get('tpr_at_0.1pct', float('nan')):.3f}"
+    return line

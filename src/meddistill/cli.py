@@ -45,14 +45,14 @@ def positive_int(text: str) -> int:
     return _int_at_least(text, 1)
 
 
-def unit_float(text: str) -> float:
-    """An argparse type: a number in [0, 1] (NaN is not one)."""
+def percent_float(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 100 (NaN is not one)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    if not 0.0 < value < 100.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 100 (exclusive), got {text}")
     return value
 
 
@@ -267,10 +267,15 @@ def _stats_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _audit_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("audit", help="privacy audit of a run: nearest real images, membership inference")
+    p = sub.add_parser(
+        "audit", help="privacy audit of a run: traceability, closeness calibrated on the test split, attacks"
+    )
     p.add_argument("run", help="run folder (its config.yaml says what to audit)")
     p.add_argument(
-        "--ssim-threshold", type=unit_float, default=0.9, help="flag images above this SSIM, 0-1 (default 0.9)"
+        "--percentile",
+        type=percent_float,
+        default=99.0,
+        help="flag images closer to a train image than this percentile of real test images (default 99)",
     )
     p.add_argument(
         "--reference",
@@ -301,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder")
     p.add_argument("out", help="output folder (new or empty)")
     p.add_argument("--licence", help="own images: licence of the source data for the card (default: the run's)")
+    p.add_argument(
+        "--allow-traceable",
+        action="store_true",
+        help="export a set its audit did not show shareable (or that was not audited); the card says so first",
+    )
     p = sub.add_parser("report", help="tables (md/csv/tex), accuracy-vs-ipc plots, image grids")
     p.add_argument("store", help="results JSON-lines file written by bench")
     p.add_argument("--out", default="report", help="output folder (default: report)")
@@ -625,31 +635,23 @@ def _audit_config(args: argparse.Namespace, run_dir: Path) -> tuple[RunConfig, s
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from meddistill.audit import run_audit
+    from meddistill.audit import AUDIT_FILE, run_audit, summary_line
     from meddistill.checks import check_out_dir
     from meddistill.distill import DistillContext, get_method
-    from meddistill.distill.coreset import expert_features
-    from meddistill.experts import require_experts
     from meddistill.pipeline import load_data
     from meddistill.synset import SynSet
     from meddistill.utils import resolve_device
 
     run_dir = Path(args.run)
-    cfg, how = _audit_config(args, run_dir)
+    cfg, _ = _audit_config(args, run_dir)
     syn = SynSet.load(run_dir)
     check_out_dir(run_dir, "run folder")  # audit.json and audit.png are written there
     ds = load_data(cfg)
     device = resolve_device(cfg.device)
-    folder = require_experts(cfg, ds, how, device, not args.no_progress)  # only finishes experts a run left partial
-    ctx = DistillContext(ds, cfg, device, run_dir, not args.no_progress, _experts=folder)
 
     def audit_and_print(out: Path, synset: SynSet, label: str) -> None:
-        rep = run_audit(out, synset, ds, cfg, device, args.ssim_threshold, lambda x: expert_features(ctx, x))
-        s = rep.summary
-        print(
-            f"{label}: mean max-SSIM to real {s['mean_max_ssim']:.3f}; flagged {len(rep.flagged)}/"
-            f"{rep.n_synthetic}; membership-inference AUC {s['mia_auc']:.3f}  ({out / 'audit.json'})"
-        )
+        rep = run_audit(out, synset, ds, cfg, device, args.percentile, progress=not args.no_progress)
+        print(f"{label}: {summary_line(rep)}  ({out / AUDIT_FILE})")
 
     audit_and_print(run_dir, syn, str(run_dir))
     if args.reference:
@@ -682,7 +684,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from meddistill.export import export_run
 
     check_out_dir(args.out, "export folder")
-    out = export_run(args.run, args.out, licence=args.licence)
+    out = export_run(args.run, args.out, licence=args.licence, allow_traceable=args.allow_traceable)
     print(f"exported to {out}: synset.npz, card.md, train_example.py")
     return 0
 

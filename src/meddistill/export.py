@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from meddistill.audit import read_audit
 from meddistill.config import read_yaml
 from meddistill.data import get_info
 from meddistill.data.describe import card_source
@@ -57,11 +58,53 @@ def to_uint8(syn: SynSet) -> np.ndarray:
     return px[:, 0] if px.shape[1] == 1 else px.transpose(0, 2, 3, 1)
 
 
+def _audit_lines(audit: dict | None) -> list[str]:
+    if audit is None:
+        return ["Not audited (run `meddistill audit <run>` before exporting)."]
+    t, c, n = audit["traceability"], audit["closeness"], audit["n_synthetic"]
+    lines = [
+        f"- Initialisation: `{audit.get('init')}`; every image's sources (the train images it was initialised "
+        "or re-initialised from) are recorded in `meta.json` (`sources`)."
+        if audit.get("sources_recorded")
+        else "- The sources of the images were not recorded: traceability could not be measured.",
+        f"- Traceability: {len(t['ssim']['traced'])} of {n} images have their own source as the most similar train "
+        f"image of their class by SSIM, {len(t['cos']['traced'])} by feature cosine (chance: "
+        f"{100 * t['ssim']['chance_fraction']:.3g} %; p = {t['ssim']['p_value']:.2g} / {t['cos']['p_value']:.2g}; "
+        f"{'at' if t['at_chance'] else 'ABOVE'} chance).",
+        f"- Closeness: {len(c['flagged'])} of {n} images are closer to a train image than {c['percentile']:g} % of "
+        f"{c['n_reference']} real test images are (highest SSIM {max(c['ssim']['max'], default=0):.3f}; "
+        f"test images' median {c['ssim']['reference_median']:.3f}).",
+    ]
+    if audit.get("loss_screen"):
+        lines.append(f"- Loss-attack screen AUC (weak; 0.5 = nothing found): {audit['loss_screen']['auc']:.3f}.")
+    if audit.get("lira"):
+        lira = audit["lira"]
+        lines.append(
+            f"- LiRA ({lira.get('shadows')} shadow distillations): TPR {lira.get('tpr_at_0.1pct')} at 0.1 % FPR, "
+            f"AUC {lira.get('auc')}."
+        )
+    lines.append("- Nearest real images: `audit.png` (and `audit_2.png`, ... for sets of more than 25 images).")
+    return lines
+
+
+def _warning(audit: dict | None) -> list[str]:
+    """The card's first lines for a set exported with ``--allow-traceable``."""
+    if audit is not None and audit.get("shareable"):
+        return []
+    why = "it was not audited" if audit is None else "it failed the privacy audit (below)"
+    return [
+        f"> **Not shown to be free of patient images: {why}.** Exported with `--allow-traceable`; "
+        "do not share it outside the institution that holds the source images.",
+        "",
+    ]
+
+
 def _card(syn: SynSet, config: dict | None, evals: list[dict], audit: dict | None, source: list[str]) -> str:
     m = syn.meta
     lines = [
         f"# Synthetic {m['dataset']} ({m.get('method')}, {m.get('ipc')} images per class)",
         "",
+        *_warning(audit),
         *source,  # own images: from the run's data.json; MedMNIST: the registry and citation
         f"- Method: `{m.get('method')}`; seed {m.get('seed')}; config hash `{m.get('config_hash')}`; "
         f"meddistill {m.get('code_version')}.",
@@ -80,18 +123,7 @@ def _card(syn: SynSet, config: dict | None, evals: list[dict], audit: dict | Non
                 )
     else:
         lines.append("Not evaluated yet (run `meddistill eval <run>` before exporting).")
-    lines += ["", "## Privacy audit", ""]
-    if audit:
-        s = audit["summary"]
-        lines += [
-            f"- Mean over synthetic images of the highest SSIM to any real training image: {s['mean_max_ssim']:.3f}.",
-            f"- Flagged as near-copies (SSIM > {audit['ssim_threshold']}): {len(audit['flagged'])} of "
-            f"{audit['n_synthetic']}.",
-            f"- Membership-inference AUC (loss attack; 0.5 = no leak): {s['mia_auc']:.3f}.",
-            "- Nearest real images: `audit.png` (and `audit_2.png`, ... for sets of more than 25 images).",
-        ]
-    else:
-        lines.append("Not audited (run `meddistill audit <run>` before exporting).")
+    lines += ["", "## Privacy audit", "", *_audit_lines(audit)]
     lines += [
         "",
         "## Files",
@@ -172,26 +204,50 @@ def _write_folder(run_dir: Path, syn: SynSet, out: Path, card: str) -> None:
             shutil.copyfile(src, out / src.name)  # not copy(): a private source mode is not inherited
 
 
-def _read_card(run_dir: Path, syn: SynSet, source: list[str]) -> str:
+def _audit_of(run_dir: Path, syn: SynSet, allow_traceable: bool) -> dict | None:
+    """The run's audit of this very set; a set that is not shown shareable is refused unless
+    ``allow_traceable``."""
+    audit = read_audit(run_dir)
+    if audit is not None and audit.get("synset_hash") != syn.content_hash():
+        audit = None  # an audit of an earlier content of the folder
+    if allow_traceable or (audit is not None and audit.get("shareable")):
+        return audit
+    if audit is None:
+        raise ArtifactError(
+            f"the set in {run_dir} has no privacy audit of its current content: run `meddistill audit {run_dir}` "
+            "first (or export with --allow-traceable, and the card says it was not audited)"
+        )
+    t, c = audit["traceability"], audit["closeness"]
+    raise ArtifactError(
+        f"the set in {run_dir} is not shareable: {len(t['ssim']['traced'])} image(s) traced to their source "
+        f"({'at' if t['at_chance'] else 'above'} chance), {len(c['flagged'])} closer to a train image than "
+        f"{c['percentile']:g} % of test images; distill it with a shareable init (e.g. --set method.init=noise) "
+        "or export with --allow-traceable (the card then says so in its first lines)"
+    )
+
+
+def _read_card(run_dir: Path, syn: SynSet, source: list[str], audit: dict | None) -> str:
     """The dataset card, from everything the run folder holds (read and checked before writing)."""
     config = read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else None
-    audit_path = run_dir / "audit.json"
-    audit = read_json_object(audit_path, "run `meddistill audit` again") if audit_path.exists() else None
     return _card(syn, config, _evals_of(run_dir, syn), audit, source)
 
 
-def export_run(run_dir: str | Path, out: str | Path, licence: str | None = None) -> Path:
+def export_run(
+    run_dir: str | Path, out: str | Path, licence: str | None = None, allow_traceable: bool = False
+) -> Path:
     """A standalone folder another lab can use; written to a temporary sibling and renamed, so a
-    failed export leaves nothing behind. ``licence``: own images only, the data's licence."""
+    failed export leaves nothing behind. ``licence``: own images only, the data's licence. A set
+    the run's audit did not show shareable is refused unless ``allow_traceable``."""
     run_dir, out = Path(run_dir), Path(out)
     syn = SynSet.load(run_dir)
     _check(syn, run_dir)
+    audit = _audit_of(run_dir, syn, allow_traceable)
     source, syn.meta["license"] = card_source(run_dir, syn.meta, licence)  # own images: the user's licence
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"export folder {out} is a file, not a folder")
     if out.exists() and any(out.iterdir()):
         raise ArtifactError(f"export folder {out} is not empty")
-    card = _read_card(run_dir, syn, source)
+    card = _read_card(run_dir, syn, source, audit)
     tmp = _staging_dir(out)
     try:
         _write_folder(run_dir, syn, tmp, card)

@@ -33,8 +33,11 @@ from meddistill.utils import append_jsonl, machine_info, resolve_device
 
 def run_one(cell: Cell, progress: bool = False) -> dict:
     """Compute one cell's results row (no I/O to the store): the evaluation and, for a set,
-    its diversity/coverage block (``stats``, :mod:`meddistill.stats`; cached in the run folder)
-    and, for a method that logs its steps, the run's ``health`` (:mod:`meddistill.health`)."""
+    its diversity/coverage block (``stats``, :mod:`meddistill.stats`; cached in the run folder),
+    its privacy block (``privacy``: traceability and calibrated closeness, :func:`meddistill.audit.run_privacy`;
+    cached as the run folder's ``audit.json``) and, for a method that logs its steps, the run's
+    ``health`` (:mod:`meddistill.health`)."""
+    from meddistill.audit import run_privacy
     from meddistill.health import log_health
     from meddistill.pipeline import full_row, holds_earlier_work, load_data, run_cell, run_dir_for
     from meddistill.stats import run_stats
@@ -52,6 +55,7 @@ def run_one(cell: Cell, progress: bool = False) -> dict:
         res = run_cell(cfg, progress=progress, ds=ds)
         row = res.row
         row["stats"] = run_stats(cfg, res.run_dir, res.synset, ds, progress)
+        row["privacy"] = run_privacy(cfg, res.run_dir, res.synset, ds, progress)
         health = log_health(res.run_dir, getattr(cfg.distill.section(), "lr_init", None))
         if health is not None:
             row["health"] = health

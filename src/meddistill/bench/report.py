@@ -144,6 +144,43 @@ def health_table(rows: list[dict], order: list[str] | None = None, net: str | No
     return "\n".join(lines) + "\n"
 
 
+def _mean_std(values: list[float]) -> str:
+    v = np.array(values, dtype=float)
+    return f"{100 * v.mean():.1f} ± {100 * v.std():.1f}"
+
+
+def privacy_table(rows: list[dict], order: list[str] | None = None) -> str:
+    """Markdown: per (dataset, ipc, method) with a ``privacy`` block, test ACC beside the audit
+    (one row per seed, the last one): images traced to their own source (SSIM / features) out of
+    all images, runs tracing at chance, images closer to a train image than the test split's
+    99th percentile, the highest such percentile, shareable runs, and LiRA's TPR at 0.1 % FPR
+    where an audit ran it; empty when no row carries the block."""
+    groups: dict[tuple, dict[int, dict]] = defaultdict(dict)
+    for r in rows:
+        if isinstance(r.get("privacy"), dict):
+            groups[(r["dataset"], int(r["ipc"]), r["method"])][int(r["seed"])] = r
+    if not groups:
+        return ""
+    rank = {m: i for i, m in enumerate(order or [])}
+    head = ["dataset", "ipc", "method", "init", "runs", "test ACC", "traced (SSIM / feat.)", "at chance"]
+    head += ["above test p99", "highest percentile", "shareable", "LiRA TPR@0.1%FPR"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for d, i, m in sorted(groups, key=lambda k: (k[0], k[1], rank.get(k[2], len(rank)), k[2])):
+        rs = list(groups[(d, i, m)].values())
+        ps = [r["privacy"] for r in rs]
+        n_img = sum(p["n_synthetic"] for p in ps)
+        inits = sorted({str(p.get("init")) for p in ps})
+        pct = [max(p.get("max_ssim_percentile") or 0, p.get("max_cos_percentile") or 0) for p in ps]
+        lira = [p["lira"]["tpr_at_0.1pct"] for p in ps if "tpr_at_0.1pct" in (p.get("lira") or {})]
+        cells = [d, str(i), m, "/".join(inits), str(len(rs)), _mean_std([r["acc_mean"] for r in rs])]
+        cells += [f"{sum(p['traced_ssim'] for p in ps)} / {sum(p['traced_cos'] for p in ps)} of {n_img}"]
+        cells += [f"{sum(bool(p['at_chance']) for p in ps)}/{len(ps)}", f"{sum(p['flagged'] for p in ps)} of {n_img}"]
+        cells += [f"{max(pct):.1f}", f"{sum(bool(p['shareable']) for p in ps)}/{len(ps)}"]
+        cells += [f"{100 * float(np.mean(lira)):.2f} %" if lira else "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _save(fig, path: Path, beside: tuple = ()) -> Path:
     from meddistill.plots import plt
 
@@ -246,6 +283,11 @@ def _tables_and_plots(rows: list[dict], out: Path, order: list[str] | None, net:
         p = out / "table_health.md"
         p.write_text(health)
         written["health.md"] = p
+    privacy = privacy_table(rows, order)
+    if privacy:
+        p = out / "table_privacy.md"
+        p.write_text(privacy)
+        written["privacy.md"] = p
     return written
 
 

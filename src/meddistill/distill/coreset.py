@@ -55,6 +55,11 @@ def kcenter(f: torch.Tensor, k: int) -> list[int]:
     return chosen
 
 
+def _selected(idx: torch.Tensor) -> dict:
+    """A coreset's provenance: the train indices selected, each image its own source."""
+    return {"train_indices": idx.tolist(), "init": "real", "sources": [[int(i)] for i in idx]}
+
+
 def _select(ctx: DistillContext, pick) -> SynSet:
     ctx.check_ipc()
     train = ctx.ds.train
@@ -63,14 +68,14 @@ def _select(ctx: DistillContext, pick) -> SynSet:
         f = expert_features(ctx, train.images[cls_idx])
         idx.append(cls_idx[torch.tensor(pick(f, ctx.cfg.distill.ipc))])
     idx_t = torch.cat(idx)
-    return ctx.make_synset(train.images[idx_t], train.labels[idx_t], train_indices=idx_t.tolist())
+    return ctx.make_synset(train.images[idx_t], train.labels[idx_t], **_selected(idx_t))
 
 
 @register_method("random", synthesizes=False)
 def random_real(ctx: DistillContext) -> SynSet:
     """ipc random real images per class (the images the other methods start from)."""
     images, labels, idx = real_init(ctx, distill_generator(ctx))
-    return ctx.make_synset(images, labels, train_indices=idx.tolist())
+    return ctx.make_synset(images, labels, **_selected(idx))
 
 
 @register_method("herding", reads=("experts",), synthesizes=False)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from meddistill.config import setting
 from meddistill.distill.base import DistillContext, register_method
 from meddistill.distill.dom import DOMConfig
+from meddistill.distill.init import INIT_NAMES
 from meddistill.distill.schedule import datm_schedule, mtt_schedule, ptm_schedule
 from meddistill.distill.tm import TrajectoryMatching, epochs_read
 from meddistill.synset import SynSet
@@ -38,7 +39,9 @@ class TMConfig:
     lr_init: float = setting(0.01, lo=0, lo_open=True)  # initial learnable student lr
     momentum: float = setting(0.5, lo=0, hi=1)
     batch_syn: int = setting(0, lo=0)  # 0: the whole synthetic set in every student step
-    init: str = setting("real", choices=("real", "noise"))
+    init: str = setting("real", choices=INIT_NAMES)  # where the set starts (distill/init.py)
+    init_k: int = setting(5, lo=5, neutral=5)  # init centroid: real images per centroid, at least
+    init_iterations: int = setting(100, lo=1, neutral=100)  # init dm: iterations of DM from noise
     memory_saving: bool = False  # recompute the unroll step by step: memory flat in syn_steps, same gradients
     max_grad_norm: float = setting(0.0, lo=0)  # 0: no clipping of the image gradient
     explode_factor: float = setting(20.0, lo=1)  # skip a step whose loss exceeds this × running median

@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from meddistill.augment import dsa, for_dataset
-from meddistill.distill.base import REFERENCE_EXPERT, DistillContext, distill_generator, real_init
+from meddistill.distill.base import REFERENCE_EXPERT, DistillContext, distill_generator
 from meddistill.distill.dom import (
     REINITS,
     SELECTION_RULES,
@@ -46,6 +46,7 @@ from meddistill.distill.dom import (
     lr_multipliers,
     max_overlap,
 )
+from meddistill.distill.init import INITS, InitOptions, ReplaceInputs, make_start
 from meddistill.distill.schedule import Schedule
 from meddistill.errors import ArtifactError, RunStopped
 from meddistill.experts import ExpertBuffer
@@ -108,6 +109,9 @@ class TMState:
     # DOM's retrain windows: image i's image lr is multiplied while it < boost_until[i] (None:
     # no retrain policy; int64 on the CPU)
     boost_until: torch.Tensor | None = None
+    # per image, every train index it was initialised or re-initialised from (None: a checkpoint
+    # written before sources were recorded)
+    sources: list[list[int]] | None = None
 
 
 def schedule_epochs(schedule, settings) -> int:
@@ -145,6 +149,7 @@ class TrajectoryMatching:
         self.schedule = schedule
         self.dom = dom
         self.soft = soft
+        self.init = InitOptions.of(settings)
         schedule.check(self.cfg.experts.epochs)  # before any expert is trained
         need = epochs_read(schedule, settings, self.cfg.experts.epochs)
         # DOM's reference point: expert 0 at its final epoch, or at the last epoch matched
@@ -182,11 +187,10 @@ class TrajectoryMatching:
     def init_state(self) -> TMState:
         gen = distill_generator(self.ctx)
         eligible = self._expert_correct() if self.soft is not None and self.soft.soft_filter else None
-        images, labels, idx = real_init(self.ctx, gen, eligible)
-        if self.d.init == "noise":
-            images = torch.randn(images.shape, generator=gen)
+        start = make_start(self.ctx, gen, self.init, eligible)
+        images, labels = start.images, start.labels
         used = torch.zeros(len(self.ctx.ds.train), dtype=torch.bool)
-        used[idx] = True
+        used[start.drawn] = True
         images = images.to(self.dev).requires_grad_(True)
         logits = None
         if self.soft is not None:
@@ -203,6 +207,7 @@ class TrajectoryMatching:
             torch.zeros_like(lr),
             None if logits is None else torch.zeros_like(logits),
             boost_until=torch.zeros(len(labels), dtype=torch.long) if self._retrains else None,
+            sources=start.sources,
         )
 
     @property
@@ -234,6 +239,7 @@ class TrajectoryMatching:
             "experts_digest": self.experts_digest,
             "experts_epochs": self.experts_epochs,
             "machines": self.machines(st.it),
+            "sources": st.sources,
         }
         # the counters travel inside the tensor file (one atomic write); the JSON is a readable copy
         with atomic_path(self.run_dir / CKPT) as tmp:
@@ -287,6 +293,7 @@ class TrajectoryMatching:
             replaced=int(meta["replaced"]),
             losses=t["losses"].tolist(),
             boost_until=t.get("boost_until"),
+            sources=meta.get("sources"),
         )
         if "machines" in meta:
             self.segments = [m for m in meta["machines"] if isinstance(m, dict)]
@@ -342,6 +349,7 @@ class TrajectoryMatching:
             replaced=st.replaced,
             losses=list(st.losses),
             boost_until=copy(st.boost_until),
+            sources=None if st.sources is None else [list(s) for s in st.sources],
         )
 
     # ------------------------------------------------------------------ core
@@ -526,15 +534,38 @@ class TrajectoryMatching:
         k, t = point if current else (REFERENCE_EXPERT, self.dom_epoch)
         return Probe(self.net, self.spec, self.buffer.get(k)[t].to(self.dev))
 
+    def _replacer(self, st: TMState, cls_idx: torch.Tensor, kept: torch.Tensor, probe: Probe):
+        """A function making one replacement image of a class and its sources: by the run's
+        init rule when that is shareable (:data:`~meddistill.distill.init.INITS`), else a real
+        image chosen by ``dom.reinit`` (noise added when ``dom.noise`` > 0 or the class has no
+        unused image left)."""
+        dc, train = self.dom, self.ctx.ds.train
+        replace = INITS[self.init.name].replace
+        if replace is not None:
+            return lambda: replace(ReplaceInputs(st.gen, train.images, cls_idx, st.used, self.init.k))
+        pick = REINITS[dc.reinit](ReinitInputs(st.gen, train.images, cls_idx, kept, probe))
+
+        def real() -> tuple[torch.Tensor, list[int]]:
+            free = ~st.used[cls_idx]
+            exhausted = not bool(free.any())
+            r = cls_idx[pick(torch.ones_like(free) if exhausted else free)]
+            st.used[r] = True
+            new = train.images[r].clone()
+            if dc.noise > 0 or exhausted:
+                new += max(dc.noise, 0.1) * torch.randn(new.shape, generator=st.gen)
+            return new, [int(r)]
+
+        return real
+
     @torch.no_grad()
     def dom_step(self, st: TMState, point: tuple[int, int] | None = None) -> list[int]:
         """One DOM event: per class, the images ``dom.rule`` selects in ``dom.space`` are
-        re-initialised from real images of the class (``dom.reinit``), their momentum reset and
-        their retrain window opened. Returns the replaced positions in the set, in order."""
+        re-initialised (:meth:`_replacer`: by the run's init rule, or from real images of the class
+        by ``dom.reinit``), their sources recorded, their momentum reset and their retrain window
+        opened. Returns the replaced positions in the set, in order."""
         dc = self.dom
         probe = self.dom_probe(point)
         views = SPACES[dc.space].views(st.images.detach(), self._targets(st, graph=False), probe, dc)
-        train = self.ctx.ds.train
         done: list[int] = []
         for c, cls_idx in enumerate(self.ctx.class_indices()):
             ids = torch.nonzero(st.labels == c).view(-1)
@@ -542,16 +573,12 @@ class TrajectoryMatching:
             if not sel:
                 continue
             kept = ids[[j for j in range(len(ids)) if j not in sel]]
-            pick = REINITS[dc.reinit](ReinitInputs(st.gen, train.images, cls_idx, st.images.detach()[kept], probe))
+            new_image = self._replacer(st, cls_idx, st.images.detach()[kept], probe)
             for j in sel:
-                free = ~st.used[cls_idx]
-                exhausted = not bool(free.any())
-                r = cls_idx[pick(torch.ones_like(free) if exhausted else free)]
-                st.used[r] = True
-                new = train.images[r].clone()
-                if dc.noise > 0 or exhausted:
-                    new += max(dc.noise, 0.1) * torch.randn(new.shape, generator=st.gen)
+                new, src = new_image()
                 pos = int(ids[j])
+                if st.sources is not None:
+                    st.sources[pos] = st.sources[pos] + src
                 st.images[pos] = new.to(self.dev)
                 st.img_mom[pos] = 0
                 if st.label_logits is not None:
@@ -630,4 +657,6 @@ class TrajectoryMatching:
             skipped=st.skipped,
             dom_replaced=st.replaced,
             machines=self.machines(st.it),
+            init=self.init.name,
+            sources=st.sources,
         )

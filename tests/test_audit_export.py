@@ -34,6 +34,7 @@ def test_a_copy_is_traced_at_rank_1_and_flagged_and_a_noise_start_is_not(breast,
     assert not rep.traceability["at_chance"] and rep.traceability["ssim"]["p_value"] < 1e-6
     assert rep.closeness["flagged"] == list(range(6)) and not rep.shareable
     assert min(rep.closeness["ssim"]["percentile_of_test"]) == 100.0
+    assert rep.closeness["excluded_duplicates"] == 1  # BreastMNIST stores one train image in its test split too
     cfg_noise = tiny(**{"distill.ipc": 3, "method.init": "noise"})
     distilled = get_method("ptm")(_ctx(breast, cfg_noise, tmp_path / "noise"))
     rep = audit(distilled, breast, cfg_noise, cpu)
@@ -53,10 +54,20 @@ def test_closeness_is_calibrated_on_the_test_split(breast, tiny, tmp_path, monke
     copy = get_method("random")(_ctx(breast, cfg, tmp_path / "copy"))
     leaky = replace(breast, test=breast.train)
     monkeypatch.setattr(audit_mod, "_ref_path", lambda cfg, n: tmp_path / f"ref_{n}.json")
+    monkeypatch.setattr(audit_mod, "duplicates_of", lambda px, train: torch.zeros(len(px), dtype=torch.bool))
     rep = audit(copy, leaky, cfg, torch.device("cpu"), screen=False)
     assert rep.closeness["n_reference"] == min(audit_mod.REF_MAX, len(breast.train))
     assert rep.closeness["ssim"]["limit"] > 0.99 and rep.closeness["ssim"]["above"] == []
     assert not rep.traceability["at_chance"]  # traceability does not depend on the reference
+
+
+def test_a_test_image_stored_in_the_train_split_too_is_no_reference():
+    from meddistill.audit import duplicates_of
+
+    train = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    near = (train[2:3] + 0.5 / 255).clamp(0, 1)
+    other = (train[3:4] + 3 / 255).clamp(0, 1)
+    assert duplicates_of(torch.cat([near, other]), train).tolist() == [True, False]
 
 
 def test_traced_at_chance_is_a_poisson_tail():
@@ -68,8 +79,10 @@ def test_traced_at_chance_is_a_poisson_tail():
     train = torch.tensor([0] * 100 + [1] * 50)
     t = traceability([1, 40, None], labels, train, [[0], [1], []])
     assert t["traced"] == [0] and t["n_with_sources"] == 2 and t["median_rank"] == 20.5
-    assert t["p_value"] == pytest.approx(1 - np.exp(-0.02)) and not t["at_chance"]
-    assert traceability([30, 40, None], labels, train, [[0], [1], []])["at_chance"]
+    assert t["p_value"] == pytest.approx(1 - np.exp(-0.02)) and t["at_chance"]  # one trace: p ≈ 0.02
+    two = traceability([1, 1, None], labels, train, [[0], [1], []])
+    assert two["p_value"] == pytest.approx(1 - np.exp(-0.02) * 1.02) and not two["at_chance"]
+    assert traceability([30, 40, None], labels, train, [[0], [1], []])["p_value"] == 1.0
 
 
 @pytest.mark.parametrize("percentile", [0.0, 100.0, float("nan")])

@@ -11,8 +11,9 @@
   Poisson tail with that mean). An image without sources cannot be traced.
 - **Closeness, calibrated.** Each synthetic image's highest SSIM and highest feature cosine to
   any train image, against the same statistic for real *test* images — unrelated patients —
-  (:func:`closeness_reference`, a seeded sample of at most ``REF_MAX``): each image's
-  percentile in that distribution, and a flag above the ``percentile`` (99th by default).
+  (:func:`closeness_reference`, a seeded sample of at most ``REF_MAX``, less the test images
+  that are a train image stored twice, :func:`duplicates_of`): each image's percentile in that
+  distribution, and a flag above the ``percentile`` (99th by default).
 - **Shareable** = traces at chance and no image flagged. ``export`` refuses other sets.
 - **Loss-attack screen** (cheap, weak): a net trained on the set with the evaluation
   protocol; its loss separates train from test images (AUC). All train images count as
@@ -137,6 +138,17 @@ def traceability(ranks: list[int | None], labels: torch.Tensor, train_labels: to
     }
 
 
+def duplicates_of(px: torch.Tensor, px_train: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """Which of ``px`` equal some train image up to one grey level in every pixel: the same
+    image stored in two splits (MedMNIST has such), not an unrelated patient."""
+    flat_train = px_train.flatten(1)
+    out = []
+    for i in range(0, len(px), chunk):
+        d = torch.cdist(px[i : i + chunk].flatten(1), flat_train, p=float("inf"))
+        out.append((d <= 1.0 / 255 + 1e-6).any(1))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+
+
 def _ref_path(cfg: RunConfig, n: int) -> Path:
     return stats_net_dir(cfg) / f"closeness_ref_{n}.json"
 
@@ -151,17 +163,20 @@ def closeness_reference(
     if path.is_file():
         try:
             saved = json.loads(path.read_text())
-            if len(saved.get("ssim", [])) == n == len(saved.get("cos", [])):
+            if len(saved["ssim"]) == len(saved["cos"]) == n - saved["excluded_duplicates"]:
                 return saved
-        except (OSError, json.JSONDecodeError):
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
             pass  # unreadable cache: recompute
     g = torch.Generator().manual_seed(derive_seed(cfg.experts.seed, "closeness-ref"))
     idx = torch.randperm(len(ds.test), generator=g)[:n].sort().values
-    x = ds.test.images[idx]
     px_train = ds.denormalize(ds.train.images).clamp(0, 1)
+    dup = duplicates_of(ds.denormalize(ds.test.images[idx]).clamp(0, 1), px_train)
+    idx = idx[~dup]
+    x = ds.test.images[idx]
     views = similarities(ds.denormalize(x).clamp(0, 1), embed(net, x, device), px_train, f_train)
     out = {
         "test_indices": idx.tolist(),
+        "excluded_duplicates": int(dup.sum()),
         "ssim": views.ssim.max(1).values.tolist(),
         "cos": views.cos.max(1).values.tolist(),
     }
@@ -180,7 +195,11 @@ def closeness(views: Views, ref: dict[str, list[float]], percentile: float = PER
     images' and the images above the reference's ``percentile``."""
     if not 0.0 < percentile < 100.0:
         raise ConfigError(f"the closeness percentile must be between 0 and 100, got {percentile}")
-    out: dict = {"percentile": percentile, "n_reference": len(ref["ssim"])}
+    out: dict = {
+        "percentile": percentile,
+        "n_reference": len(ref["ssim"]),
+        "excluded_duplicates": ref.get("excluded_duplicates", 0),
+    }
     flagged: set[int] = set()
     for key, sim in (("ssim", views.ssim), ("cos", views.cos)):
         best = sim.max(1).values

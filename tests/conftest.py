@@ -78,17 +78,29 @@ def distill_ctx(ds, cfg, run_dir: Path, stop_at: int | None = None):
     return DistillContext(ds, cfg, torch.device("cpu"), run_dir, False, config_hash(distill_identity(cfg)), stop_at)
 
 
-@pytest.fixture
-def bench_script(monkeypatch):
-    """Import a script of benchmarks/ by name (they import their siblings by name too); every
-    benchmarks/ module imported meanwhile is dropped afterwards, so no test sees another's."""
+def _script_importer(monkeypatch, folder: str):
+    """Import a script of ``folder`` (benchmarks/ or tools/) by name (scripts import their
+    siblings by name too); every module of that folder imported meanwhile is dropped afterwards,
+    so no test sees another's."""
     import importlib
     import sys
 
-    bench = Path(__file__).resolve().parents[1] / "benchmarks"
-    monkeypatch.syspath_prepend(str(bench))
+    where = Path(__file__).resolve().parents[1] / folder
+    monkeypatch.syspath_prepend(str(where))
     before = set(sys.modules)
     yield importlib.import_module
     for name in set(sys.modules) - before:
-        if Path(getattr(sys.modules[name], "__file__", None) or "").parent == bench:
+        if Path(getattr(sys.modules[name], "__file__", None) or "").parent == where:
             sys.modules.pop(name, None)
+
+
+@pytest.fixture
+def bench_script(monkeypatch):
+    """Import a script of benchmarks/ by name."""
+    yield from _script_importer(monkeypatch, "benchmarks")
+
+
+@pytest.fixture
+def tool_script(monkeypatch):
+    """Import a script of tools/ by name."""
+    yield from _script_importer(monkeypatch, "tools")

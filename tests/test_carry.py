@@ -1,4 +1,4 @@
-"""benchmarks/carry.py: a half-distilled grid cell moved to a machine that has neither its run
+"""tools/carry.py: a half-distilled grid cell moved to a machine that has neither its run
 folder nor its experts resumes there and ends with the row the uninterrupted grid gives."""
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def _cut_run(tmp_path: Path, monkeypatch) -> Path:
 
 
 @pytest.fixture
-def carry(bench_script):
-    return bench_script("carry")
+def carry(tool_script):
+    return tool_script("carry")
 
 
 def test_a_carried_cell_resumes_elsewhere_to_the_uninterrupted_row(carry, tmp_path, monkeypatch, capsys):

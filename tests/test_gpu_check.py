@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py in its CPU mode (what CI runs): the JSON and Markdown it writes, part
+"""tools/gpu_check.py in its CPU mode (what CI runs): the JSON and Markdown it writes, part
 (a)'s accuracies within tolerance (two CPU runs, which must also give the same set), and the
 packages it loads: only torch, numpy, pyyaml, safetensors, tqdm, matplotlib (and what those
 depend on) besides meddistill and the standard library."""
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "benchmarks" / "gpu_check.py"
+SCRIPT = REPO / "tools" / "gpu_check.py"
 ALLOWED = ("torch", "numpy", "PyYAML", "safetensors", "tqdm", "matplotlib")
 NEVER = ("ray", "pydicom", "hypothesis", "pytest")
 

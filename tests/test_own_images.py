@@ -60,7 +60,7 @@ SAME_AUGMENTATION = {"data.flip": True, "data.rotate": True}  # BreastMNIST's mo
 def test_medmnist_identities_and_keys_are_unchanged():
     """The data-source layer leaves MedMNIST keys alone: expert and full-split keys are those of
     every stored row; run and cell keys those of the per-method-section layout (the stored rows
-    were re-keyed to it, tests/test_rekey.py)."""
+    were re-keyed to it once; tests/test_stored_keys.py finds them)."""
     last = {"distill.ptm.dom.feature_epoch": "last"}  # PTM's DOM reference epoch when these were stored
     expected = [
         ("tiny", last, "b65eda9edc65439a", "1279dfe3d50254b7", "7270bc54549bad30", "93bc14df8d61b87d"),

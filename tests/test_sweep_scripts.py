@@ -1,4 +1,4 @@
-"""The sweep scripts in benchmarks/ share the CLI's list types and error handling
+"""The scripts in benchmarks/ share the CLI's list types and error handling
 (:func:`meddistill.cli.comma_list`, :func:`meddistill.cli.one_line_errors`): a bad list or an
 unknown dataset/method ends with one line and exit 2, never a traceback."""
 
@@ -46,26 +46,7 @@ def test_comma_list_casts_and_checks_each_item():
 
 
 CASES = [
-    ("tm_diagnose", ["--seeds", "1,,2"], "empty item"),
-    ("tm_diagnose", ["--datasets", "nosuch", "--no-run"], "unknown dataset 'nosuch'"),
-    ("tm_accept", ["--rule", "base", "--methods", "nosuch", "--no-run", "--store", "{tmp}/s.jsonl"], "unknown method"),
-    ("tm_accept", ["--rule", "base", "--ipc", "0"], "must be 1 or more"),
-    ("dom_sweep", ["--ipc", "0"], "0 is not an ipc of 1 or more"),
-    ("dom_sweep", ["--datasets", "nosuch", "--no-run", "--results", "{tmp}"], "unknown dataset 'nosuch'"),
-    ("dom_sweep", ["--workers", "0"], "must be 1 or more"),
-    ("lr_img_sweep", ["--lrs", "-1"], "-1.0 is not a positive image lr"),
-    ("lr_img_sweep", ["--methods", "nosuch", "--results", "{tmp}"], "unknown method 'nosuch'"),
-    ("synset_stats", ["{tmp}/s.jsonl", "--ipc", "a"], "'a' is not a comma-separated list"),
-    ("eval_width", ["{tmp}/s.jsonl", "--widths", "0"], "0 is not a width of 1 or more"),
-    ("eval_width", ["{tmp}/none.jsonl"], "no results store"),
     ("stability", ["--seeds", "0,-1"], "-1 is not a seed of 0 or more"),
-    ("tm_scale_sweep", ["--rules", "base,nosuch"], "'nosuch' is not a rule (base, "),
-    ("dom_sweep", ["--variants", "nosuch"], "'nosuch' is not a variant ("),
-    ("tm_scale_sweep", ["--datasets", "nosuch", "--no-run", "--results", "{tmp}"], "unknown dataset 'nosuch'"),
-    ("dom_threshold_sweep", ["--pairs", "0.9"], "not a comma-separated list"),
-    ("dom_threshold_sweep", ["--pairs", "0.9:1.5"], "(0.9, 1.5) is not pixel:feature thresholds"),
-    ("tm_lr_probe", ["--datasets", "a,,b"], "empty item"),
-    ("tm_lr_probe", ["--datasets", "nosuch"], "unknown dataset 'nosuch'"),
     ("interrupt_sweep", ["--step", "0"], "must be 1 or more"),
     ("interrupt_sweep", ["--methods", "nosuch"], "unknown method 'nosuch'"),
     ("paired_diff", ["{tmp}/s.jsonl", "--pairs", "ptm:mtt,ptm"], "not a comma-separated list, each a pair a:b"),

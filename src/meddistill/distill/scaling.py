@@ -75,7 +75,7 @@ class Rule:
     short_span: bool = False  # match a 1-epoch span where one epoch is long
 
 
-# Candidates compared on validation accuracy (benchmarks/tm_scale_sweep.py, docs/results.md).
+# Candidates compared on validation accuracy (docs/results/tm-scaling.md).
 RULES: dict[str, Rule | None] = {
     "base": None,  # the cpu profile as it is: lr_init = expert lr, lr_lr 1e-7
     "learn": Rule("learn", alpha=0.0, kappa=0.03),  # only make the lr learnable

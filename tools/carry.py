@@ -26,8 +26,8 @@ on the same CPU and torch build (float reduction order differs between CPUs).
 The carried checkpoints hold synthetic images that start as real ones: carry only data you may
 publish where the folder goes (MedMNIST is CC BY 4.0; a hospital's own images are not).
 
-    python benchmarks/carry.py configs/bench/v2_ipc50.yaml --save results/carry/v2_ipc50
-    python benchmarks/carry.py configs/bench/v2_ipc50.yaml --restore results/carry/v2_ipc50
+    python tools/carry.py configs/bench/v2_ipc50.yaml --save results/carry/v2_ipc50
+    python tools/carry.py configs/bench/v2_ipc50.yaml --restore results/carry/v2_ipc50
 """
 
 from __future__ import annotations

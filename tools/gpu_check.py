@@ -1,6 +1,6 @@
 """GPU check: one command that tells whether meddistill works and how fast it runs on a CUDA GPU.
 
-    PYTHONPATH=src python benchmarks/gpu_check.py --out DIR [--device auto|cpu|cuda] [--dataset pneumoniamnist]
+    PYTHONPATH=src python tools/gpu_check.py --out DIR [--device auto|cpu|cuda] [--dataset pneumoniamnist]
 
 Needs only torch, numpy, pyyaml, safetensors, tqdm and matplotlib besides meddistill itself
 (``tests/test_gpu_check.py`` checks the modules a run loads). The MedMNIST file is read from

@@ -84,6 +84,20 @@ def test_without_a_membership_signal_the_scores_are_at_chance(shadows):
         assert att[a]["sources"] is None
 
 
+@settings(max_examples=20, deadline=None)
+@given(st.integers(2, 7), st.integers(0, 10_000))
+def test_the_attack_gives_figures_from_two_shadows_on(shadows, seed):
+    rng = np.random.default_rng(seed)
+    n = 60
+    keep = balanced_halves(n, shadows, seed)
+    sources = [list(np.nonzero(row)[0][:3]) for row in keep]
+    att = lira_attack(rng.normal(0, 1, (shadows, n)), keep, sources)
+    assert att["n_sources"] == 3 * shadows
+    for a in ("online", "offline"):
+        for m in att[a].values():
+            assert 0 <= m.auc <= 1 and 0 <= m.tpr_at_fpr_0_1pct <= m.tpr_at_fpr_1pct <= 1
+
+
 # --- end to end -----------------------------------------------------------------------------
 
 

@@ -369,6 +369,8 @@ class LiraResult:
 
 def _notes(shadows: int, n_nonmembers: int, glob: bool, n_sources: int) -> list[str]:
     notes = []
+    if shadows < 4:
+        notes.append(f"K = {shadows}: some image has no IN observation in the other shadows; the scores read phi alone")
     if shadows < FEW_SHADOWS:
         notes.append(f"K = {shadows} < {FEW_SHADOWS} shadows: the figures are noisy")
     if 1 / max(1, n_nonmembers) > FPRS[0]:

@@ -19,7 +19,8 @@ observations of phi. Scores, higher = member:
 
 Centres are per-image medians. Variances are global (pooled over images, around each image's
 median) when fewer than :data:`PER_EXAMPLE_VARIANCE_FROM` other shadows exist, as the paper
-advises for few shadows; per image above. AUC and TPR at 0.1 % and 1 % FPR are read off the
+advises for few shadows; per image above. Every image uses the same number of IN (and of OUT)
+observations (:func:`_first_equal`). AUC and TPR at 0.1 % and 1 % FPR are read off the
 ROC of the scores pooled over all targets, over all train images and over the target's
 *source* images (the train images its synthetic set was initialised or re-initialised from)
 against the same non-members.

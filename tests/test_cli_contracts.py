@@ -110,12 +110,17 @@ def test_a_run_folder_of_own_images_is_found_in_its_usual_layout(tmp_path):
     assert origin_dir(run_dir, cfg) == (tmp_path / "proj").resolve()
 
 
-def test_audit_from_another_directory_does_not_train_experts_there(tmp_path, monkeypatch, capsys):
+def test_audit_from_another_directory_keeps_its_feature_net_beside_the_run(tmp_path, monkeypatch, capsys):
     run_dir, _ = _fake_run(tmp_path / "proj")  # out_dir runs, experts_dir experts, both relative
-    monkeypatch.chdir(tmp_path)  # not proj: the old audit trained experts in ./experts here
-    code = main(["audit", str(run_dir), "--device", "cpu", "--no-progress"])
-    _one_error_line(capsys, code, "no trained experts at", str((tmp_path / "proj" / "experts").resolve()))
+    monkeypatch.chdir(tmp_path)  # not proj: an older audit trained experts in ./experts here
+    assert main(["audit", str(run_dir), "--device", "cpu", "--no-progress"]) == 0
+    assert "NOT shareable: n/a (no recorded sources)" in capsys.readouterr().out  # a set without sources
     assert not (tmp_path / "experts").exists()
+    assert list((tmp_path / "proj" / "experts" / "breastmnist_28").glob("stats-*/net.safetensors"))
+    assert not list((tmp_path / "proj" / "experts" / "breastmnist_28").glob("convnet*"))  # no expert trained
+    abs_run, _ = _fake_run(tmp_path / "abs", out_dir=str(tmp_path / "abs" / "runs"), experts_dir="experts")
+    code = main(["audit", str(abs_run), "--device", "cpu"])
+    _one_error_line(capsys, code, "pass --experts-dir")
     abs_run, _ = _fake_run(tmp_path / "abs", out_dir=str(tmp_path / "abs" / "runs"), experts_dir="experts")
     code = main(["audit", str(abs_run), "--device", "cpu"])
     _one_error_line(capsys, code, "pass --experts-dir")
@@ -255,7 +260,7 @@ def test_export_and_report_outputs_that_are_files(tmp_path, capsys):
 def test_corrupt_eval_json_is_one_line(tmp_path, capsys):
     run_dir, _ = _fake_run(tmp_path)
     (run_dir / "eval_0123456789.json").write_text('{"per_net": ')
-    code = main(["export", str(run_dir), str(tmp_path / "exp")])
+    code = main(["export", str(run_dir), str(tmp_path / "exp"), "--allow-traceable"])
     _one_error_line(capsys, code, "eval_0123456789.json is corrupt")
     assert not (tmp_path / "exp").exists()  # nothing half-written
 

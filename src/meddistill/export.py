@@ -241,12 +241,12 @@ def export_run(
     run_dir, out = Path(run_dir), Path(out)
     syn = SynSet.load(run_dir)
     _check(syn, run_dir)
-    audit = _audit_of(run_dir, syn, allow_traceable)
     source, syn.meta["license"] = card_source(run_dir, syn.meta, licence)  # own images: the user's licence
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"export folder {out} is a file, not a folder")
     if out.exists() and any(out.iterdir()):
         raise ArtifactError(f"export folder {out} is not empty")
+    audit = _audit_of(run_dir, syn, allow_traceable)
     card = _read_card(run_dir, syn, source, audit)
     tmp = _staging_dir(out)
     try:

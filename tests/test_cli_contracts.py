@@ -121,9 +121,6 @@ def test_audit_from_another_directory_keeps_its_feature_net_beside_the_run(tmp_p
     abs_run, _ = _fake_run(tmp_path / "abs", out_dir=str(tmp_path / "abs" / "runs"), experts_dir="experts")
     code = main(["audit", str(abs_run), "--device", "cpu"])
     _one_error_line(capsys, code, "pass --experts-dir")
-    abs_run, _ = _fake_run(tmp_path / "abs", out_dir=str(tmp_path / "abs" / "runs"), experts_dir="experts")
-    code = main(["audit", str(abs_run), "--device", "cpu"])
-    _one_error_line(capsys, code, "pass --experts-dir")
 
 
 def test_eval_of_a_run_folder_refuses_settings_it_would_ignore(tmp_path, capsys):

@@ -158,3 +158,17 @@ def test_audit_figure_shows_every_synthetic_image(breast, tiny, tmp_path):
     near = ssim_matrix(syn.pixels(), breast.denormalize(breast.train.images).clamp(0, 1))
     pages = audit_figure(syn, breast, near, tmp_path / "audit.png", per_page=4)
     assert [p.name for p in pages] == ["audit.png", "audit_2.png"] and all(p.exists() for p in pages)
+
+
+def test_audit_with_shadows_runs_lira_and_the_card_reports_it(tmp_path, capsys, session_dirs):
+    args = ["--profile", "tiny", "--out", str(tmp_path / "runs"), "--experts-dir", str(session_dirs["experts"])]
+    common = ["--no-progress", "--device", "cpu"]
+    assert main(["run", "breastmnist", "--ipc", "1", "--method", "random", *args, *common]) == 0
+    run_dir = next((tmp_path / "runs" / "breastmnist_28").iterdir())
+    assert main(["audit", str(run_dir), "--shadows", "1", *common]) == 2
+    assert "LiRA needs at least 2 shadows" in capsys.readouterr().err
+    assert main(["audit", str(run_dir), "--shadows", "2", *common]) == 0
+    assert "LiRA (2 shadows, offline) AUC" in capsys.readouterr().out
+    assert sorted(p.name for p in (run_dir / "lira_k2").iterdir()) == ["lira.json", "shadow_0", "shadow_1"]
+    assert main(["export", str(run_dir), str(tmp_path / "exp"), "--allow-traceable"]) == 0
+    assert "LiRA membership inference (2 shadow distillations, offline)" in (tmp_path / "exp" / "card.md").read_text()

@@ -281,8 +281,34 @@ class AuditReport:
         if self.loss_screen is not None:
             out["loss_screen_auc"] = self.loss_screen["auc"]
         if self.lira is not None:
-            out["lira"] = {k: v for k, v in self.lira.items() if not isinstance(v, (list, dict))}
+            out["lira"] = self.lira["headline"]
         return out
+
+
+def lira_headline(result: dict) -> dict:
+    """The figures a reader wants from :meth:`meddistill.lira.LiraResult.to_dict`: offline LiRA
+    (the variant that finds copies in distilled sets, docs/privacy.md) over all train images and
+    over the source images, and what it cost."""
+    off, src = result["offline"], result["offline_sources"]
+    return {
+        "variant": "offline",
+        "shadows": result["shadows"],
+        "auc": off["auc"],
+        "tpr_at_0.1pct": off["tpr_at_fpr_0_1pct"],
+        "tpr_at_1pct": off["tpr_at_fpr_1pct"],
+        "sources_auc": src["auc"] if isinstance(src, dict) else None,
+        "sources_tpr_at_1pct": src["tpr_at_fpr_1pct"] if isinstance(src, dict) else None,
+        "seconds": result["total_seconds"],
+    }
+
+
+def run_lira_audit(cfg: RunConfig, ds: MedDataset, device, shadows: int, run_dir: Path, progress: bool) -> dict:
+    """LiRA with ``shadows`` shadow runs of the run's pipeline in ``<run_dir>/lira_k<K>/``
+    (resumable): the full result plus its ``headline``."""
+    from meddistill.lira import run_lira
+
+    result = run_lira(cfg, ds, device, shadows, Path(run_dir) / f"lira_k{shadows}", progress).to_dict()
+    return {**result, "headline": lira_headline(result)}
 
 
 def _sources(syn: SynSet) -> tuple[list[list[int]], bool]:
@@ -438,5 +464,9 @@ def summary_line(rep: AuditReport) -> str:
     if rep.loss_screen is not None:
         line += f"; loss-attack screen AUC {rep.loss_screen['auc']:.3f}"
     if rep.lira is not None:
-        line += f"; LiRA TPR@0.1%FPR {rep.lira.get('tpr_at_0.1pct', float('nan')):.3f}"
+        h = rep.lira["headline"]
+        line += (
+            f"; LiRA ({h['shadows']} shadows, offline) AUC {h['auc']:.3f}, TPR {100 * h['tpr_at_0.1pct']:.2f} % "
+            f"at 0.1 % FPR"
+        )
     return line

@@ -278,6 +278,12 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
         help="flag images closer to a train image than this percentile of real test images (default 99)",
     )
     p.add_argument(
+        "--shadows",
+        type=positive_int,
+        help="also run LiRA membership inference with this many shadow runs of the whole pipeline, each on a "
+        "random half of the train split (16 or more for a reportable figure; costs that many runs; resumable)",
+    )
+    p.add_argument(
         "--reference",
         action="store_true",
         help="also audit a random-real-subset coreset of the same size (leaks by construction)",
@@ -635,7 +641,7 @@ def _audit_config(args: argparse.Namespace, run_dir: Path) -> tuple[RunConfig, s
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from meddistill.audit import AUDIT_FILE, run_audit, summary_line
+    from meddistill.audit import AUDIT_FILE, run_audit, run_lira_audit, summary_line
     from meddistill.checks import check_out_dir
     from meddistill.distill import DistillContext, get_method
     from meddistill.pipeline import load_data
@@ -649,11 +655,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
     ds = load_data(cfg)
     device = resolve_device(cfg.device)
 
-    def audit_and_print(out: Path, synset: SynSet, label: str) -> None:
-        rep = run_audit(out, synset, ds, cfg, device, args.percentile, progress=not args.no_progress)
+    def audit_and_print(out: Path, synset: SynSet, label: str, lira: dict | None = None) -> None:
+        rep = run_audit(out, synset, ds, cfg, device, args.percentile, progress=not args.no_progress, lira=lira)
         print(f"{label}: {summary_line(rep)}  ({out / AUDIT_FILE})")
 
-    audit_and_print(run_dir, syn, str(run_dir))
+    lira = run_lira_audit(cfg, ds, device, args.shadows, run_dir, not args.no_progress) if args.shadows else None
+    audit_and_print(run_dir, syn, str(run_dir), lira)
     if args.reference:
         ref_dir = run_dir / "audit_reference_random"
         ref_dir.mkdir(exist_ok=True)

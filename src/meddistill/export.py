@@ -78,10 +78,10 @@ def _audit_lines(audit: dict | None) -> list[str]:
     if audit.get("loss_screen"):
         lines.append(f"- Loss-attack screen AUC (weak; 0.5 = nothing found): {audit['loss_screen']['auc']:.3f}.")
     if audit.get("lira"):
-        lira = audit["lira"]
+        h = audit["lira"]["headline"]
         lines.append(
-            f"- LiRA ({lira.get('shadows')} shadow distillations): TPR {lira.get('tpr_at_0.1pct')} at 0.1 % FPR, "
-            f"AUC {lira.get('auc')}."
+            f"- LiRA membership inference ({h['shadows']} shadow distillations, offline): AUC {h['auc']:.3f}, "
+            f"TPR {100 * h['tpr_at_0.1pct']:.2f} % at 0.1 % FPR and {100 * h['tpr_at_1pct']:.2f} % at 1 % FPR."
         )
     lines.append("- Nearest real images: `audit.png` (and `audit_2.png`, ... for sets of more than 25 images).")
     return lines

@@ -147,3 +147,35 @@ def test_every_table_cell_holds_one_setting_and_the_last_row_of_each_of_its_seed
         last = {s: a for x, s, a in cells if x == lr}
         stat = stats[("breastmnist", 2, name)]
         assert stat.seeds == frozenset(last) and stat.mean == pytest.approx(sum(last.values()) / len(last))
+
+
+def _privacy_row(method: str, seed: int, traced: int, flagged: int, at_chance: bool, acc: float, lira=None) -> dict:
+    privacy = {
+        "init": "real" if traced else "noise",
+        "shareable": at_chance and not flagged,
+        "traced_ssim": traced,
+        "traced_cos": traced,
+        "at_chance": at_chance,
+        "flagged": flagged,
+        "max_ssim_percentile": 100.0 if flagged else 80.0,
+        "max_cos_percentile": 90.0,
+        "n_synthetic": 20,
+    }
+    if lira is not None:
+        privacy["lira"] = {"tpr_at_0.1pct": lira}
+    row = {"dataset": "breastmnist", "ipc": 10, "method": method, "seed": seed, "acc_mean": acc, "auc_mean": 0.5}
+    return {**row, "privacy": privacy}
+
+
+def test_the_privacy_table_puts_the_audit_beside_accuracy(tmp_path, capsys):
+    rows = [_privacy_row("random", s, 20, 20, False, 0.7) for s in range(3)]
+    rows += [_privacy_row("ptm", s, 0, 0, True, 0.8 + 0.01 * s, lira=0.001 * s) for s in range(3)]
+    rows.append({"dataset": "breastmnist", "ipc": 10, "method": "dm", "seed": 0, "acc_mean": 0.6, "auc_mean": 0.5})
+    store = tmp_path / "s.jsonl"
+    store.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["report", str(store), "--out", str(tmp_path / "rep"), "--order", "random,ptm"]) == 0
+    table = (tmp_path / "rep" / "table_privacy.md").read_text().splitlines()
+    assert len(table) == 4  # header, rule, random, ptm; dm has no privacy block
+    head = "| breastmnist | 10 | "
+    assert table[2] == head + "random | real | 3 | 70.0 ± 0.0 | 60 / 60 of 60 | 0/3 | 60 of 60 | 100.0 | 0/3 | – |"
+    assert table[3] == head + "ptm | noise | 3 | 81.0 ± 0.8 | 0 / 0 of 60 | 3/3 | 0 of 60 | 90.0 | 3/3 | 0.10 % |"

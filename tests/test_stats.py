@@ -211,7 +211,7 @@ def test_run_stats_is_cached_in_the_run_folder(breast, tiny, tmp_path, monkeypat
         stats.run_stats(other, tmp_path, _coreset(breast, 2), breast)
 
 
-def test_benchmark_rows_gain_a_stats_block_and_keep_their_keys(tmp_path):
+def test_benchmark_rows_gain_a_stats_block_and_keep_their_keys(tmp_path, monkeypatch):
     from meddistill.bench.executors import run_one
     from meddistill.bench.grid import Grid, expand
 
@@ -231,8 +231,17 @@ def test_benchmark_rows_gain_a_stats_block_and_keep_their_keys(tmp_path):
     row = run_one(cell)
     run_dir = Path(row["run_dir"])
     (cached,) = run_dir.glob("eval_*.json")
-    assert set(row) - {"stats", "cell_key", "seconds", "machine"} == set(json.loads(cached.read_text()))
+    assert set(row) - {"stats", "privacy", "cell_key", "seconds", "machine"} == set(json.loads(cached.read_text()))
     assert row["stats"] == json.loads((run_dir / "stats.json").read_text())
+    # the privacy block: the run folder's audit (a random coreset is its own source: traced, not shareable)
+    from meddistill.audit import AuditReport, read_audit
+
+    assert row["privacy"] == AuditReport(**read_audit(run_dir)).summary()
+    assert row["privacy"]["traced_ssim"] == 4 and not row["privacy"]["shareable"]
+    import meddistill.audit as audit_mod
+
+    monkeypatch.setattr(audit_mod, "audit", lambda *a, **k: pytest.fail("the audit of an audited set ran again"))
+    assert run_one(cell)["privacy"] == row["privacy"]  # read back from audit.json
 
 
 def test_stats_cli_prints_one_line_and_writes_stats_json(tmp_path, capsys):

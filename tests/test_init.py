@@ -104,3 +104,13 @@ def test_a_dm_warm_start_has_no_sources_and_moves_away_from_noise(breast, tiny, 
     noise = make_start(ctx, torch.Generator().manual_seed(0), InitOptions("noise"))
     assert all(s == [] for s in dm.sources) and not torch.equal(dm.images, noise.images)
     assert torch.equal(dm.labels, noise.labels)
+
+
+@pytest.mark.parametrize("setting", ["method.dom.reinit=kcenter", "method.dom.noise=0.5"])
+def test_a_real_replacement_setting_with_a_shareable_init_is_refused(setting):
+    from meddistill.config import build_config
+    from meddistill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="does not use"):
+        build_config("tiny", dataset="breastmnist", overrides=["method.init=noise", setting])
+    build_config("tiny", dataset="breastmnist", overrides=["method.init=real", setting])  # applies to a real start

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from meddistill.config import setting
 from meddistill.distill.base import DistillContext, register_method
 from meddistill.distill.dom import DOMConfig
-from meddistill.distill.init import INIT_NAMES
+from meddistill.distill.init import INIT_NAMES, INITS
 from meddistill.distill.schedule import datm_schedule, mtt_schedule, ptm_schedule
 from meddistill.distill.tm import TrajectoryMatching, epochs_read
+from meddistill.errors import ConfigError
 from meddistill.synset import SynSet
 
 TM_READS = ("experts", "net", "dsa")
@@ -67,6 +68,18 @@ class StagedConfig(TMConfig):
 @dataclass
 class PTMConfig(StagedConfig):
     dom: DOMConfig = field(default_factory=DOMConfig)
+
+    def check_fields(self, prefix: str) -> None:
+        """DOM's choice of a real replacement (``reinit``, ``noise``) applies to a real start only:
+        with a shareable init, DOM replaces images by that init's rule."""
+        if INITS[self.init].replace is None or not self.dom.enabled:
+            return
+        for key, neutral in (("reinit", "random"), ("noise", 0.0)):
+            if getattr(self.dom, key) != neutral:
+                raise ConfigError(
+                    f"{prefix}dom.{key} picks a real replacement image, which a run with init={self.init} does not "
+                    f"use (DOM replaces by the init's rule); leave it at {neutral!r} or use init=real"
+                )
 
 
 @dataclass

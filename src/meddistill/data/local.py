@@ -7,7 +7,8 @@ Checks at load, each a one-line error (exit 2) or a note with counts: ``--out``,
 ``--experts-dir`` or the decode cache inside the image folder is refused (their files would be
 read as images next time); files with the same content (a copy, a link) in two classes or two
 splits are refused (a label clash, or a train/test leak), and within one class and split only
-the first in canonical order is kept (a note says how many were dropped); the classes found are
+the first in canonical order is kept (a note says how many were dropped) — unless
+``data.duplicates`` is ``keep`` (every file used as listed); the classes found are
 printed.  ``eval`` refuses a run whose ``data.json`` fingerprint is not the data's now.
 The run folder gets ``split.csv`` (every image, its class, split and content hash; usable as
 a CSV manifest to reproduce the run), ``data.json`` (the dataset's description) and, when
@@ -246,7 +247,8 @@ def load_local(cfg: RunConfig, reader: Callable[[Path], Listing], progress: bool
     listing = read_listing(cfg, reader)
     check_cache_dir(cache_root(cfg.data.cache_dir))
     fp = local_fingerprint(listing, progress)
-    dec, dup_notes = _unique(listing, fp, _decoded(listing, fp, cfg, progress))
+    dec = _decoded(listing, fp, cfg, progress)
+    dec, dup_notes = _unique(listing, fp, dec) if cfg.data.duplicates == "check" else (dec, [])
     lab = _labelled(listing, dec, cfg)
     raw, ys = _splits(dec, lab)
     check_ipc(cfg.distill.ipc, lab.classes, ys["train"], str(listing.source))
@@ -296,7 +298,8 @@ def _unique(listing: Listing, fp: Fingerprint, dec: Decoded) -> tuple[Decoded, l
         raise DataError(
             f"{listing.source}: {len(clashes)} image(s) have the same content as an image of another class or "
             f"split, e.g. {listing.path(a)} and {listing.path(b)} (two {what}: {_where(a)} and {_where(b)}); "
-            "remove one copy of each (the same image under two labels, or in train and test, spoils the result)"
+            "remove one copy of each (the same image under two labels, or in train and test, spoils the result), "
+            "or pass --set data.duplicates=keep to use every file as listed"
         )
     if keep.all():
         return dec, []

@@ -163,6 +163,7 @@ def _local_identity(reader: Callable[[Path], Listing]) -> Callable[[RunConfig], 
             "split_seed": d.split_seed,
             "flip": d.flip,
             "rotate": d.rotate,
+            "duplicates": d.duplicates,
             "decoder": DECODER_VERSION,
         }
         return {"dataset": dataset_name(listing.source), "data": data}

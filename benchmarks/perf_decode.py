@@ -2,7 +2,10 @@
 
 Writes the 17,092 BloodMNIST images (28x28 RGB, all three splits) as PNG files into a temporary
 ``<split>/<class>/`` folder, then times ``load_data`` twice with an empty cache: the first run
-lists, hashes, decodes and caches the images, the second lists the files and reads the cache.
+lists, hashes, decodes and caches the images, the second lists and hashes the files and reads
+the cache; and times listing and hashing alone (what every identity of the data costs).
+BloodMNIST holds byte-identical images in two classes, so the folder is read with
+``data.duplicates=keep`` (as the npz has them).
 Also checks that the folder gives the npz file's tensors bit for bit. Prints a Markdown table.
 
     MEDDISTILL_DATA=../shared/data/medmnist python benchmarks/perf_decode.py            # all 17,092
@@ -21,6 +24,8 @@ import torch
 from PIL import Image
 
 from meddistill.config import build_config
+from meddistill.data.cache import fingerprint
+from meddistill.data.listing import scan_folder
 from meddistill.data.loader import SPLITS, resolve_file
 from meddistill.pipeline import load_data
 
@@ -58,10 +63,15 @@ def main() -> None:
         t = time.perf_counter()
         counts = write_pngs(resolve_file(args.dataset, 28, download_ok=False), folder, args.limit)
         t_write = time.perf_counter() - t
-        flags = {"data.cache_dir": str(cache), "size": args.size}
+        flags = {"data.cache_dir": str(cache), "size": args.size, "data.duplicates": "keep"}
         cfg = build_config("cpu", dataset=str(folder), device="cpu", **flags)
         t_first, ds = timed_load(cfg)
         t_cached, ds2 = timed_load(cfg)
+        t = time.perf_counter()
+        listing = scan_folder(folder)
+        t_list = time.perf_counter() - t
+        fingerprint(listing)
+        t_hash = time.perf_counter() - t - t_list
         same = all(torch.equal(getattr(ds, s).images, getattr(ds2, s).images) for s in SPLITS)
         n = sum(counts.values())
         exact = ""
@@ -74,6 +84,8 @@ def main() -> None:
               " cached = first | = npz |")  # fmt: skip
         print("|---|---|---|---|---|---|---|")
         print(f"| {n} | {t_write:.1f} | {t_first:.2f} | {t_cached:.2f} | {cache_mb:.1f} | {same} | {exact or 'n/a'} |")
+        mb = sum(p.stat().st_size for p in folder.rglob("*.png")) / 1e6
+        print(f"\nlisting {n} files: {t_list:.2f} s; hashing them ({mb:.1f} MB): {t_hash:.2f} s")
 
 
 if __name__ == "__main__":

@@ -294,10 +294,9 @@ def _unique(listing: Listing, fp: Fingerprint, dec: Decoded) -> tuple[Decoded, l
             clashes.append((listing.entries[k], e))
     if clashes:
         a, b = clashes[0]
-        what = "classes" if a.label != b.label else "splits"
         raise DataError(
             f"{listing.source}: {len(clashes)} image(s) have the same content as an image of another class or "
-            f"split, e.g. {listing.path(a)} and {listing.path(b)} (two {what}: {_where(a)} and {_where(b)}); "
+            f"split, e.g. {listing.path(a)} and {listing.path(b)} ({_apart(a, b)}); "
             "remove one copy of each (the same image under two labels, or in train and test, spoils the result), "
             "or pass --set data.duplicates=keep to use every file as listed"
         )
@@ -311,8 +310,11 @@ def _unique(listing: Listing, fp: Fingerprint, dec: Decoded) -> tuple[Decoded, l
     return Decoded(dec.images[keep], dec.keep[keep], dec.bad), [note]
 
 
-def _where(e: Entry) -> str:
-    return f"class {e.label!r}" + (f", {e.split}" if e.split else "")
+def _apart(a: Entry, b: Entry) -> str:
+    if a.label != b.label:
+        splits = f", splits {a.split} and {b.split}" if a.split != b.split else ""
+        return f"classes {a.label!r} and {b.label!r}{splits}"
+    return f"class {a.label!r}, splits {a.split} and {b.split}"
 
 
 def _classes_note(lab: _Labelled) -> str:

@@ -78,10 +78,11 @@ def content_hash(listing: Listing, files: list[str]) -> str:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:32]
 
 
-def fingerprint(listing: Listing, progress: bool | None = None) -> Fingerprint:
-    """The content fingerprint of a listing: every file's bytes are hashed (see the module docstring)."""
+def fingerprint(listing: Listing, progress: bool | None = False) -> Fingerprint:
+    """The content fingerprint of a listing: every file's bytes are hashed (see the module docstring).
+    ``progress`` None shows a bar on a terminal (a load passes it; identities hash quietly)."""
     paths = [listing.path(e) for e in listing.entries]
-    bar = tqdm(paths, desc="hashing images", unit="file", disable=not progress)  # shown when loading only
+    bar = tqdm(paths, desc="hashing images", unit="file", disable=_disable(progress))
     files = [_file_hash(p) for p in bar]
     return Fingerprint(content_hash(listing, files), tuple(files))
 

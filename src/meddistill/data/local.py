@@ -105,7 +105,7 @@ def check_size(size: int) -> None:
         raise ConfigError(f"image size {size} is out of range; use {MIN_SIZE}..{MAX_SIZE} (e.g. 28, 32, 64, 128)")
 
 
-def local_fingerprint(listing: Listing, progress: bool | None = None) -> Fingerprint:
+def local_fingerprint(listing: Listing, progress: bool | None = False) -> Fingerprint:
     return fingerprint(listing, progress)
 
 

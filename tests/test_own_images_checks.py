@@ -261,3 +261,32 @@ def test_a_full_disk_while_caching_is_one_line_and_leaves_nothing(grey, tmp_path
         load(root, tmp_path)
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
 
+
+
+def test_a_fifo_under_an_image_name_is_a_bad_image_not_a_hang(grey, tmp_path):
+    root = folder(tmp_path / "d", grey)
+    os.mkfifo(root / "a" / "pipe.png")  # reading it would wait for a writer forever
+    with pytest.raises(DataError, match=r"cannot read image .*a/pipe.png: .*not a regular file"):
+        load(root, tmp_path)
+    assert len(load(root, tmp_path, **{"data.on_bad_image": "skip"}).records) == 20
+
+
+def test_a_folder_that_cannot_be_read_is_one_line_or_skipped_with_a_note(grey, tmp_path, monkeypatch, capsys):
+    root = folder(tmp_path / "d", grey)
+    save(root / "a" / "sub" / "x.png", grey[35])
+    locked = {str(root / "a" / "sub"), str(root / "b")}
+    real = os.scandir
+
+    def scandir(path="."):  # root reads a 0000 folder: be an ordinary user for these two
+        if str(path) in locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(DataError, match=r"cannot read class folder .*/d/b \(Permission denied\)"):
+        load(root, tmp_path)
+    locked.remove(str(root / "b"))
+    with pytest.raises(DataError, match=r"cannot read folder .*a/sub \(Permission denied\): .*--on-bad-image skip"):
+        load(root, tmp_path)
+    ds = load(root, tmp_path, **{"data.on_bad_image": "skip"})
+    assert len(ds.records) == 20 and "skipped 1 unreadable folder(s): a/sub" in capsys.readouterr().err

@@ -21,9 +21,11 @@ of the same files elsewhere shares results, any change of a byte, class or split
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -61,7 +63,10 @@ def _entry_row(e: Entry) -> list:
 
 
 def read_file(path: Path) -> bytes:
-    """The bytes of one listed file (the one place they are read: hashing and decoding)."""
+    """The bytes of one listed file (the one place they are read: hashing and decoding); a FIFO
+    or device under an image name is refused, not read (it could block forever)."""
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
     return path.read_bytes()
 
 

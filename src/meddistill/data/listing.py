@@ -48,6 +48,7 @@ class Listing:
     entries: tuple[Entry, ...]  # in canonical order
     ignored: tuple[str, ...] = ()  # non-image files left out by their extension
     notes: tuple[str, ...] = ()  # class names spelt several ways, merged
+    unreadable: tuple[tuple[str, str], ...] = ()  # (folder below a class folder, reason) not listed
 
     def path(self, entry: Entry) -> Path:
         return self.root / entry.rel
@@ -103,10 +104,15 @@ def _visible(p: Path) -> bool:
     return not p.name.startswith(".")
 
 
-def _class_files(folder: Path, root: Path, ignored: list[str]) -> list[str]:
-    """Image files anywhere below one class folder (relative to ``root``); others go to ``ignored``."""
+def _class_files(folder: Path, root: Path, ignored: list[str], unreadable: list[tuple[str, str]]) -> list[str]:
+    """Image files anywhere below one class folder (relative to ``root``); others go to ``ignored``,
+    folders that cannot be read to ``unreadable``."""
     found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+
+    def note(exc: OSError) -> None:
+        unreadable.append((Path(exc.filename).relative_to(root).as_posix(), exc.strerror or str(exc)))
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=note):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             p = Path(dirpath) / name
@@ -149,6 +155,7 @@ def scan_folder(root: Path) -> Listing:
         raise DataError(f"{root} is not a folder; give an image folder PATH/<class>/*, a CSV manifest or MedMNIST name")
     splits, loose = _split_dirs(root)
     ignored: list[str] = []
+    unreadable: list[tuple[str, str]] = []
     _loose_files(loose, root, root, ignored)
     entries: list[Entry] = []
     for split, folder in splits:
@@ -159,12 +166,14 @@ def scan_folder(root: Path) -> Listing:
             where = f"{folder}/<class>/" if split else f"{root}/<class>/ (or {root}/train/<class>/ ...)"
             raise DataError(f"{folder} has no class folders; put the images in {where}")
         for cls in classes:
-            files = _class_files(cls, root, ignored)
+            files = _class_files(cls, root, ignored, unreadable)
+            if not files and unreadable and unreadable[-1][0] == cls.relative_to(root).as_posix():
+                raise DataError(f"cannot read class folder {cls} ({unreadable[-1][1]}); fix its permissions")
             if not files:
                 raise DataError(f"class folder {cls} has no images ({FORMATS}); add images or remove the folder")
             entries += [Entry(rel, cls.name, split) for rel in files]
     entries, notes = merge_labels(entries)
-    return Listing("folder", root, root, canonical(entries), tuple(ignored), notes)
+    return Listing("folder", root, root, canonical(entries), tuple(ignored), notes, tuple(unreadable))
 
 
 def _columns(reader: csv.DictReader, path: Path) -> dict[str, str]:

@@ -173,6 +173,15 @@ def _raise_bad(listing: Listing, bad: list[tuple[str, str]]) -> None:
     )
 
 
+def _raise_unreadable(listing: Listing) -> None:
+    rel, reason = listing.unreadable[0]
+    more = f" (and {len(listing.unreadable) - 1} more)" if len(listing.unreadable) > 1 else ""
+    raise DataError(
+        f"cannot read folder {listing.root / rel} ({reason}){more}: its images would be left out; fix its "
+        "permissions, or pass --on-bad-image skip to leave them out"
+    )
+
+
 def _normalised(raw: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Exactly the MedMNIST loader's normalisation: train-split mean/std per channel."""
     mean = raw["train"].mean(dim=(0, 2, 3))
@@ -245,6 +254,8 @@ def load_local(cfg: RunConfig, reader: Callable[[Path], Listing], progress: bool
     check_data_config(cfg.data)
     check_size(cfg.size)
     listing = read_listing(cfg, reader)
+    if listing.unreadable and cfg.data.on_bad_image == "fail":
+        _raise_unreadable(listing)
     check_cache_dir(cache_root(cfg.data.cache_dir))
     fp = local_fingerprint(listing, progress)
     dec = _decoded(listing, fp, cfg, progress)
@@ -331,6 +342,8 @@ def _load_notes(listing: Listing, dec: Decoded) -> list[str]:
     if listing.ignored:
         shown = ", ".join(listing.ignored[:3]) + (", ..." if len(listing.ignored) > 3 else "")
         notes.append(f"ignored {len(listing.ignored)} non-image file(s) by extension ({shown})")
+    if listing.unreadable:
+        notes.append(f"skipped {len(listing.unreadable)} unreadable folder(s): {listing.unreadable[0][0]}")
     if dec.bad:
         notes.append(f"skipped {len(dec.bad)} unreadable image(s) (bad_images.csv in the run folder): {dec.bad[0][0]}")
     return notes

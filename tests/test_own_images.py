@@ -49,8 +49,12 @@ def own(tmp_path_factory, data_dir):
     return {"root": root, "breast_npz": breast, "blood_npz": blood, **dirs}
 
 
+KEEP = {"data.duplicates": "keep"}  # BreastMNIST has one image in train (class 0) and test (class 1)
+
+
 def own_cfg(own, name: str, **flags):
     flags.setdefault("data.cache_dir", str(own["cache"]))
+    flags.update(KEEP)
     return tiny_config(str(own["root"] / name), own["runs"], own["experts"], **flags)
 
 
@@ -187,8 +191,7 @@ def test_second_load_reads_the_cache_not_the_images(own, tmp_path, monkeypatch, 
     def no_decoding(*a, **k):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(cache, "decode_file", no_decoding)
-    monkeypatch.setattr(cache, "_file_hash", no_decoding)
+    monkeypatch.setattr(cache, "decode_file", no_decoding)  # the files are hashed again, not decoded
     second = load_data(cfg, progress=False)
     assert torch.equal(first.train.images, second.train.images)
 
@@ -197,7 +200,7 @@ def test_changed_data_changes_every_identity_and_a_touch_does_not(own, tmp_path)
     import shutil
 
     shutil.copytree(own["root"] / "breast", tmp_path / "breast")
-    cfg = tiny_config(str(tmp_path / "breast"), **{"data.cache_dir": str(tmp_path / "c")})
+    cfg = tiny_config(str(tmp_path / "breast"), **{"data.cache_dir": str(tmp_path / "c")}, **KEEP)
     idents = (expert_identity(cfg), distill_identity(cfg), cell_key(cfg), run_dir_for(cfg), expert_dir(cfg))
     assert idents[0]["dataset"] == "breast" and str(tmp_path) not in json.dumps(idents[0])
     # a copy of the same files elsewhere shares the identities (content, not paths or mtimes)
@@ -220,7 +223,7 @@ def test_cli_run_audit_and_export_on_an_image_folder(own, tmp_path, capsys):
     """``meddistill run PATH``: the same config as the run_cell test above, whose run it reuses."""
     args = ["--profile", "tiny", "--out", str(own["runs"]), "--experts-dir", str(own["experts"])]
     args += ["--no-progress", "--device", "cpu", "--set", f"data.cache_dir={own['cache']}"]
-    args += ["--set", "data.flip=true", "--set", "data.rotate=true"]
+    args += ["--set", "data.flip=true", "--set", "data.rotate=true", "--set", "data.duplicates=keep"]
     folder = str(own["root"] / "breast")
     assert main(["run", folder, "--ipc", "2", "--licence", "CC BY-NC 4.0 (Example Lab)", *args]) == 0
     out = capsys.readouterr().out
@@ -237,7 +240,7 @@ def test_cli_run_audit_and_export_on_an_image_folder(own, tmp_path, capsys):
     assert "**CC0**" in (tmp_path / "exp2" / "card.md").read_text()
     assert json.loads((tmp_path / "exp2" / "meta.json").read_text())["license"] == "CC0"
     assert json.loads((tmp_path / "exp" / "meta.json").read_text())["license"] == "CC BY-NC 4.0 (Example Lab)"
-    assert main(["eval", folder, "--full", *args[:4]]) == 0  # eval reads no experts
+    assert main(["eval", folder, "--full", *args[:4], "--set", "data.duplicates=keep"]) == 0  # reads no experts
     assert "full train split (546 images)" in capsys.readouterr().out
 
 
@@ -259,7 +262,8 @@ def test_bench_grid_takes_a_folder(own, tmp_path):
     grid_file = tmp_path / "g.yaml"
     grid_file.write_text(
         f"datasets: [{own['root'] / 'breast'}, breastmnist]\nipc: [1]\nmethods: [random]\nprofile: tiny\n"
-        f"overrides: ['data.cache_dir={own['cache']}', 'device=cpu']\nstore: {tmp_path / 'store.jsonl'}\n"
+        f"overrides: ['data.cache_dir={own['cache']}', 'data.duplicates=keep', 'device=cpu']\n"
+        f"store: {tmp_path / 'store.jsonl'}\n"
         f"out_dir: {tmp_path / 'runs'}\nexperts_dir: {own['experts']}\n"
     )
     grid = load_grid(grid_file)

@@ -162,14 +162,14 @@ def test_dicom_without_pydicom_says_how_to_install_it(grey, tmp_path, monkeypatc
 def test_bad_folders_are_one_clear_error(grey, tmp_path, files, msg):
     root = tmp_path / "data"
     root.mkdir()
-    write(root, {k: grey[0] if v == "grey" else v for k, v in files.items()})
+    write(root, {k: grey[i] if v == "grey" else v for i, (k, v) in enumerate(files.items())})  # distinct images
     with pytest.raises(DataError, match=msg) as e:
         load(root, tmp_path)
     assert "\n" not in str(e.value)
 
 
 def test_a_class_too_small_for_the_split_is_an_error(grey, tmp_path):
-    root = write(tmp_path / "d", {"a/1.png": grey[0], **{f"b/{i}.png": grey[i] for i in range(9)}})
+    root = write(tmp_path / "d", {"a/1.png": grey[0], **{f"b/{i}.png": grey[i + 1] for i in range(9)}})
     with pytest.raises(DataError, match=r"class 'a' has 1 image\(s\); too few to split off val/test"):
         load(root, tmp_path, **{"data.split": [0.1, 0.1, 0.8]})
     assert load(root, tmp_path).info.n_samples == (7, 1, 2)  # 70/10/20: 'a' only in train (a note says so)
@@ -177,7 +177,7 @@ def test_a_class_too_small_for_the_split_is_an_error(grey, tmp_path):
 
 def test_missing_val_split_is_carved_from_train(grey, tmp_path, capsys):
     files = {f"train/{k}": v for k, v in classes(grey, 10).items()}
-    files.update({f"test/{k}": v for k, v in classes(grey, 2).items()})
+    files.update({f"test/{k}": v for k, v in classes(grey[20:], 2).items()})  # other images than train's
     ds = load(write(tmp_path / "d", files), tmp_path)
     assert (len(ds.train), len(ds.val), len(ds.test)) == (18, 2, 4)
     assert "no val split given" in capsys.readouterr().err

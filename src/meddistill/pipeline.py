@@ -19,6 +19,7 @@ from pathlib import Path
 
 from meddistill.config import RunConfig, dump_yaml, identity_dict
 from meddistill.data.loader import MedDataset
+from meddistill.data.local import check_same_data
 from meddistill.data.sources import create_dataset, data_identity, dataset_dir, dataset_tag, write_run_records
 from meddistill.distill import DistillContext, get_method, get_spec
 from meddistill.evaluate import EvalSummary, evaluate_images
@@ -168,6 +169,7 @@ def evaluate_run(
     """Evaluate a (validated) synthetic set with the shared protocol; cached in
     :func:`eval_cache_path`; a new result is appended to ``<out>/results.jsonl``."""
     check_synset(syn, ds.shape, ds.num_classes, f"the set in {run_dir}")
+    check_same_data(ds, run_dir)  # own images changed since the run: refused, not scored or served from cache
     cache = eval_cache_path(cfg, run_dir, syn)
     with run_lock(run_dir):  # a second identical evaluation waits, then reads the cache
         if cache.exists():

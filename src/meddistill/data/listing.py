@@ -9,6 +9,12 @@ Canonical order (the order images have in every split): by file name in natural 
 (``img2`` before ``img10``), then by the whole relative path.  It does not depend on the
 class folders or on the order of the CSV rows, so a folder and a manifest of the same files
 give the same arrays.
+
+Class names (folder names and CSV labels alike) name one class when they are equal after
+dropping spaces around them and ignoring case (``casefold``), or, for numbers, by value
+(``1``, ``1.0`` and `` 01`` are class ``1``). A class spelt several ways is named by its
+spelling that sorts first (``MALIGNANT`` before ``Malignant`` before ``malignant``); the
+listing keeps a note of every merge.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import csv
 import os
 import re
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path, PurePosixPath
 
 from meddistill.data.decode import image_kind
@@ -40,6 +47,8 @@ class Listing:
     root: Path  # entry paths are relative to this folder
     entries: tuple[Entry, ...]  # in canonical order
     ignored: tuple[str, ...] = ()  # non-image files left out by their extension
+    notes: tuple[str, ...] = ()  # class names spelt several ways, merged
+    unreadable: tuple[tuple[str, str], ...] = ()  # (folder below a class folder, reason) not listed
 
     def path(self, entry: Entry) -> Path:
         return self.root / entry.rel
@@ -61,14 +70,49 @@ def canonical(entries: list[Entry]) -> tuple[Entry, ...]:
     return tuple(sorted(entries, key=key))
 
 
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def label_key(label: str) -> str:
+    """What identifies a class: the name without spaces around it, case ignored; a number by value."""
+    text = label.strip()
+    if _NUMBER.fullmatch(text):
+        try:
+            value = Decimal(text)
+        except InvalidOperation:
+            return text.casefold()
+        return str(int(value)) if value == value.to_integral_value() else str(value.normalize())
+    return text.casefold()
+
+
+def merge_labels(entries: list[Entry]) -> tuple[list[Entry], tuple[str, ...]]:
+    """Entries with one name per class (see the module docstring), and a note per merged class."""
+    spellings: dict[str, set[str]] = {}
+    for e in entries:
+        spellings.setdefault(label_key(e.label), set()).add(e.label.strip())
+    names = {k: k if _NUMBER.fullmatch(k) else min(v) for k, v in spellings.items()}
+    notes = tuple(
+        f"labels {', '.join(repr(s) for s in sorted(v))} are one class {names[k]!r} "
+        "(spaces around, case and number format ignored)"
+        for k, v in sorted(spellings.items())
+        if len(v) > 1 or names[k] not in v
+    )
+    return [Entry(e.rel, names[label_key(e.label)], e.split) for e in entries], notes
+
+
 def _visible(p: Path) -> bool:
     return not p.name.startswith(".")
 
 
-def _class_files(folder: Path, root: Path, ignored: list[str]) -> list[str]:
-    """Image files anywhere below one class folder (relative to ``root``); others go to ``ignored``."""
+def _class_files(folder: Path, root: Path, ignored: list[str], unreadable: list[tuple[str, str]]) -> list[str]:
+    """Image files anywhere below one class folder (relative to ``root``); others go to ``ignored``,
+    folders that cannot be read to ``unreadable``."""
     found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+
+    def note(exc: OSError) -> None:
+        unreadable.append((Path(exc.filename).relative_to(root).as_posix(), exc.strerror or str(exc)))
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=note):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             p = Path(dirpath) / name
@@ -96,6 +140,14 @@ def _split_dirs(root: Path) -> tuple[list[tuple[str | None, Path]], list[Path]]:
     return [(p.name.lower(), p) for p in named], files
 
 
+def _loose_files(files: list[Path], folder: Path, root: Path, ignored: list[str]) -> None:
+    """Files beside the class folders: an image there is an error, anything else is ignored."""
+    for f in files:
+        if _visible(f) and image_kind(f) is not None:
+            raise DataError(f"{f} is not in a class folder; move each image into {folder}/<class>/")
+        ignored.append(f.relative_to(root).as_posix())
+
+
 def scan_folder(root: Path) -> Listing:
     """List ``root/<class>/*`` or ``root/<split>/<class>/*`` (see the module docstring)."""
     root = Path(root)
@@ -103,26 +155,25 @@ def scan_folder(root: Path) -> Listing:
         raise DataError(f"{root} is not a folder; give an image folder PATH/<class>/*, a CSV manifest or MedMNIST name")
     splits, loose = _split_dirs(root)
     ignored: list[str] = []
-    for f in loose:
-        if _visible(f) and image_kind(f) is not None:
-            raise DataError(f"{f} is not in a class folder; move each image into {root}/<class>/")
-        ignored.append(f.relative_to(root).as_posix())
+    unreadable: list[tuple[str, str]] = []
+    _loose_files(loose, root, root, ignored)
     entries: list[Entry] = []
     for split, folder in splits:
-        for f in sorted(p for p in folder.iterdir() if p.is_file()):
-            if _visible(f) and image_kind(f) is not None:
-                raise DataError(f"{f} is not in a class folder; move each image into {folder}/<class>/")
-            ignored.append(f.relative_to(root).as_posix())
+        if split is not None:  # a flat layout's loose files are the root's, listed above
+            _loose_files(sorted(p for p in folder.iterdir() if p.is_file()), folder, root, ignored)
         classes = sorted((p for p in folder.iterdir() if p.is_dir() and _visible(p)), key=lambda p: natural_key(p.name))
         if not classes:
             where = f"{folder}/<class>/" if split else f"{root}/<class>/ (or {root}/train/<class>/ ...)"
             raise DataError(f"{folder} has no class folders; put the images in {where}")
         for cls in classes:
-            files = _class_files(cls, root, ignored)
+            files = _class_files(cls, root, ignored, unreadable)
+            if not files and unreadable and unreadable[-1][0] == cls.relative_to(root).as_posix():
+                raise DataError(f"cannot read class folder {cls} ({unreadable[-1][1]}); fix its permissions")
             if not files:
                 raise DataError(f"class folder {cls} has no images ({FORMATS}); add images or remove the folder")
             entries += [Entry(rel, cls.name, split) for rel in files]
-    return Listing("folder", root, root, canonical(entries), tuple(ignored))
+    entries, notes = merge_labels(entries)
+    return Listing("folder", root, root, canonical(entries), tuple(ignored), notes, tuple(unreadable))
 
 
 def _columns(reader: csv.DictReader, path: Path) -> dict[str, str]:
@@ -166,7 +217,8 @@ def read_manifest(path: Path) -> Listing:
     if not rows:
         raise DataError(f"{path} lists no images; add rows path,label[,split] below the header")
     _check_rows(rows, path)
-    return Listing("csv", path, path.parent, canonical([e for _, e in rows]))
+    entries, notes = merge_labels([e for _, e in rows])
+    return Listing("csv", path, path.parent, canonical(entries), (), notes)
 
 
 def _check_rows(rows: list[tuple[int, Entry]], path: Path) -> None:
@@ -176,7 +228,8 @@ def _check_rows(rows: list[tuple[int, Entry]], path: Path) -> None:
             raise DataError(f"{path} lines {seen[e.rel]} and {line} both list {e.rel}; list each image once")
         seen[e.rel] = line
     root = path.parent
-    missing = [(line, e.rel) for line, e in rows if not (root / e.rel).is_file()]
+    # a link that leads nowhere (dangling, a loop) is listed: a bad image, as in a folder
+    missing = [(line, e.rel) for line, e in rows if not (root / e.rel).is_file() and not (root / e.rel).is_symlink()]
     if missing:
         line, rel = missing[0]
         raise DataError(

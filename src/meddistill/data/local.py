@@ -3,6 +3,13 @@
 listing (``listing.py``) → content fingerprint and decoded arrays (``cache.py``, decoded once)
 → split (``splits.py``) → the same normalisation as the MedMNIST loader (train mean/std per
 channel), so an image folder holding a MedMNIST split gives bit-identical tensors.
+Checks at load, each a one-line error (exit 2) or a note with counts: ``--out``,
+``--experts-dir`` or the decode cache inside the image folder is refused (their files would be
+read as images next time); files with the same content (a copy, a link) in two classes or two
+splits are refused (a label clash, or a train/test leak), and within one class and split only
+the first in canonical order is kept (a note says how many were dropped) — unless
+``data.duplicates`` is ``keep`` (every file used as listed); the classes found are
+printed.  ``eval`` refuses a run whose ``data.json`` fingerprint is not the data's now.
 The run folder gets ``split.csv`` (every image, its class, split and content hash; usable as
 a CSV manifest to reproduce the run), ``data.json`` (the dataset's description) and, when
 unreadable images were skipped, ``bad_images.csv``.
@@ -27,6 +34,7 @@ from meddistill.data.cache import (
     Decoded,
     Fingerprint,
     cache_root,
+    check_cache_dir,
     decode_listing,
     decoded_path,
     fingerprint,
@@ -46,6 +54,7 @@ if TYPE_CHECKING:
 
 MIN_SIZE, MAX_SIZE = 8, 1024
 UNSPECIFIED_LICENCE = "not specified"
+MAX_CLASSES_SHOWN = 20  # the classes note names at most this many
 
 
 @dataclass
@@ -96,8 +105,50 @@ def check_size(size: int) -> None:
         raise ConfigError(f"image size {size} is out of range; use {MIN_SIZE}..{MAX_SIZE} (e.g. 28, 32, 64, 128)")
 
 
-def local_fingerprint(listing: Listing, cfg: RunConfig, progress: bool | None = None) -> Fingerprint:
-    return fingerprint(listing, cache_root(cfg.data.cache_dir), progress)
+def local_fingerprint(listing: Listing, progress: bool | None = False) -> Fingerprint:
+    return fingerprint(listing, progress)
+
+
+def read_listing(cfg: RunConfig, reader: Callable[[Path], Listing]) -> Listing:
+    """The listing of ``cfg.dataset``, refused when the run's outputs would be read as its images."""
+    listing = reader(Path(cfg.dataset).expanduser())
+    check_outputs_outside(listing, cfg)
+    return listing
+
+
+def check_outputs_outside(listing: Listing, cfg: RunConfig) -> None:
+    """``--out``, ``--experts-dir`` and the decode cache must not lie in an image folder: the next
+    scan would take their plots and files for images (a class made of the tool's own grid.png)."""
+    if listing.kind != "folder":
+        return  # a CSV lists its files: nothing else in its folder is read
+    root = listing.root.resolve()
+    cache = str(cache_root(cfg.data.cache_dir))
+    outputs = {"--out": cfg.out_dir, "--experts-dir": cfg.experts_dir, "the decode cache (data.cache_dir)": cache}
+    for flag, given in outputs.items():
+        path = Path(given).expanduser().resolve()
+        if path == root or root in path.parents:
+            raise ConfigError(
+                f"{flag} {given} is inside the image folder {root}: its files would be read as images next time; "
+                f"put it outside {root}"
+            )
+
+
+def check_same_data(ds: MedDataset, run_dir: Path) -> None:
+    """Refuse to evaluate a run on other images than it was distilled on (own images: the
+    fingerprint its ``data.json`` recorded); a MedMNIST run, or one without ``data.json``, passes."""
+    if not isinstance(ds, LocalDataset):
+        return
+    try:
+        saved = json.loads((run_dir / "data.json").read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return
+    if saved and saved != ds.fingerprint:
+        source = ds.listing.source if ds.listing else "the data"
+        raise DataError(
+            f"the data's fingerprint differs from the run's ({ds.fingerprint[:12]} now, {str(saved)[:12]} in "
+            f"{run_dir / 'data.json'}): {source} changed since the run; run it again on the data as it is, "
+            "or restore the data it was distilled on"
+        )
 
 
 def _decoded(listing: Listing, fp: Fingerprint, cfg: RunConfig, progress: bool | None) -> Decoded:
@@ -119,6 +170,15 @@ def _raise_bad(listing: Listing, bad: list[tuple[str, str]]) -> None:
     raise DataError(
         f"cannot read image {listing.root / rel}: {reason}{more}; fix or remove it, "
         "or pass --on-bad-image skip to leave unreadable images out"
+    )
+
+
+def _raise_unreadable(listing: Listing) -> None:
+    rel, reason = listing.unreadable[0]
+    more = f" (and {len(listing.unreadable) - 1} more)" if len(listing.unreadable) > 1 else ""
+    raise DataError(
+        f"cannot read folder {listing.root / rel} ({reason}){more}: its images would be left out; fix its "
+        "permissions, or pass --on-bad-image skip to leave them out"
     )
 
 
@@ -193,9 +253,13 @@ def load_local(cfg: RunConfig, reader: Callable[[Path], Listing], progress: bool
     """Build a normalised dataset from ``cfg.dataset`` (a folder or a CSV, read by ``reader``)."""
     check_data_config(cfg.data)
     check_size(cfg.size)
-    listing = reader(Path(cfg.dataset).expanduser())
-    fp = local_fingerprint(listing, cfg, progress)
+    listing = read_listing(cfg, reader)
+    if listing.unreadable and cfg.data.on_bad_image == "fail":
+        _raise_unreadable(listing)
+    check_cache_dir(cache_root(cfg.data.cache_dir))
+    fp = local_fingerprint(listing, progress)
     dec = _decoded(listing, fp, cfg, progress)
+    dec, dup_notes = _unique(listing, fp, dec) if cfg.data.duplicates == "check" else (dec, [])
     lab = _labelled(listing, dec, cfg)
     raw, ys = _splits(dec, lab)
     check_ipc(cfg.distill.ipc, lab.classes, ys["train"], str(listing.source))
@@ -203,7 +267,7 @@ def load_local(cfg: RunConfig, reader: Callable[[Path], Listing], progress: bool
     counts = (len(ys["train"]), len(ys["val"]), len(ys["test"]))
     info = _info(dataset_name(listing.source), lab.classes, int(dec.images.shape[1]), counts, cfg.data)
     splits = [Split(norm[s], ys[s]) for s in SPLITS]
-    notes = _load_notes(listing, dec) + lab.notes
+    notes = [*listing.notes, *_load_notes(listing, dec), *dup_notes, *lab.notes, _classes_note(lab)]
     records = _records(listing, fp, dec, lab)
     extra = {"listing": listing, "fingerprint": fp.content, "records": records, "bad": dec.bad, "notes": notes}
     ds = LocalDataset(info, cfg.size, *splits, mean, std, listing.source, **extra)
@@ -223,11 +287,63 @@ def check_ipc(ipc: int, classes: list[str], train_labels: torch.Tensor, where: s
             )
 
 
+def _unique(listing: Listing, fp: Fingerprint, dec: Decoded) -> tuple[Decoded, list[str]]:
+    """The readable images with distinct contents. The same bytes in two classes or two splits
+    (a copy or a link) is an error; within one class and split the first in canonical order is
+    kept and a note counts the others."""
+    first: dict[str, int] = {}
+    keep = np.ones(len(dec.keep), dtype=bool)
+    clashes: list[tuple[Entry, Entry]] = []
+    for j, i in enumerate(dec.keep.tolist()):
+        e = listing.entries[i]
+        k = first.setdefault(fp.files[i], i)
+        if k == i:
+            continue
+        if (listing.entries[k].label, listing.entries[k].split) == (e.label, e.split):
+            keep[j] = False
+        else:
+            clashes.append((listing.entries[k], e))
+    if clashes:
+        a, b = clashes[0]
+        raise DataError(
+            f"{listing.source}: {len(clashes)} image(s) have the same content as an image of another class or "
+            f"split, e.g. {listing.path(a)} and {listing.path(b)} ({_apart(a, b)}); "
+            "remove one copy of each (the same image under two labels, or in train and test, spoils the result), "
+            "or pass --set data.duplicates=keep to use every file as listed"
+        )
+    if keep.all():
+        return dec, []
+    dropped = [listing.entries[i].rel for i in dec.keep[~keep].tolist()]
+    note = (
+        f"dropped {len(dropped)} duplicate image(s) (the same content as an earlier file of their class; "
+        f"the first in name order is kept): {dropped[0]}"
+    )
+    return Decoded(dec.images[keep], dec.keep[keep], dec.bad), [note]
+
+
+def _apart(a: Entry, b: Entry) -> str:
+    if a.label != b.label:
+        splits = f", splits {a.split} and {b.split}" if a.split != b.split else ""
+        return f"classes {a.label!r} and {b.label!r}{splits}"
+    return f"class {a.label!r}, splits {a.split} and {b.split}"
+
+
+def _classes_note(lab: _Labelled) -> str:
+    counts = {c: 0 for c in lab.classes}
+    for e in lab.entries:
+        counts[e.label] += 1
+    shown = ", ".join(f"{c!r} ({n})" for c, n in list(counts.items())[:MAX_CLASSES_SHOWN])
+    more = f", ... ({len(counts) - MAX_CLASSES_SHOWN} more)" if len(counts) > MAX_CLASSES_SHOWN else ""
+    return f"{len(counts)} classes: {shown}{more}"
+
+
 def _load_notes(listing: Listing, dec: Decoded) -> list[str]:
     notes = []
     if listing.ignored:
         shown = ", ".join(listing.ignored[:3]) + (", ..." if len(listing.ignored) > 3 else "")
         notes.append(f"ignored {len(listing.ignored)} non-image file(s) by extension ({shown})")
+    if listing.unreadable:
+        notes.append(f"skipped {len(listing.unreadable)} unreadable folder(s): {listing.unreadable[0][0]}")
     if dec.bad:
         notes.append(f"skipped {len(dec.bad)} unreadable image(s) (bad_images.csv in the run folder): {dec.bad[0][0]}")
     return notes

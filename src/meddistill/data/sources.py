@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from meddistill.data.cache import DECODER_VERSION
 from meddistill.data.listing import Listing, read_manifest, scan_folder
 from meddistill.data.loader import MedDataset, load_dataset
-from meddistill.data.local import LocalDataset, dataset_name, load_local, local_fingerprint, write_records
+from meddistill.data.local import LocalDataset, dataset_name, load_local, local_fingerprint, read_listing, write_records
 from meddistill.data.registry import DATASETS, SIZES, UnknownDatasetError, get_info
 from meddistill.data.splits import assign
 from meddistill.errors import ConfigError, DataError
@@ -154,15 +154,16 @@ register_source(  # canonical: "BREAST" or "breast" → "breastmnist" (one name,
 
 def _local_identity(reader: Callable[[Path], Listing]) -> Callable[[RunConfig], dict[str, Any]]:
     def identity(cfg: RunConfig) -> dict[str, Any]:
-        listing = reader(Path(cfg.dataset).expanduser())
+        listing = read_listing(cfg, reader)
         d = cfg.data
         data = {
-            "fingerprint": local_fingerprint(listing, cfg).content,
+            "fingerprint": local_fingerprint(listing).content,
             "channels": d.channels,
             "split": list(d.split),
             "split_seed": d.split_seed,
             "flip": d.flip,
             "rotate": d.rotate,
+            "duplicates": d.duplicates,
             "decoder": DECODER_VERSION,
         }
         return {"dataset": dataset_name(listing.source), "data": data}
@@ -179,7 +180,7 @@ def _local_loader(reader: Callable[[Path], Listing]) -> Callable[[RunConfig, boo
 
 def _local_train_size(reader: Callable[[Path], Listing]) -> Callable[[RunConfig], int]:
     def size(cfg: RunConfig) -> int:
-        listing = reader(Path(cfg.dataset).expanduser())
+        listing = read_listing(cfg, reader)
         labels = [e.label for e in listing.entries]
         given = [e.split for e in listing.entries]
         splits, _ = assign(labels, given, cfg.data.split, cfg.data.split_seed, str(listing.source))

@@ -276,3 +276,99 @@ def test_unexpected_exceptions_are_one_line_with_exit_1(monkeypatch, capsys):
     monkeypatch.setenv("MEDDISTILL_DEBUG", "1")
     with pytest.raises(RuntimeError, match="boom"):
         main(["datasets"])
+
+
+# ------------------------------------------------------------------ full disks, read-only folders
+def test_a_full_disk_while_writing_the_set_is_one_line_and_the_rerun_is_exact(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import meddistill.synset as synset_mod
+
+    argv = ["run", "breastmnist", "--method", "random", "--ipc", "1", "--device", "cpu", "--no-progress"]
+    argv += _tiny(tmp_path)
+    real = synset_mod.np.savez_compressed
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(synset_mod.np, "savez_compressed", full)
+    err = _one_error_line(capsys, main(argv), "cannot write ", "synset.npz: No space left on device")
+    assert "internal error" not in err
+    assert not list((tmp_path / "runs").rglob("synset.npz")) and not list((tmp_path / "runs").rglob("*.tmp"))
+    monkeypatch.setattr(synset_mod.np, "savez_compressed", real)
+    assert main(argv) == 0 and len(list((tmp_path / "runs").rglob("synset.npz"))) == 1
+
+
+def test_a_full_experts_dir_is_one_line_naming_the_expert_file(tmp_path, capsys, monkeypatch):
+    from safetensors import SafetensorError
+
+    import meddistill.experts as experts_mod
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(experts_mod, "save_file", full)
+    argv = ["experts", "breastmnist", "--device", "cpu", "--no-progress", "--workers", "1", "--profile", "tiny"]
+    code = main([*argv, "--experts-dir", str(tmp_path / "ex")])
+    _one_error_line(capsys, code, "cannot write ", "expert_0.partial.safetensors: No space left on device")
+
+
+@pytest.mark.parametrize("code", ["EROFS", "ENOSPC", "EDQUOT", "EACCES"])
+def test_a_write_error_no_check_foresaw_is_one_line_with_the_path(monkeypatch, capsys, code):
+    import errno
+    import os
+
+    import meddistill.cli as cli
+
+    def boom(args):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), "/some/where/file.png")
+
+    monkeypatch.setitem(cli.COMMANDS, "datasets", boom)
+    monkeypatch.delenv("MEDDISTILL_DEBUG", raising=False)
+    _one_error_line(capsys, main(["datasets"]), "cannot write /some/where/file.png")
+
+
+# ------------------------------------------------------------------ report: never overwrite the user's files
+def _store(tmp_path: Path) -> Path:
+    store = tmp_path / "s.jsonl"
+    store.write_text(json.dumps({"dataset": "d", "ipc": 1, "method": "a", "seed": 0, "acc_mean": 0.5, "auc_mean": 0.5}))
+    return store
+
+
+def test_report_refuses_a_folder_with_files_it_did_not_write(tmp_path, capsys):
+    store, out = _store(tmp_path), tmp_path / "mine"
+    out.mkdir()
+    (out / "table_acc.md").write_text("an earlier report: may be replaced")
+    assert main(["report", str(store), "--out", str(out)]) == 0  # only report files: rewritten
+    (out / "notes.md").write_text("my own notes")
+    (out / "table_acc.md").write_text("mine")
+    capsys.readouterr()
+    code = main(["report", str(store), "--out", str(out)])
+    _one_error_line(capsys, code, f"--out {out} holds files a report does not write ({out / 'notes.md'})", "--force")
+    assert (out / "table_acc.md").read_text() == "mine"  # nothing written
+    assert main(["report", str(store), "--out", str(out), "--force"]) == 0
+    assert (out / "notes.md").read_text() == "my own notes" and (out / "table_acc.md").read_text() != "mine"
+
+
+def test_report_per_net_folders_and_leftover_temp_files_are_its_own(tmp_path, capsys):
+    from meddistill.bench.report import foreign_files
+
+    out = tmp_path / "rep"
+    (out / "convnet").mkdir(parents=True)
+    (out / "convnet" / "acc_vs_ipc_breastmnist.png").write_bytes(b"png")
+    (out / "grids_breastmnist_ipc10.png").write_bytes(b"png")
+    (out / ".table_auc.csv.0123456789ab.tmp").write_text("")
+    assert foreign_files(out) == []
+    (out / "convnet" / "paper.tex").write_text("x")
+    assert foreign_files(out) == [out / "convnet" / "paper.tex"]
+
+
+def test_bench_report_refuses_a_folder_with_files_it_did_not_write(tmp_path, capsys):
+    rep = tmp_path / "rep"
+    rep.mkdir()
+    (rep / "thesis.docx").write_text("x")
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: g\ndatasets: [breastmnist]\nmethods: [random]\nipc: [1]\nseeds: [0]\nprofile: tiny\n")
+    code = main(["bench", str(grid), "--report", str(rep), "--store", str(tmp_path / "s.jsonl")])
+    _one_error_line(capsys, code, f"--report {rep} holds files a report does not write")
+    assert not (tmp_path / "s.jsonl").exists()

@@ -306,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="report", help="output folder (default: report)")
     p.add_argument("--net", help="evaluation net to report; 'all': one sub-folder per net (default: the row's mean)")
     p.add_argument("--order", type=names("a method"), help="comma-separated method order for the tables")
+    p.add_argument(
+        "--force", action="store_true", help="write into a folder that holds other files (same names are replaced)"
+    )
     return ap
 
 
@@ -574,7 +577,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     check_out_dir(grid.out_dir, "--out")
     check_out_dir(grid.experts_dir, "--experts-dir")
     if args.report:
+        from meddistill.bench.report import check_report_folder
+
         check_out_dir(args.report, "--report")
+        check_report_folder(args.report, "--report")
     ran, done = run_grid(
         grid, args.executor, args.address, not args.no_progress, args.limit, args.workers, args.threads, **extra
     )
@@ -587,10 +593,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from meddistill.bench import write_report
-    from meddistill.bench.report import read_results, split_settings
+    from meddistill.bench.report import check_report_folder, read_results, split_settings
     from meddistill.checks import check_out_dir
 
     check_out_dir(args.out, "--out")
+    check_report_folder(args.out, "--out", args.force)
     rows = read_results(args.store)
     present = sorted({r["method"] for r in rows})
     stray = [m for m in args.order or [] if m not in present]
@@ -723,6 +730,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a net under the checks above, not a substitute for them
         if os.environ.get("MEDDISTILL_DEBUG"):
             raise
+        from meddistill.utils import write_problem
+
+        reason = write_problem(exc)  # a full disk or a read-only folder where no check foresaw it
+        if reason is not None:
+            where = getattr(exc, "filename", None)
+            _say(f"error: cannot write {where or 'a file'}: {reason}; free space or choose a writable folder")
+            return 2
         _say(f"internal error: {type(exc).__name__}: {exc} (set MEDDISTILL_DEBUG=1 for the traceback)")
         return 1
 

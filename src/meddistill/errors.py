@@ -21,3 +21,18 @@ class ArtifactError(MeddistillError):
 
 class RunStopped(MeddistillError):
     """A run stopped before its last iteration; its checkpoint lets it resume."""
+
+
+class WriteError(ArtifactError):
+    """A file could not be written for lack of room or permission (a full disk or quota, a
+    read-only file system, a folder the process may not write to). Nothing was replaced."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(
+            f"cannot write {path}: {reason}; nothing there was changed — free space or choose a writable folder, "
+            "then run the same command again"
+        )
+
+    def __reduce__(self) -> tuple:  # raised in a worker process, re-raised in the parent
+        return type(self), (self.path, self.reason)

@@ -21,6 +21,7 @@ from meddistill.config import RunConfig, dump_yaml, identity_dict
 from meddistill.data.loader import MedDataset
 from meddistill.data.sources import create_dataset, data_identity, dataset_dir, dataset_tag, write_run_records
 from meddistill.distill import DistillContext, get_method, get_spec
+from meddistill.errors import WriteError
 from meddistill.evaluate import EvalSummary, evaluate_images
 from meddistill.experts import expert_identity
 from meddistill.health import LOG
@@ -153,8 +154,9 @@ def _write_cache(cache: Path, row: dict) -> None:
     cache: the result is still returned (and printed, and appended to the results file)."""
     try:
         write_text_atomic(cache, json.dumps(row, indent=2, sort_keys=True))
-    except OSError as exc:
-        _warn(f"could not write the evaluation cache {cache} ({exc.strerror or exc}); the result is not cached")
+    except (OSError, WriteError) as exc:
+        reason = exc.reason if isinstance(exc, WriteError) else exc.strerror or exc
+        _warn(f"could not write the evaluation cache {cache} ({reason}); the result is not cached")
 
 
 def eval_cache_path(cfg: RunConfig, run_dir: Path, syn: SynSet) -> Path:

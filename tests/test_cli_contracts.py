@@ -372,3 +372,43 @@ def test_bench_report_refuses_a_folder_with_files_it_did_not_write(tmp_path, cap
     code = main(["bench", str(grid), "--report", str(rep), "--store", str(tmp_path / "s.jsonl")])
     _one_error_line(capsys, code, f"--report {rep} holds files a report does not write")
     assert not (tmp_path / "s.jsonl").exists()
+
+
+# ------------------------------------------------------------------ flags that cannot apply
+@pytest.mark.parametrize(
+    ("extra", "needles"),
+    [
+        (["--licence", "CC-BY-4.0"], ["--licence applies to own images", "breastmnist is a MedMNIST subset"]),
+        (["--on-bad-image", "skip"], ["--on-bad-image applies to own images"]),
+        (["--channels", "3", "--licence", "x"], ["--channels, --licence apply to own images"]),
+        (["--set", "dataset=bloodmnist"], ["--set dataset=bloodmnist: the dataset is the command's argument"]),
+        (["--set", "distill.ipc=5"], ["--set distill.ipc=5 and --ipc set the same key"]),
+        (["--set", "method.iterations=5", "--iterations", "4"], ["and --iterations set the same key"]),
+        (["--set", "distill.ptm.iterations=5", "--iterations", "4"], ["and --iterations set the same key"]),
+        (["--set", "distill.dm.lr_img=2"], ["`meddistill distill` does not read distill.dm.lr_img"]),
+        (["--set", "data.flip=true"], ["does not read data.flip (breastmnist"]),
+        (["--set", "eval.epochs=3"], ["`meddistill distill` does not read eval.epochs"]),
+        (["--method", "dm", "--set", "experts.lr=0.1"], ["does not read experts.lr (breastmnist, method dm)"]),
+    ],
+)
+def test_a_flag_or_set_that_cannot_apply_is_an_error(tmp_path, capsys, extra, needles):
+    argv = ["distill", "breastmnist", "--ipc", "1", "--device", "cpu", "--dry-run", *_tiny(tmp_path), *extra]
+    _one_error_line(capsys, main(argv), *needles)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_set_keys_a_command_reads_are_accepted(tmp_path, capsys):
+    base = ["--ipc", "1", "--device", "cpu", "--dry-run", *_tiny(tmp_path)]
+    for argv in (
+        ["distill", "breastmnist", *base, "--set", "method.iterations=5", "--set", "distill.ptm.lr_img=50"],
+        ["run", "breastmnist", *base, "--set", "eval.epochs=3", "--set", "experts.lr=0.02"],
+    ):
+        assert main(argv) == 0, capsys.readouterr().err
+    code = main(["experts", "breastmnist", "--profile", "tiny", "--set", "eval.epochs=3"])
+    _one_error_line(capsys, code, "`meddistill experts` does not read eval.epochs")
+
+
+def test_eval_of_a_medmnist_run_refuses_own_image_flags(tmp_path, capsys):
+    run_dir, _ = _fake_run(tmp_path)
+    _one_error_line(capsys, main(["eval", str(run_dir), "--licence", "x"]), "--licence applies to own images")
+    _one_error_line(capsys, main(["eval", str(run_dir), "--set", "distill.ipc=4"]), "uses the run's own distill")

@@ -332,6 +332,28 @@ def usage_table() -> str:
 
 
 # ------------------------------------------------------------------ configs
+#: the flag that sets each config key (``dataset``: the command's argument)
+FLAG_NAMES = {
+    "size": "--size",
+    "seed": "--seed",
+    "device": "--device",
+    "workers": "--workers",
+    "data_root": "--data-root",
+    "out_dir": "--out",
+    "experts_dir": "--experts-dir",
+    "distill.ipc": "--ipc",
+    "distill.method": "--method",
+    "method.iterations": "--iterations",
+    "experts.num_experts": "--num-experts",
+    "experts.epochs": "--epochs",
+    "eval.num_nets": "--num-nets",
+    "eval.nets": "--nets",
+    "data.channels": "--channels",
+    "data.licence": "--licence",
+    "data.on_bad_image": "--on-bad-image",
+}
+
+
 def config_from_args(args: argparse.Namespace, dataset: str | None = None) -> RunConfig:
     flags = {
         "dataset": dataset if dataset is not None else getattr(args, "dataset", None),
@@ -353,7 +375,79 @@ def config_from_args(args: argparse.Namespace, dataset: str | None = None) -> Ru
         "data.licence": getattr(args, "licence", None),
         "data.on_bad_image": getattr(args, "on_bad_image", None),
     }
-    return build_config(args.profile or "cpu", args.config, args.overrides, **flags)
+    cfg = build_config(args.profile or "cpu", args.config, args.overrides, **flags)
+    _check_overrides(args, cfg, flags)
+    _check_own_image_flags(args, cfg)
+    return cfg
+
+
+OWN_IMAGE_FLAGS = {"channels": "--channels", "licence": "--licence", "on_bad_image": "--on-bad-image"}
+
+#: config keys (a dotted prefix ending in ".", or a whole key) that a command never reads
+UNREAD_BY = {
+    "experts": ("distill.", "method.", "eval.", "seed", "out_dir"),
+    "distill": ("eval.",),
+    "eval": ("experts_dir", "workers"),  # a run folder's own distill/experts: _check_fixed
+}
+
+
+def _is_medmnist(cfg: RunConfig) -> bool:
+    from meddistill.data.sources import pick_source
+
+    return pick_source(cfg.dataset).name == "medmnist"
+
+
+def _check_own_image_flags(args: argparse.Namespace, cfg: RunConfig) -> None:
+    """``--channels``, ``--licence`` and ``--on-bad-image`` describe a lab's own images; a
+    MedMNIST file fixes all three, so on a MedMNIST name they would be ignored: an error."""
+    given = [flag for key, flag in OWN_IMAGE_FLAGS.items() if getattr(args, key, None) is not None]
+    if given and _is_medmnist(cfg):
+        raise ConfigError(
+            f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to own images (an image folder or "
+            f"CSV manifest); {cfg.dataset} is a MedMNIST subset, whose file fixes it: drop {', '.join(given)}"
+        )
+
+
+def _override_key(key: str, cfg: RunConfig) -> str:
+    """A ``--set`` or flag key as :func:`build_config` applies it (``method.x`` → the active
+    method's ``distill.<method>.x``)."""
+    return f"distill.{cfg.distill.method}.{key[len('method.'):]}" if key.startswith("method.") else key
+
+
+def _unread(key: str, cfg: RunConfig, command: str) -> bool:
+    """Whether a ``--set`` key (as applied) changes nothing for ``command`` with ``cfg``."""
+    from meddistill.distill import get_spec
+
+    unread = list(UNREAD_BY.get(command, ()))
+    if command in ("distill", "run"):
+        unread += [f"distill.{m}." for m in cfg.distill.sections if m != cfg.distill.method]
+        if not get_spec(cfg.distill.method).needs_experts:
+            unread += ["experts.", "experts_dir", "workers"]
+    if _is_medmnist(cfg):
+        unread.append("data.")
+    return any(key.startswith(p) if p.endswith(".") else key == p for p in unread)
+
+
+def _check_overrides(args: argparse.Namespace, cfg: RunConfig, flags: dict) -> None:
+    """Every ``--set`` is honoured: one that a flag or the dataset argument replaces, or that
+    sets a key the command does not read with this config, would be silently ignored: an error."""
+    from meddistill.config import split_override
+
+    given = {_override_key(k, cfg): k for k, v in flags.items() if v is not None and k != "dataset"}
+    for text in args.overrides:
+        key = split_override(text)[0]
+        if key == "dataset":
+            raise ConfigError(
+                f"--set {text}: the dataset is the command's argument (or its run folder's); give it there"
+            )
+        full = _override_key(key, cfg)
+        if full in given:
+            raise ConfigError(f"--set {text} and {FLAG_NAMES[given[full]]} set the same key; give one of them")
+        if _unread(full, cfg, args.command):
+            raise ConfigError(
+                f"--set {text}: `meddistill {args.command}` does not read {key} "
+                f"({cfg.dataset}, method {cfg.distill.method}); drop it"
+            )
 
 
 # ------------------------------------------------------------------ commands
@@ -451,12 +545,12 @@ def _check_fixed(cfg: RunConfig, plain: RunConfig, base: RunConfig, run_dir: Pat
     """Evaluating a run folder uses the run's own size, net, distill and experts settings: a
     flag, ``--set`` or ``--config`` that changes them (to neither the profile's nor the run's
     value) would be ignored, so it is an error."""
-    for key in ("size", "net", "distill", "experts"):
+    for key in ("size", "net", "distill", "experts", "data"):
         mine = getattr(cfg, key)
         if mine != getattr(plain, key) and mine != getattr(base, key):
             raise ConfigError(
                 f"evaluating {run_dir} uses the run's own {key} (its config.yaml); "
-                f"drop the --size/--set/--config that changes {key}"
+                f"drop the flag, --set or --config that changes {key}"
             )
 
 

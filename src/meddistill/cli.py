@@ -5,7 +5,9 @@ torchvision's reference scripts. Each sub-command accepts only the flags it read
 table is generated from this parser, :func:`usage_table`). Inputs are checked before any work
 starts (:mod:`meddistill.checks`); user errors print one line and exit with status 2; anything
 else prints one ``internal error`` line and exits with 1 (``MEDDISTILL_DEBUG=1``: the
-traceback). Ctrl-C leaves the checkpoint in place and says how to resume.
+traceback). Ctrl-C leaves the checkpoint in place and says how to resume, in one line at any
+moment: the heavy imports (torch) happen inside :func:`main`'s handlers, and :func:`script`
+ignores a further Ctrl-C once the command has ended (while Python runs its exit handlers).
 """
 
 from __future__ import annotations
@@ -14,15 +16,19 @@ import argparse
 import contextlib
 import math
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from meddistill import __version__
-from meddistill.config import PROFILES, RunConfig, build_config
 from meddistill.errors import ArtifactError, ConfigError, MeddistillError
 from meddistill.process import prepare_process
+from meddistill.profiles import PROFILES
+
+if TYPE_CHECKING:  # the CLI imports torch only inside main(), where a Ctrl-C is handled
+    from meddistill.config import RunConfig
 
 T = TypeVar("T")
 
@@ -375,6 +381,8 @@ def config_from_args(args: argparse.Namespace, dataset: str | None = None) -> Ru
         "data.licence": getattr(args, "licence", None),
         "data.on_bad_image": getattr(args, "on_bad_image", None),
     }
+    from meddistill.config import build_config
+
     cfg = build_config(args.profile or "cpu", args.config, args.overrides, **flags)
     _check_overrides(args, cfg, flags)
     _check_own_image_flags(args, cfg)
@@ -555,6 +563,7 @@ def _check_fixed(cfg: RunConfig, plain: RunConfig, base: RunConfig, run_dir: Pat
 
 
 def _eval_run_config(args: argparse.Namespace, run_dir: Path, meta: dict) -> RunConfig:
+    from meddistill.config import build_config
     from meddistill.runfolder import load_run_config, runs_root, saved_path
 
     base = load_run_config(run_dir)
@@ -807,16 +816,27 @@ def _say(message: str) -> None:
     print("meddistill: " + "; ".join(s.strip() for s in message.splitlines() if s.strip()), file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """A further Ctrl-C is ignored inside the block (the previous handler is restored after)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
         prepare_process()
         return COMMANDS[args.command](args)
     except MeddistillError as exc:
         _say(f"error: {exc}")
         return 2
     except KeyboardInterrupt:
-        _say("interrupted; finished work and the last checkpoint are kept — run the same command again to resume")
+        with _sigint_ignored():  # a second Ctrl-C while this is printed
+            _say("interrupted; finished work and the last checkpoint are kept — run the same command again to resume")
         return 130
     except BrokenPipeError:  # the reader went away (`meddistill ... | head`): stop quietly, as cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
@@ -835,5 +855,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def script() -> int:
+    """The ``meddistill`` command: :func:`main`, then Ctrl-C ignored while Python exits (a
+    Ctrl-C in an exit handler would print "Exception ignored in atexit callback")."""
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script())

@@ -505,16 +505,49 @@ def _check_resume(args: argparse.Namespace, cfg: RunConfig) -> None:
 def _prepare_cell(args: argparse.Namespace, evaluation: bool):
     """The config and the data of a ``distill``/``run`` cell, everything checked before any
     folder is made (a failed check leaves nothing behind)."""
-    from meddistill.checks import check_cell, check_out_dir
+    from meddistill.checks import check_cell
     from meddistill.pipeline import load_data
 
     cfg = config_from_args(args)
     _check_resume(args, cfg)
-    check_out_dir(cfg.out_dir, "--out")
-    check_out_dir(cfg.experts_dir, "--experts-dir")
+    cached = not args.restart and _nothing_to_compute(cfg, evaluation)
+    _check_writable([(cfg.out_dir, "--out"), (cfg.experts_dir, "--experts-dir")], cached)
     ds = load_data(cfg)
     check_cell(cfg, ds, evaluation)
     return cfg, ds
+
+
+def _nothing_to_compute(cfg: RunConfig, evaluation: bool, run_dir: Path | None = None) -> bool:
+    """Whether the cell's set (and with ``evaluation`` its evaluation) is already in its run folder."""
+    from meddistill.pipeline import eval_cache_path, run_dir_for
+    from meddistill.synset import SynSet
+
+    run_dir = run_dir_for(cfg) if run_dir is None else run_dir
+    path = run_dir / "synset.npz" if run_dir.is_dir() else run_dir
+    if not path.is_file():
+        return False
+    if not evaluation:
+        return True
+    try:
+        return eval_cache_path(cfg, path.parent, SynSet.load(path)).is_file()
+    except MeddistillError:  # a damaged set: the command says so where it reads it
+        return False
+
+
+def _check_writable(folders: list[tuple[str | os.PathLike, str]], cached: bool) -> None:
+    """:func:`~meddistill.checks.check_out_dir` of each (folder, what); where nothing needs
+    computing, a folder that cannot be written (read-only) is only a warning, one line for all:
+    the cached result is served and nothing is written."""
+    from meddistill.checks import check_out_dir
+
+    for path, what in folders:
+        try:
+            check_out_dir(path, what)
+        except ArtifactError as exc:
+            if not cached:
+                raise
+            _say(f"warning: {exc}; serving the cached result, nothing is written")
+            return
 
 
 def _print_dry_run(cfg: RunConfig) -> int:
@@ -606,7 +639,7 @@ def _eval_full(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from meddistill.checks import check_nets, check_out_dir, check_store
+    from meddistill.checks import check_nets, check_store
     from meddistill.pipeline import evaluate_run, load_data
     from meddistill.synset import SynSet
     from meddistill.synset_check import check_synset
@@ -618,8 +651,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run_dir = target if target.is_dir() else target.parent
     syn = SynSet.load(target)
     cfg = _eval_run_config(args, run_dir, syn.meta)
-    check_out_dir(run_dir, "run folder")  # the evaluation is cached there
-    check_out_dir(cfg.out_dir, "--out")
+    cached = _nothing_to_compute(cfg, True, target)
+    # served from the run folder's cache, a read-only run or --out folder is only a warning; else a
+    # read-only run folder costs only the cache (pipeline warns), and --out must take the result
+    _check_writable([(run_dir, "run folder"), (cfg.out_dir, "--out")] if cached else [(cfg.out_dir, "--out")], cached)
     if args.results:
         check_store(args.results, "--results")
     ds = load_data(cfg)

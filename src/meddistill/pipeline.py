@@ -118,8 +118,13 @@ def distill(
     with run_lock(run_dir):  # a second identical command waits here, then reuses the set
         if restart:
             _clear_run_dir(run_dir)
-        write_run_records(ds, run_dir)  # own images: split.csv, data.json
         syn_path = run_dir / "synset.npz"
+        try:
+            write_run_records(ds, run_dir)  # own images: split.csv, data.json
+        except WriteError as exc:  # a read-only run folder can still serve its finished set
+            if not syn_path.exists():
+                raise
+            _warn(f"could not write {exc.path} ({exc.reason}); the finished set is served as it is")
         if syn_path.exists():
             return run_dir, SynSet.load(syn_path)
         return run_dir, _distill_into(ctx, method, syn_path)

@@ -280,3 +280,18 @@ def test_a_really_read_only_file_system_serves_the_cached_result(made, tmp_path,
         _served_read_only(runs, made, capsys)
     finally:
         subprocess.run(["umount", str(runs)], check=False)
+
+
+def test_eval_of_an_export_writes_nothing_into_it(run, tmp_path, capsys, monkeypatch):
+    _, folder, row = run
+    exp = export_run(folder, tmp_path / "exp")
+    before = {p.name: p.read_bytes() for p in exp.rglob("*")}
+    capsys.readouterr()
+    assert _eval(exp, tmp_path) == 0
+    out = capsys.readouterr().out
+    assert _acc(out) == f"{100 * row['acc_mean']:.2f}"
+    assert {p.name: p.read_bytes() for p in exp.rglob("*")} == before  # no lock, cache, config or plot
+    (cache,) = (tmp_path / "out").rglob("eval_*.json")
+    assert f"its evaluation goes to {cache.parent}" in out and cache.parent.name.startswith("export-")
+    monkeypatch.setattr(pipeline, "evaluate_images", lambda *a, **k: pytest.fail("evaluated again"))
+    assert _eval(exp, tmp_path) == 0  # the second time, from the cache under --out

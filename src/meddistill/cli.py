@@ -517,13 +517,12 @@ def _prepare_cell(args: argparse.Namespace, evaluation: bool):
     return cfg, ds
 
 
-def _nothing_to_compute(cfg: RunConfig, evaluation: bool, run_dir: Path | None = None) -> bool:
+def _nothing_to_compute(cfg: RunConfig, evaluation: bool) -> bool:
     """Whether the cell's set (and with ``evaluation`` its evaluation) is already in its run folder."""
     from meddistill.pipeline import eval_cache_path, run_dir_for
     from meddistill.synset import SynSet
 
-    run_dir = run_dir_for(cfg) if run_dir is None else run_dir
-    path = run_dir / "synset.npz" if run_dir.is_dir() else run_dir
+    path = run_dir_for(cfg) / "synset.npz"
     if not path.is_file():
         return False
     if not evaluation:
@@ -640,7 +639,8 @@ def _eval_full(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from meddistill.checks import check_nets, check_store
-    from meddistill.pipeline import evaluate_run, load_data
+    from meddistill.export import is_export
+    from meddistill.pipeline import eval_cache_path, evaluate_run, load_data
     from meddistill.synset import SynSet
     from meddistill.synset_check import check_synset
     from meddistill.utils import append_jsonl
@@ -651,7 +651,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run_dir = target if target.is_dir() else target.parent
     syn = SynSet.load(target)
     cfg = _eval_run_config(args, run_dir, syn.meta)
-    cached = _nothing_to_compute(cfg, True, target)
+    if is_export(run_dir):  # another lab's folder: nothing is written into it
+        run_dir = _export_eval_dir(cfg, syn, run_dir)
+    cached = eval_cache_path(cfg, run_dir, syn).is_file()
     # served from the run folder's cache, a read-only run or --out folder is only a warning; else a
     # read-only run folder costs only the cache (pipeline warns), and --out must take the result
     _check_writable([(run_dir, "run folder"), (cfg.out_dir, "--out")] if cached else [(cfg.out_dir, "--out")], cached)
@@ -660,11 +662,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     ds = load_data(cfg)
     check_synset(syn, ds.shape, ds.num_classes, str(target))  # before nets are built for its shape
     check_nets(cfg, ds.shape, ds.num_classes)
+    run_dir.mkdir(parents=True, exist_ok=True)  # the folder of an export's evaluation, under --out
     _, row = evaluate_run(cfg, run_dir, syn, ds, progress=not args.no_progress)
     if args.results:
         append_jsonl(args.results, row)
     _print_summary(f"{cfg.dataset} {syn.meta.get('method')} ipc={syn.meta.get('ipc')}", row)
     return 0
+
+
+def _export_eval_dir(cfg: RunConfig, syn, export: Path) -> Path:
+    """Where the evaluation of an exported set is cached and locked: a folder of ``--out``
+    (default ``runs``) named by the set's content, never the export folder itself."""
+    from meddistill.data.sources import dataset_dir
+
+    folder = Path(cfg.out_dir) / dataset_dir(cfg) / f"export-{syn.content_hash(10)}"
+    print(f"meddistill: note: {export} is an exported set: nothing is written there; its evaluation goes to {folder}")
+    return folder
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -412,3 +412,5 @@ def test_eval_of_a_medmnist_run_refuses_own_image_flags(tmp_path, capsys):
     run_dir, _ = _fake_run(tmp_path)
     _one_error_line(capsys, main(["eval", str(run_dir), "--licence", "x"]), "--licence applies to own images")
     _one_error_line(capsys, main(["eval", str(run_dir), "--set", "distill.ipc=4"]), "uses the run's own distill")
+    code = main(["eval", "breastmnist", "--full", "--profile", "tiny", "--set", "distill.ipc=4"])
+    _one_error_line(capsys, code, "`meddistill eval --full` does not read distill.ipc")

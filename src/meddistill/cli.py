@@ -396,6 +396,7 @@ UNREAD_BY = {
     "experts": ("distill.", "method.", "eval.", "seed", "out_dir"),
     "distill": ("eval.",),
     "eval": ("experts_dir", "workers"),  # a run folder's own distill/experts: _check_fixed
+    "eval --full": ("experts.", "experts_dir", "workers", "distill.", "method."),
 }
 
 
@@ -442,6 +443,7 @@ def _check_overrides(args: argparse.Namespace, cfg: RunConfig, flags: dict) -> N
     from meddistill.config import split_override
 
     given = {_override_key(k, cfg): k for k, v in flags.items() if v is not None and k != "dataset"}
+    command = "eval --full" if getattr(args, "full", False) else args.command
     for text in args.overrides:
         key = split_override(text)[0]
         if key == "dataset":
@@ -451,9 +453,9 @@ def _check_overrides(args: argparse.Namespace, cfg: RunConfig, flags: dict) -> N
         full = _override_key(key, cfg)
         if full in given:
             raise ConfigError(f"--set {text} and {FLAG_NAMES[given[full]]} set the same key; give one of them")
-        if _unread(full, cfg, args.command):
+        if _unread(full, cfg, command):
             raise ConfigError(
-                f"--set {text}: `meddistill {args.command}` does not read {key} "
+                f"--set {text}: `meddistill {command}` does not read {key} "
                 f"({cfg.dataset}, method {cfg.distill.method}); drop it"
             )
 

@@ -414,3 +414,25 @@ def test_eval_of_a_medmnist_run_refuses_own_image_flags(tmp_path, capsys):
     _one_error_line(capsys, main(["eval", str(run_dir), "--set", "distill.ipc=4"]), "uses the run's own distill")
     code = main(["eval", "breastmnist", "--full", "--profile", "tiny", "--set", "distill.ipc=4"])
     _one_error_line(capsys, code, "`meddistill eval --full` does not read distill.ipc")
+
+
+def test_a_full_disk_at_the_results_append_leaves_no_cache_so_the_rerun_records_the_row(tmp_path, capsys, monkeypatch):
+    import builtins
+    import errno
+
+    import meddistill.utils as utils
+    from meddistill.utils import read_jsonl
+
+    argv = ["run", "breastmnist", "--method", "random", "--ipc", "1", "--device", "cpu", "--no-progress"]
+    argv += _tiny(tmp_path)
+
+    def full(path, mode="r", *args, **kwargs):
+        if "a" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return builtins.open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(utils, "open", full, raising=False)  # append_jsonl's open
+    _one_error_line(capsys, main(argv), "results.jsonl: No space left on device")
+    monkeypatch.undo()
+    assert main(argv) == 0
+    assert len(read_jsonl(tmp_path / "runs" / "results.jsonl")) == 1

@@ -184,8 +184,9 @@ def evaluate_run(
         ehash = config_hash(eval_identity(cfg), 10)
         row = result_row(cfg, summary, syn.meta.get("config_hash", ""), ehash, run_dir, syn.lr)
         row["synset_hash"] = syn.content_hash()
-        _write_cache(cache, row)
+        # the row first: a full disk that stops the append leaves no cache, so the next run appends it
         append_jsonl(Path(cfg.out_dir) / "results.jsonl", row)
+        _write_cache(cache, row)
     return summary, row
 
 

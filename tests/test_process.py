@@ -121,7 +121,7 @@ def test_keeping_freed_memory_changes_no_result(tmp_path, session_dirs):
 
 @pytest.mark.parametrize(
     ("delay", "second"),
-    [(0.3, None), (0.8, None), (1.5, None), (3.0, None), (0.8, 0.02), (2.0, 0.02), (4.0, 0.02)],
+    [(0.5, None), (0.8, None), (1.5, None), (3.0, None), (0.8, 0.02), (2.0, 0.02), (4.0, 0.02)],
 )
 def test_ctrl_c_at_any_moment_is_one_quiet_line(tmp_path, delay, second):
     """A real SIGINT during start-up (``import torch``), the run or the exit handlers, once or

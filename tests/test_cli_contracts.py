@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meddistill.cli import main, usage_table
 from meddistill.config import build_config, dump_yaml
@@ -436,3 +438,58 @@ def test_a_full_disk_at_the_results_append_leaves_no_cache_so_the_rerun_records_
     monkeypatch.undo()
     assert main(argv) == 0
     assert len(read_jsonl(tmp_path / "runs" / "results.jsonl")) == 1
+
+
+def _leaf_keys() -> list[str]:
+    """Every dotted leaf key of the config (method sections by name), as --set addresses them."""
+    import dataclasses
+
+    from meddistill.config import RunConfig
+
+    def walk(obj, prefix: str) -> list[str]:
+        keys = []
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if f.name == "sections":
+                for name, sec in value.items():
+                    keys += walk(sec, f"{prefix}{name}.")
+            elif dataclasses.is_dataclass(value):
+                keys += walk(value, f"{prefix}{f.name}.")
+            else:
+                keys.append(f"{prefix}{f.name}")
+        return keys
+
+    return walk(RunConfig(), "")
+
+
+LEAF_KEYS = _leaf_keys()
+
+
+@given(key=st.sampled_from(LEAF_KEYS), method=st.sampled_from(["ptm", "datm", "dm", "random", "herding"]))
+@settings(max_examples=150, deadline=None)
+def test_a_set_key_refused_as_unread_indeed_changes_nothing_a_distillation_keeps(key, method):
+    """No over-rejection: whatever `distill` refuses as a key it does not read leaves its run folder
+    (everything that determines the set) unchanged when changed."""
+    from meddistill.cli import _unread
+    from meddistill.config import build_config
+    from meddistill.errors import ConfigError
+    from meddistill.pipeline import run_dir_for
+
+    base = build_config("tiny", dataset="breastmnist", **{"distill.method": method, "device": "cpu"})
+    if not _unread(key, base, "distill"):
+        return
+    value = base
+    for part in key.split("."):
+        value = value.sections[part] if part in getattr(value, "sections", {}) else getattr(value, part)
+    if isinstance(value, bool):
+        other = not value
+    elif isinstance(value, (int, float)):
+        other = value + 1 if isinstance(value, int) else value * 0.5
+    else:
+        return  # strings and lists: no generic other value
+    try:
+        changed = build_config("tiny", None, [f"{key}={other}"], dataset="breastmnist", device="cpu",
+                               **{"distill.method": method})  # fmt: skip
+    except ConfigError:
+        return  # not a valid value for that key
+    assert run_dir_for(changed) == run_dir_for(base), key

@@ -143,6 +143,8 @@ def test_ctrl_c_at_any_moment_is_one_quiet_line(tmp_path, delay, second):
     assert "Exception ignored" not in err and not ("Traceback" in err and "meddistill" in err), err
     if "Traceback" in err:  # the signal came before meddistill's first line: not what is tested here
         return
-    assert child.returncode in (0, 130), err
-    if child.returncode == 130:
+    # 130, or ended by SIGINT itself (as Python ends when run with -m and the signal lands in some
+    # frames), which a shell also shows as 130: either way the one line below
+    assert child.returncode in (0, 130, -signal.SIGINT), err
+    if child.returncode != 0:
         assert err.count("\n") == 1 and err.startswith("meddistill: interrupted"), err

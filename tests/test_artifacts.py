@@ -222,3 +222,76 @@ def test_no_artifact_is_a_pickle(tiny, breast, tmp_path):
     files = [p for d in (run_dir, out, expert_dir(cfg)) for p in d.rglob("*") if p.is_file()]
     assert {p.suffix for p in files} >= {".npz", ".safetensors", ".json", ".yaml", ".png", ".jsonl"}
     assert [p for p in files if not _pickle_free(p)] == []
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder`` (lock files aside) with its size and mtime."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.name != ".lock"}
+
+
+def _cell_args(runs: Path, made_root: Path) -> list[str]:
+    return [
+        "breastmnist", "--method", "random", "--ipc", "2", "--profile", "tiny", "--device", "cpu", "--no-progress",
+        "--out", str(runs), "--experts-dir", str(made_root / "ex"),
+    ]  # fmt: skip
+
+
+def _served_read_only(runs: Path, made, capsys) -> None:
+    """``eval``, ``run`` and ``distill`` of a finished, evaluated cell in ``runs``, which cannot be
+    written: each serves its cached result with one warning line, and nothing is written."""
+    _, run_dir, row = made
+    folder = runs / run_dir.parent.name / run_dir.name
+    before = _snapshot(runs)
+    capsys.readouterr()
+    cell = _cell_args(runs, run_dir.parents[2])
+    for argv in (["eval", str(folder), "--device", "cpu", "--no-progress"], ["run", *cell]):
+        assert main(argv) == 0, capsys.readouterr().err
+        out, err = capsys.readouterr()
+        assert _acc(out) == f"{100 * row['acc_mean']:.2f}"
+        assert err.count("\n") == 1 and "is not writable; serving the cached result, nothing is written" in err, err
+    assert main(["distill", *cell]) == 0
+    assert _snapshot(runs) == before
+
+
+def test_a_read_only_run_folder_serves_its_cached_result_with_a_warning(made, tmp_path, monkeypatch, capsys):
+    import meddistill.checks as checks
+
+    runs = tmp_path / "runs"
+    shutil.copytree(made[1].parents[1], runs)
+    real_access = checks.os.access
+    monkeypatch.setattr(checks.os, "access", lambda p, mode: not Path(p).is_relative_to(runs) and real_access(p, mode))
+    _served_read_only(runs, made, capsys)
+
+
+def test_a_really_read_only_file_system_serves_the_cached_result(made, tmp_path, capsys):
+    """The same on a read-only mount (root can write through chmod; a read-only mount stops it)."""
+    import subprocess
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(runs)], capture_output=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode().strip()}")
+    try:
+        shutil.copytree(made[1].parents[1], runs, dirs_exist_ok=True)
+        subprocess.run(["mount", "-o", "remount,ro", str(runs)], check=True)
+        with pytest.raises(OSError):
+            (runs / "probe").write_text("x")
+        _served_read_only(runs, made, capsys)
+    finally:
+        subprocess.run(["umount", str(runs)], check=False)
+
+
+def test_eval_of_an_export_writes_nothing_into_it(run, tmp_path, capsys, monkeypatch):
+    _, folder, row = run
+    exp = export_run(folder, tmp_path / "exp")
+    before = {p.name: p.read_bytes() for p in exp.rglob("*")}
+    capsys.readouterr()
+    assert _eval(exp, tmp_path) == 0
+    out = capsys.readouterr().out
+    assert _acc(out) == f"{100 * row['acc_mean']:.2f}"
+    assert {p.name: p.read_bytes() for p in exp.rglob("*")} == before  # no lock, cache, config or plot
+    (cache,) = (tmp_path / "out").rglob("eval_*.json")
+    assert f"its evaluation goes to {cache.parent}" in out and cache.parent.name.startswith("export-")
+    monkeypatch.setattr(pipeline, "evaluate_images", lambda *a, **k: pytest.fail("evaluated again"))
+    assert _eval(exp, tmp_path) == 0  # the second time, from the cache under --out

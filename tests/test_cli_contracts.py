@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meddistill.cli import main, usage_table
 from meddistill.config import build_config, dump_yaml
@@ -278,3 +280,218 @@ def test_unexpected_exceptions_are_one_line_with_exit_1(monkeypatch, capsys):
     monkeypatch.setenv("MEDDISTILL_DEBUG", "1")
     with pytest.raises(RuntimeError, match="boom"):
         main(["datasets"])
+
+
+# ------------------------------------------------------------------ full disks, read-only folders
+def test_a_full_disk_while_writing_the_set_is_one_line_and_the_rerun_is_exact(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import meddistill.synset as synset_mod
+
+    argv = ["run", "breastmnist", "--method", "random", "--ipc", "1", "--device", "cpu", "--no-progress"]
+    argv += _tiny(tmp_path)
+    real = synset_mod.np.savez_compressed
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(synset_mod.np, "savez_compressed", full)
+    err = _one_error_line(capsys, main(argv), "cannot write ", "synset.npz: No space left on device")
+    assert "internal error" not in err
+    assert not list((tmp_path / "runs").rglob("synset.npz")) and not list((tmp_path / "runs").rglob("*.tmp"))
+    monkeypatch.setattr(synset_mod.np, "savez_compressed", real)
+    assert main(argv) == 0 and len(list((tmp_path / "runs").rglob("synset.npz"))) == 1
+
+
+def test_a_full_experts_dir_is_one_line_naming_the_expert_file(tmp_path, capsys, monkeypatch):
+    from safetensors import SafetensorError
+
+    import meddistill.experts as experts_mod
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(experts_mod, "save_file", full)
+    argv = ["experts", "breastmnist", "--device", "cpu", "--no-progress", "--workers", "1", "--profile", "tiny"]
+    code = main([*argv, "--experts-dir", str(tmp_path / "ex")])
+    _one_error_line(capsys, code, "cannot write ", "expert_0.partial.safetensors: No space left on device")
+
+
+@pytest.mark.parametrize("code", ["EROFS", "ENOSPC", "EDQUOT", "EACCES"])
+def test_a_write_error_no_check_foresaw_is_one_line_with_the_path(monkeypatch, capsys, code):
+    import errno
+    import os
+
+    import meddistill.cli as cli
+
+    def boom(args):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), "/some/where/file.png")
+
+    monkeypatch.setitem(cli.COMMANDS, "datasets", boom)
+    monkeypatch.delenv("MEDDISTILL_DEBUG", raising=False)
+    _one_error_line(capsys, main(["datasets"]), "cannot write /some/where/file.png")
+
+
+# ------------------------------------------------------------------ report: never overwrite the user's files
+def _store(tmp_path: Path) -> Path:
+    store = tmp_path / "s.jsonl"
+    store.write_text(json.dumps({"dataset": "d", "ipc": 1, "method": "a", "seed": 0, "acc_mean": 0.5, "auc_mean": 0.5}))
+    return store
+
+
+def test_report_refuses_a_folder_with_files_it_did_not_write(tmp_path, capsys):
+    store, out = _store(tmp_path), tmp_path / "mine"
+    out.mkdir()
+    (out / "table_acc.md").write_text("an earlier report: may be replaced")
+    assert main(["report", str(store), "--out", str(out)]) == 0  # only report files: rewritten
+    (out / "notes.md").write_text("my own notes")
+    (out / "table_acc.md").write_text("mine")
+    capsys.readouterr()
+    code = main(["report", str(store), "--out", str(out)])
+    _one_error_line(capsys, code, f"--out {out} holds files a report does not write ({out / 'notes.md'})", "--force")
+    assert (out / "table_acc.md").read_text() == "mine"  # nothing written
+    assert main(["report", str(store), "--out", str(out), "--force"]) == 0
+    assert (out / "notes.md").read_text() == "my own notes" and (out / "table_acc.md").read_text() != "mine"
+
+
+def test_report_per_net_folders_and_leftover_temp_files_are_its_own(tmp_path, capsys):
+    from meddistill.bench.report import foreign_files
+
+    out = tmp_path / "rep"
+    (out / "convnet").mkdir(parents=True)
+    (out / "convnet" / "acc_vs_ipc_breastmnist.png").write_bytes(b"png")
+    (out / "grids_breastmnist_ipc10.png").write_bytes(b"png")
+    (out / ".table_auc.csv.0123456789ab.tmp").write_text("")
+    assert foreign_files(out) == []
+    (out / "convnet" / "paper.tex").write_text("x")
+    assert foreign_files(out) == [out / "convnet" / "paper.tex"]
+
+
+def test_bench_report_refuses_a_folder_with_files_it_did_not_write(tmp_path, capsys):
+    rep = tmp_path / "rep"
+    rep.mkdir()
+    (rep / "thesis.docx").write_text("x")
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: g\ndatasets: [breastmnist]\nmethods: [random]\nipc: [1]\nseeds: [0]\nprofile: tiny\n")
+    code = main(["bench", str(grid), "--report", str(rep), "--store", str(tmp_path / "s.jsonl")])
+    _one_error_line(capsys, code, f"--report {rep} holds files a report does not write")
+    assert not (tmp_path / "s.jsonl").exists()
+
+
+# ------------------------------------------------------------------ flags that cannot apply
+@pytest.mark.parametrize(
+    ("extra", "needles"),
+    [
+        (["--licence", "CC-BY-4.0"], ["--licence applies to own images", "breastmnist is a MedMNIST subset"]),
+        (["--on-bad-image", "skip"], ["--on-bad-image applies to own images"]),
+        (["--channels", "3", "--licence", "x"], ["--channels, --licence apply to own images"]),
+        (["--set", "dataset=bloodmnist"], ["--set dataset=bloodmnist: the dataset is the command's argument"]),
+        (["--set", "distill.ipc=5"], ["--set distill.ipc=5 and --ipc set the same key"]),
+        (["--set", "method.iterations=5", "--iterations", "4"], ["and --iterations set the same key"]),
+        (["--set", "distill.ptm.iterations=5", "--iterations", "4"], ["and --iterations set the same key"]),
+        (["--set", "distill.dm.lr_img=2"], ["`meddistill distill` does not read distill.dm.lr_img"]),
+        (["--set", "data.flip=true"], ["does not read data.flip (breastmnist"]),
+        (["--set", "eval.epochs=3"], ["`meddistill distill` does not read eval.epochs"]),
+        (["--method", "dm", "--set", "experts.lr=0.1"], ["does not read experts.lr (breastmnist, method dm)"]),
+    ],
+)
+def test_a_flag_or_set_that_cannot_apply_is_an_error(tmp_path, capsys, extra, needles):
+    argv = ["distill", "breastmnist", "--ipc", "1", "--device", "cpu", "--dry-run", *_tiny(tmp_path), *extra]
+    _one_error_line(capsys, main(argv), *needles)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_set_keys_a_command_reads_are_accepted(tmp_path, capsys):
+    base = ["--ipc", "1", "--device", "cpu", "--dry-run", *_tiny(tmp_path)]
+    for argv in (
+        ["distill", "breastmnist", *base, "--set", "method.iterations=5", "--set", "distill.ptm.lr_img=50"],
+        ["run", "breastmnist", *base, "--set", "eval.epochs=3", "--set", "experts.lr=0.02"],
+    ):
+        assert main(argv) == 0, capsys.readouterr().err
+    code = main(["experts", "breastmnist", "--profile", "tiny", "--set", "eval.epochs=3"])
+    _one_error_line(capsys, code, "`meddistill experts` does not read eval.epochs")
+
+
+def test_eval_of_a_medmnist_run_refuses_own_image_flags(tmp_path, capsys):
+    run_dir, _ = _fake_run(tmp_path)
+    _one_error_line(capsys, main(["eval", str(run_dir), "--licence", "x"]), "--licence applies to own images")
+    _one_error_line(capsys, main(["eval", str(run_dir), "--set", "distill.ipc=4"]), "uses the run's own distill")
+    code = main(["eval", "breastmnist", "--full", "--profile", "tiny", "--set", "distill.ipc=4"])
+    _one_error_line(capsys, code, "`meddistill eval --full` does not read distill.ipc")
+
+
+def test_a_full_disk_at_the_results_append_leaves_no_cache_so_the_rerun_records_the_row(tmp_path, capsys, monkeypatch):
+    import builtins
+    import errno
+
+    import meddistill.utils as utils
+    from meddistill.utils import read_jsonl
+
+    argv = ["run", "breastmnist", "--method", "random", "--ipc", "1", "--device", "cpu", "--no-progress"]
+    argv += _tiny(tmp_path)
+
+    def full(path, mode="r", *args, **kwargs):
+        if "a" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return builtins.open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(utils, "open", full, raising=False)  # append_jsonl's open
+    _one_error_line(capsys, main(argv), "results.jsonl: No space left on device")
+    monkeypatch.undo()
+    assert main(argv) == 0
+    assert len(read_jsonl(tmp_path / "runs" / "results.jsonl")) == 1
+
+
+def _leaf_keys() -> list[str]:
+    """Every dotted leaf key of the config (method sections by name), as --set addresses them."""
+    import dataclasses
+
+    from meddistill.config import RunConfig
+
+    def walk(obj, prefix: str) -> list[str]:
+        keys = []
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if f.name == "sections":
+                for name, sec in value.items():
+                    keys += walk(sec, f"{prefix}{name}.")
+            elif dataclasses.is_dataclass(value):
+                keys += walk(value, f"{prefix}{f.name}.")
+            else:
+                keys.append(f"{prefix}{f.name}")
+        return keys
+
+    return walk(RunConfig(), "")
+
+
+LEAF_KEYS = _leaf_keys()
+
+
+@given(key=st.sampled_from(LEAF_KEYS), method=st.sampled_from(["ptm", "datm", "dm", "random", "herding"]))
+@settings(max_examples=150, deadline=None)
+def test_a_set_key_refused_as_unread_indeed_changes_nothing_a_distillation_keeps(key, method):
+    """No over-rejection: whatever `distill` refuses as a key it does not read leaves its run folder
+    (everything that determines the set) unchanged when changed."""
+    from meddistill.cli import _unread
+    from meddistill.config import build_config
+    from meddistill.errors import ConfigError
+    from meddistill.pipeline import run_dir_for
+
+    base = build_config("tiny", dataset="breastmnist", **{"distill.method": method, "device": "cpu"})
+    if not _unread(key, base, "distill"):
+        return
+    value = base
+    for part in key.split("."):
+        value = value.sections[part] if part in getattr(value, "sections", {}) else getattr(value, part)
+    if isinstance(value, bool):
+        other = not value
+    elif isinstance(value, (int, float)):
+        other = value + 1 if isinstance(value, int) else value * 0.5
+    else:
+        return  # strings and lists: no generic other value
+    try:
+        changed = build_config("tiny", None, [f"{key}={other}"], dataset="breastmnist", device="cpu",
+                               **{"distill.method": method})  # fmt: skip
+    except ConfigError:
+        return  # not a valid value for that key
+    assert run_dir_for(changed) == run_dir_for(base), key

@@ -84,9 +84,10 @@ def test_corrupt_expert_file_is_a_clear_error(breast, tiny, tmp_path):
 
     cfg = tiny(experts_dir=str(tmp_path / "ex"))
     folder = train_experts(breast, cfg, torch.device("cpu"), progress=False)
-    (folder / "expert_0.safetensors").write_bytes(b"truncated")
     buf = ExpertBuffer(folder)
-    readers = [lambda: buf.get(0), lambda: buf.digest(1), lambda: trajectory_shape(folder / "expert_0.safetensors")]
+    (folder / "expert_0.safetensors").write_bytes(b"truncated")
+    shape = lambda: trajectory_shape(folder / "expert_0.safetensors")  # noqa: E731
+    readers = [lambda: ExpertBuffer(folder), lambda: buf.get(0), lambda: buf.digest(1), shape]
     for read in readers:
         with pytest.raises(ArtifactError, match=r"expert_0\.safetensors is unreadable.*delete it to retrain"):
             read()
@@ -156,3 +157,74 @@ def test_a_distillation_trains_experts_only_as_far_as_it_reads_them(breast, tmp_
     train_experts(breast, lazy, torch.device("cpu"), progress=False)
     for a, b in zip(expert_files(folder), expert_files(expert_dir(full)), strict=True):
         assert torch.equal(load_trajectory(a), load_trajectory(b))
+
+
+def _damage(path, how: str) -> None:
+    """Set a trajectory's later rows to NaN, or drop parameters from every row (a wrong shape)."""
+    from safetensors.torch import save_file
+
+    state = load_file(str(path))
+    traj = state["trajectory"]
+    if how == "nan":
+        traj[1:] = float("nan")
+    else:
+        state["trajectory"] = traj[:, :-5].contiguous()
+    save_file(state, str(path))
+
+
+@pytest.mark.parametrize("how", ["nan", "shape"])
+def test_a_damaged_partial_expert_is_trained_again_not_used(breast, tiny, tmp_path, how, capsys):
+    from meddistill.experts import partial_path
+
+    cfg = tiny(experts_dir=str(tmp_path / "ex"))
+    folder = train_experts(breast, cfg, torch.device("cpu"), progress=False, epochs=2)
+    good = load_trajectory_of(partial_path(folder, 0))
+    _damage(partial_path(folder, 0), how)
+    train_experts(breast, cfg, torch.device("cpu"), progress=False, epochs=2)
+    assert "is damaged" in capsys.readouterr().out
+    buf = ExpertBuffer(folder, cfg.experts.num_experts, epochs=2)
+    buf.digest(2)
+    assert torch.equal(buf.get(0), good)  # trained again to the same bits
+
+
+def load_trajectory_of(path):
+    return load_file(str(path))["trajectory"]
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_a_nan_expert_is_refused_before_a_run_reads_it(breast, tiny, tmp_path, partial):
+    from meddistill.experts import expert_path, partial_path
+
+    cfg = tiny(experts_dir=str(tmp_path / "ex"))
+    folder = train_experts(breast, cfg, torch.device("cpu"), progress=False, epochs=2 if partial else None)
+    path = (partial_path if partial else expert_path)(folder, 1)
+    _damage(path, "nan")
+    buf = ExpertBuffer(folder, cfg.experts.num_experts, epochs=2)
+    msg = rf"expert file .*{path.name} holds NaN or Inf values \(damaged\); delete it to retrain it"
+    for read in (lambda: buf.digest(1), lambda: buf.get(1)):
+        with pytest.raises(ArtifactError, match=msg):
+            read()
+
+
+def test_an_expert_of_another_width_than_its_folder_is_refused_by_the_buffer(breast, tiny, tmp_path):
+    from meddistill.experts import partial_path
+
+    cfg = tiny(experts_dir=str(tmp_path / "ex"))
+    folder = train_experts(breast, cfg, torch.device("cpu"), progress=False, epochs=2)
+    _damage(partial_path(folder, 1), "shape")
+    with pytest.raises(ArtifactError, match=r"expert_1\.partial\.safetensors holds \d+ parameters per epoch, not \d+"):
+        ExpertBuffer(folder, cfg.experts.num_experts, epochs=2)
+
+
+def test_a_run_on_a_nan_expert_is_one_line_and_exit_2(breast, tiny, tmp_path, capsys):
+    from meddistill.cli import main
+    from meddistill.experts import expert_path
+
+    cfg = tiny(experts_dir=str(tmp_path / "ex"))
+    folder = train_experts(breast, cfg, torch.device("cpu"), progress=False)
+    _damage(expert_path(folder, 0), "nan")
+    args = ["run", "breastmnist", "--profile", "tiny", "--ipc", "1", "--device", "cpu", "--no-progress"]
+    code = main([*args, "--out", str(tmp_path / "runs"), "--experts-dir", str(tmp_path / "ex")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "holds NaN or Inf values" in err, err
+    assert not list((tmp_path / "runs").rglob("eval_*.json"))

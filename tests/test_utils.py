@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meddistill.utils import append_jsonl, read_jsonl
+from meddistill.errors import WriteError
+from meddistill.utils import append_jsonl, atomic_path, read_jsonl
 
 
 def test_a_row_appended_after_a_torn_line_is_kept(tmp_path):
@@ -70,3 +74,62 @@ def test_a_store_that_cannot_be_read_as_text_is_one_clear_error(tmp_path):
         with pytest.raises(ArtifactError, match="cannot be read as a JSON-lines file"):
             read_jsonl(tmp_path / name)
     assert read_jsonl(tmp_path / "none.jsonl") == []
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES])
+@pytest.mark.parametrize("how", ["oserror", "safetensors"])
+def test_a_full_disk_or_read_only_folder_is_a_write_error_naming_the_path(tmp_path, code, how):
+    """A write that fails for lack of room or permission is one WriteError naming the file; the
+    old file is kept and no temporary file is left."""
+    from safetensors import SafetensorError
+
+    path = tmp_path / "synset.npz"
+    path.write_text("old")
+    failure = (
+        OSError(code, os.strerror(code))
+        if how == "oserror"
+        else SafetensorError(f"Error while serializing: I/O error: {os.strerror(code)} (os error {code})")
+    )
+    with pytest.raises(WriteError, match=rf"cannot write {re.escape(str(path))}: {os.strerror(code)}"):
+        with atomic_path(path) as tmp:
+            tmp.write_text("half")
+            raise failure
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["synset.npz"]
+
+
+def test_other_errors_inside_an_atomic_write_stay_what_they_are(tmp_path):
+    with pytest.raises(OSError) as info, atomic_path(tmp_path / "x"):
+        raise OSError(errno.EIO, "I/O error")
+    assert not isinstance(info.value, WriteError)
+    with pytest.raises(ValueError), atomic_path(tmp_path / "x"):
+        raise ValueError("a bug")
+
+
+def test_an_append_to_a_full_disk_is_a_write_error(tmp_path, monkeypatch):
+    import builtins
+
+    real_open = builtins.open
+
+    def full(path, mode="r", *args, **kwargs):
+        if "a" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", full)
+    with pytest.raises(WriteError, match=r"cannot write .*results\.jsonl: No space left on device"):
+        append_jsonl(tmp_path / "results.jsonl", {"a": 1})
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_safetensors_written_atomically_get_ordinary_permissions(tmp_path, umask, mode):
+    """safetensors' writer makes its own 0600 file; the atomic write gives it 0666 less the umask."""
+    import torch
+    from safetensors.torch import save_file
+
+    old = os.umask(umask)
+    try:
+        with atomic_path(tmp_path / "x.safetensors") as tmp:
+            save_file({"a": torch.zeros(3)}, str(tmp))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.safetensors").stat().st_mode & 0o777 == mode

@@ -5,7 +5,9 @@ torchvision's reference scripts. Each sub-command accepts only the flags it read
 table is generated from this parser, :func:`usage_table`). Inputs are checked before any work
 starts (:mod:`meddistill.checks`); user errors print one line and exit with status 2; anything
 else prints one ``internal error`` line and exits with 1 (``MEDDISTILL_DEBUG=1``: the
-traceback). Ctrl-C leaves the checkpoint in place and says how to resume.
+traceback). Ctrl-C leaves the checkpoint in place and says how to resume, in one line at any
+moment: the heavy imports (torch) happen inside :func:`main`'s handlers, and :func:`script`
+ignores a further Ctrl-C once the command has ended (while Python runs its exit handlers).
 """
 
 from __future__ import annotations
@@ -14,15 +16,19 @@ import argparse
 import contextlib
 import math
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from meddistill import __version__
-from meddistill.config import PROFILES, RunConfig, build_config
 from meddistill.errors import ArtifactError, ConfigError, MeddistillError
 from meddistill.process import prepare_process
+from meddistill.profiles import PROFILES
+
+if TYPE_CHECKING:  # the CLI imports torch only inside main(), where a Ctrl-C is handled
+    from meddistill.config import RunConfig
 
 T = TypeVar("T")
 
@@ -322,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="report", help="output folder (default: report)")
     p.add_argument("--net", help="evaluation net to report; 'all': one sub-folder per net (default: the row's mean)")
     p.add_argument("--order", type=names("a method"), help="comma-separated method order for the tables")
+    p.add_argument(
+        "--force", action="store_true", help="write into a folder that holds other files (same names are replaced)"
+    )
     return ap
 
 
@@ -345,6 +354,28 @@ def usage_table() -> str:
 
 
 # ------------------------------------------------------------------ configs
+#: the flag that sets each config key (``dataset``: the command's argument)
+FLAG_NAMES = {
+    "size": "--size",
+    "seed": "--seed",
+    "device": "--device",
+    "workers": "--workers",
+    "data_root": "--data-root",
+    "out_dir": "--out",
+    "experts_dir": "--experts-dir",
+    "distill.ipc": "--ipc",
+    "distill.method": "--method",
+    "method.iterations": "--iterations",
+    "experts.num_experts": "--num-experts",
+    "experts.epochs": "--epochs",
+    "eval.num_nets": "--num-nets",
+    "eval.nets": "--nets",
+    "data.channels": "--channels",
+    "data.licence": "--licence",
+    "data.on_bad_image": "--on-bad-image",
+}
+
+
 def config_from_args(args: argparse.Namespace, dataset: str | None = None) -> RunConfig:
     flags = {
         "dataset": dataset if dataset is not None else getattr(args, "dataset", None),
@@ -366,7 +397,83 @@ def config_from_args(args: argparse.Namespace, dataset: str | None = None) -> Ru
         "data.licence": getattr(args, "licence", None),
         "data.on_bad_image": getattr(args, "on_bad_image", None),
     }
-    return build_config(args.profile or "cpu", args.config, args.overrides, **flags)
+    from meddistill.config import build_config
+
+    cfg = build_config(args.profile or "cpu", args.config, args.overrides, **flags)
+    _check_overrides(args, cfg, flags)
+    _check_own_image_flags(args, cfg)
+    return cfg
+
+
+OWN_IMAGE_FLAGS = {"channels": "--channels", "licence": "--licence", "on_bad_image": "--on-bad-image"}
+
+#: config keys (a dotted prefix ending in ".", or a whole key) that a command never reads
+UNREAD_BY = {
+    "experts": ("distill.", "method.", "eval.", "seed", "out_dir"),
+    "distill": ("eval.",),
+    "eval": ("experts_dir", "workers"),  # a run folder's own distill/experts: _check_fixed
+    "eval --full": ("experts.", "experts_dir", "workers", "distill.", "method."),
+}
+
+
+def _is_medmnist(cfg: RunConfig) -> bool:
+    from meddistill.data.sources import pick_source
+
+    return pick_source(cfg.dataset).name == "medmnist"
+
+
+def _check_own_image_flags(args: argparse.Namespace, cfg: RunConfig) -> None:
+    """``--channels``, ``--licence`` and ``--on-bad-image`` describe a lab's own images; a
+    MedMNIST file fixes all three, so on a MedMNIST name they would be ignored: an error."""
+    given = [flag for key, flag in OWN_IMAGE_FLAGS.items() if getattr(args, key, None) is not None]
+    if given and _is_medmnist(cfg):
+        raise ConfigError(
+            f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to own images (an image folder or "
+            f"CSV manifest); {cfg.dataset} is a MedMNIST subset, whose file fixes it: drop {', '.join(given)}"
+        )
+
+
+def _override_key(key: str, cfg: RunConfig) -> str:
+    """A ``--set`` or flag key as :func:`build_config` applies it (``method.x`` → the active
+    method's ``distill.<method>.x``)."""
+    return f"distill.{cfg.distill.method}.{key[len('method.'):]}" if key.startswith("method.") else key
+
+
+def _unread(key: str, cfg: RunConfig, command: str) -> bool:
+    """Whether a ``--set`` key (as applied) changes nothing for ``command`` with ``cfg``."""
+    from meddistill.distill import get_spec
+
+    unread = list(UNREAD_BY.get(command, ()))
+    if command in ("distill", "run"):
+        unread += [f"distill.{m}." for m in cfg.distill.sections if m != cfg.distill.method]
+        if not get_spec(cfg.distill.method).needs_experts:
+            unread += ["experts.", "experts_dir", "workers"]
+    if _is_medmnist(cfg):
+        unread.append("data.")
+    return any(key.startswith(p) if p.endswith(".") else key == p for p in unread)
+
+
+def _check_overrides(args: argparse.Namespace, cfg: RunConfig, flags: dict) -> None:
+    """Every ``--set`` is honoured: one that a flag or the dataset argument replaces, or that
+    sets a key the command does not read with this config, would be silently ignored: an error."""
+    from meddistill.config import split_override
+
+    given = {_override_key(k, cfg): k for k, v in flags.items() if v is not None and k != "dataset"}
+    command = "eval --full" if getattr(args, "full", False) else args.command
+    for text in args.overrides:
+        key = split_override(text)[0]
+        if key == "dataset":
+            raise ConfigError(
+                f"--set {text}: the dataset is the command's argument (or its run folder's); give it there"
+            )
+        full = _override_key(key, cfg)
+        if full in given:
+            raise ConfigError(f"--set {text} and {FLAG_NAMES[given[full]]} set the same key; give one of them")
+        if _unread(full, cfg, command):
+            raise ConfigError(
+                f"--set {text}: `meddistill {command}` does not read {key} "
+                f"({cfg.dataset}, method {cfg.distill.method}); drop it"
+            )
 
 
 # ------------------------------------------------------------------ commands
@@ -416,16 +523,48 @@ def _check_resume(args: argparse.Namespace, cfg: RunConfig) -> None:
 def _prepare_cell(args: argparse.Namespace, evaluation: bool):
     """The config and the data of a ``distill``/``run`` cell, everything checked before any
     folder is made (a failed check leaves nothing behind)."""
-    from meddistill.checks import check_cell, check_out_dir
+    from meddistill.checks import check_cell
     from meddistill.pipeline import load_data
 
     cfg = config_from_args(args)
     _check_resume(args, cfg)
-    check_out_dir(cfg.out_dir, "--out")
-    check_out_dir(cfg.experts_dir, "--experts-dir")
+    cached = not args.restart and _nothing_to_compute(cfg, evaluation)
+    _check_writable([(cfg.out_dir, "--out"), (cfg.experts_dir, "--experts-dir")], cached)
     ds = load_data(cfg)
     check_cell(cfg, ds, evaluation)
     return cfg, ds
+
+
+def _nothing_to_compute(cfg: RunConfig, evaluation: bool) -> bool:
+    """Whether the cell's set (and with ``evaluation`` its evaluation) is already in its run folder."""
+    from meddistill.pipeline import eval_cache_path, run_dir_for
+    from meddistill.synset import SynSet
+
+    path = run_dir_for(cfg) / "synset.npz"
+    if not path.is_file():
+        return False
+    if not evaluation:
+        return True
+    try:
+        return eval_cache_path(cfg, path.parent, SynSet.load(path)).is_file()
+    except MeddistillError:  # a damaged set: the command says so where it reads it
+        return False
+
+
+def _check_writable(folders: list[tuple[str | os.PathLike, str]], cached: bool) -> None:
+    """:func:`~meddistill.checks.check_out_dir` of each (folder, what); where nothing needs
+    computing, a folder that cannot be written (read-only) is only a warning, one line for all:
+    the cached result is served and nothing is written."""
+    from meddistill.checks import check_out_dir
+
+    for path, what in folders:
+        try:
+            check_out_dir(path, what)
+        except ArtifactError as exc:
+            if not cached:
+                raise
+            _say(f"warning: {exc}; serving the cached result, nothing is written")
+            return
 
 
 def _print_dry_run(cfg: RunConfig) -> int:
@@ -464,16 +603,17 @@ def _check_fixed(cfg: RunConfig, plain: RunConfig, base: RunConfig, run_dir: Pat
     """Evaluating a run folder uses the run's own size, net, distill and experts settings: a
     flag, ``--set`` or ``--config`` that changes them (to neither the profile's nor the run's
     value) would be ignored, so it is an error."""
-    for key in ("size", "net", "distill", "experts"):
+    for key in ("size", "net", "distill", "experts", "data"):
         mine = getattr(cfg, key)
         if mine != getattr(plain, key) and mine != getattr(base, key):
             raise ConfigError(
                 f"evaluating {run_dir} uses the run's own {key} (its config.yaml); "
-                f"drop the --size/--set/--config that changes {key}"
+                f"drop the flag, --set or --config that changes {key}"
             )
 
 
 def _eval_run_config(args: argparse.Namespace, run_dir: Path, meta: dict) -> RunConfig:
+    from meddistill.config import build_config
     from meddistill.runfolder import load_run_config, runs_root, saved_path
 
     base = load_run_config(run_dir)
@@ -516,8 +656,9 @@ def _eval_full(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from meddistill.checks import check_nets, check_out_dir, check_store
-    from meddistill.pipeline import evaluate_run, load_data
+    from meddistill.checks import check_nets, check_store
+    from meddistill.export import is_export
+    from meddistill.pipeline import eval_cache_path, evaluate_run, load_data
     from meddistill.synset import SynSet
     from meddistill.synset_check import check_synset
     from meddistill.utils import append_jsonl
@@ -528,18 +669,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run_dir = target if target.is_dir() else target.parent
     syn = SynSet.load(target)
     cfg = _eval_run_config(args, run_dir, syn.meta)
-    check_out_dir(run_dir, "run folder")  # the evaluation is cached there
-    check_out_dir(cfg.out_dir, "--out")
+    if is_export(run_dir):  # another lab's folder: nothing is written into it
+        run_dir = _export_eval_dir(cfg, syn, run_dir)
+    cached = eval_cache_path(cfg, run_dir, syn).is_file()
+    # served from the run folder's cache, a read-only run or --out folder is only a warning; else a
+    # read-only run folder costs only the cache (pipeline warns), and --out must take the result
+    _check_writable([(run_dir, "run folder"), (cfg.out_dir, "--out")] if cached else [(cfg.out_dir, "--out")], cached)
     if args.results:
         check_store(args.results, "--results")
     ds = load_data(cfg)
     check_synset(syn, ds.shape, ds.num_classes, str(target))  # before nets are built for its shape
     check_nets(cfg, ds.shape, ds.num_classes)
+    run_dir.mkdir(parents=True, exist_ok=True)  # the folder of an export's evaluation, under --out
     _, row = evaluate_run(cfg, run_dir, syn, ds, progress=not args.no_progress)
     if args.results:
         append_jsonl(args.results, row)
     _print_summary(f"{cfg.dataset} {syn.meta.get('method')} ipc={syn.meta.get('ipc')}", row)
     return 0
+
+
+def _export_eval_dir(cfg: RunConfig, syn, export: Path) -> Path:
+    """Where the evaluation of an exported set is cached and locked: a folder of ``--out``
+    (default ``runs``) named by the set's content, never the export folder itself."""
+    from meddistill.data.sources import dataset_dir
+
+    folder = Path(cfg.out_dir) / dataset_dir(cfg) / f"export-{syn.content_hash(10)}"
+    print(f"meddistill: note: {export} is an exported set: nothing is written there; its evaluation goes to {folder}")
+    return folder
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -590,7 +746,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     check_out_dir(grid.out_dir, "--out")
     check_out_dir(grid.experts_dir, "--experts-dir")
     if args.report:
+        from meddistill.bench.report import check_report_folder
+
         check_out_dir(args.report, "--report")
+        check_report_folder(args.report, "--report")
     ran, done = run_grid(
         grid, args.executor, args.address, not args.no_progress, args.limit, args.workers, args.threads, **extra
     )
@@ -603,10 +762,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from meddistill.bench import write_report
-    from meddistill.bench.report import read_results, split_settings
+    from meddistill.bench.report import check_report_folder, read_results, split_settings
     from meddistill.checks import check_out_dir
 
     check_out_dir(args.out, "--out")
+    check_report_folder(args.out, "--out", args.force)
     rows = read_results(args.store)
     present = sorted({r["method"] for r in rows})
     stray = [m for m in args.order or [] if m not in present]
@@ -715,16 +875,27 @@ def _say(message: str) -> None:
     print("meddistill: " + "; ".join(s.strip() for s in message.splitlines() if s.strip()), file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """A further Ctrl-C is ignored inside the block (the previous handler is restored after)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
         prepare_process()
         return COMMANDS[args.command](args)
     except MeddistillError as exc:
         _say(f"error: {exc}")
         return 2
     except KeyboardInterrupt:
-        _say("interrupted; finished work and the last checkpoint are kept — run the same command again to resume")
+        with _sigint_ignored():  # a second Ctrl-C while this is printed
+            _say("interrupted; finished work and the last checkpoint are kept — run the same command again to resume")
         return 130
     except BrokenPipeError:  # the reader went away (`meddistill ... | head`): stop quietly, as cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
@@ -732,9 +903,24 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a net under the checks above, not a substitute for them
         if os.environ.get("MEDDISTILL_DEBUG"):
             raise
+        from meddistill.utils import write_problem
+
+        reason = write_problem(exc)  # a full disk or a read-only folder where no check foresaw it
+        if reason is not None:
+            where = getattr(exc, "filename", None)
+            _say(f"error: cannot write {where or 'a file'}: {reason}; free space or choose a writable folder")
+            return 2
         _say(f"internal error: {type(exc).__name__}: {exc} (set MEDDISTILL_DEBUG=1 for the traceback)")
         return 1
 
 
+def script() -> int:
+    """The ``meddistill`` command: :func:`main`, then Ctrl-C ignored while Python exits (a
+    Ctrl-C in an exit handler would print "Exception ignored in atexit callback")."""
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script())

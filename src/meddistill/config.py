@@ -177,7 +177,7 @@ class RunConfig:
         return out
 
 
-PROFILES = ("tiny", "cpu", "paper")
+from meddistill.profiles import PROFILES  # noqa: E402  (a light module: the CLI parser reads it)
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:

@@ -21,3 +21,19 @@ class ArtifactError(MeddistillError):
 
 class RunStopped(MeddistillError):
     """A run stopped before its last iteration; its checkpoint lets it resume."""
+
+
+class WriteError(ArtifactError):
+    """A file could not be written for lack of room or permission (a full disk or quota, a
+    read-only file system, a folder the process may not write to). An atomic write replaced
+    nothing; an append left at most a torn line, which readers skip."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(
+            f"cannot write {path}: {reason}; free space or choose a writable folder, then run the same command "
+            "again (finished work is kept)"
+        )
+
+    def __reduce__(self) -> tuple:  # raised in a worker process, re-raised in the parent
+        return type(self), (self.path, self.reason)

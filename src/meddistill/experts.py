@@ -82,9 +82,19 @@ def _reading_expert(path: Path) -> Iterator[None]:
         raise ArtifactError(f"expert file {path} is unreadable ({exc}); delete it to retrain") from None
 
 
+def check_finite(path: Path, rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` of the expert file ``path``, refused in one line if any value is NaN or Inf (a
+    damaged file: training never saves a diverged expert)."""
+    if not bool(torch.isfinite(rows).all()):
+        raise ArtifactError(f"expert file {path} holds NaN or Inf values (damaged); delete it to retrain it")
+    return rows
+
+
 def load_trajectory(path: Path) -> torch.Tensor:
+    """The trajectory of an expert file, checked to be finite."""
     with _reading_expert(path):
-        return load_file(str(path))["trajectory"]
+        traj = load_file(str(path))["trajectory"]
+    return check_finite(path, traj)
 
 
 def trajectory_shape(path: Path) -> tuple[int, int]:
@@ -110,6 +120,37 @@ def check_expert_files(folder: Path, num_params: int, net_tag: str) -> None:
                 f"{f} holds {width} parameters per epoch, but {net_tag} on these images has {num_params} "
                 f"(another net or an older meddistill); delete {folder} to retrain"
             )
+
+
+def partial_problem(path: Path, num_params: int) -> str | None:
+    """What is wrong with a partial expert file, or None: unreadable, another width than
+    ``num_params``, fewer than one row, or NaN/Inf values (the file is read whole: a partial
+    file holds the few epochs a run read so far)."""
+    try:
+        with _reading_expert(path):
+            state = load_file(str(path))
+            traj = state["trajectory"]
+    except ArtifactError:
+        return "unreadable"
+    if traj.dim() != 2 or traj.shape[0] < 1 or traj.shape[1] != num_params:
+        return f"shape {tuple(traj.shape)}, not (epochs + 1, {num_params})"
+    if not all(bool(torch.isfinite(t).all()) for t in state.values()):
+        return "NaN or Inf values"
+    return None
+
+
+def drop_damaged_partials(folder: Path, num_params: int, num_experts: int) -> None:
+    """Delete the partial expert files of ``folder`` that cannot be continued (see
+    :func:`partial_problem`), with a note each: their experts are trained again from the start,
+    which gives the trajectory an undamaged file would have continued to."""
+    for k in range(num_experts):
+        part = partial_path(folder, k)
+        if expert_path(folder, k).exists() or not part.exists():
+            continue
+        problem = partial_problem(part, num_params)
+        if problem is not None:
+            print(f"meddistill: note: {part} is damaged ({problem}); training expert {k} again from the start")
+            part.unlink()
 
 
 def read_meta(path: Path) -> dict:
@@ -251,6 +292,7 @@ def train_experts(
         if old.get("identity") != meta["identity"]:
             raise ArtifactError(f"{meta_path} describes different experts; remove {out} or change experts_dir")
     check_expert_files(out, meta["num_params"], cfg.net.tag())
+    drop_damaged_partials(out, meta["num_params"], cfg.experts.num_experts)
     write_text_atomic(meta_path, json.dumps(meta, indent=2, sort_keys=True))
     target = cfg.experts.epochs if epochs is None else min(epochs, cfg.experts.epochs)
     have = {k: epochs_trained(out, k, cfg.experts.epochs) for k in range(cfg.experts.num_experts)}
@@ -308,6 +350,7 @@ class ExpertBuffer:
         if not files:
             raise ArtifactError(f"no expert trajectories in {self.folder}; run `meddistill experts` first")
         self.files = files
+        self._check_widths()
         self.max_cached = max_cached  # paper-scale buffers do not fit in RAM all at once
         self._cache: dict[int, torch.Tensor] = {}
 
@@ -342,6 +385,20 @@ class ExpertBuffer:
                 break
         return files
 
+    def _check_widths(self) -> None:
+        """Every file holds as many parameters per epoch as ``meta.json`` says (if the folder has
+        one) and as the first file: a damaged or foreign file is refused before it is read."""
+        meta = self.folder / "meta.json"
+        want = read_meta(meta).get("num_params") if meta.is_file() else None
+        for path in self.files:
+            width = trajectory_shape(path)[1]
+            want = width if want is None else want
+            if width != want:
+                raise ArtifactError(
+                    f"expert file {path} holds {width} parameters per epoch, not {want} as the other experts "
+                    f"of {self.folder}; delete it to retrain it"
+                )
+
     @property
     def num_epochs(self) -> int:
         """Epochs every expert of the buffer holds."""
@@ -356,5 +413,6 @@ class ExpertBuffer:
             path = self._path(k)
             with _reading_expert(path), safe_open(str(path), framework="pt") as f:
                 rows = f.get_slice("trajectory")[: epochs + 1]  # only the rows hashed are read
+            check_finite(path, rows)  # the rows a run reads: a NaN expert never enters a run
             h.update(rows.contiguous().numpy().tobytes())
         return h.hexdigest()[:16]

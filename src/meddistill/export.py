@@ -53,6 +53,15 @@ print(f"final training loss {loss.item():.4f}; evaluate on your own real test im
 '''
 
 
+#: files every export holds besides synset.npz, and a run folder never does
+EXPORT_MARKERS = ("card.md", "train_example.py")
+
+
+def is_export(folder: str | Path) -> bool:
+    """Whether ``folder`` is an exported set (the output of :func:`export_run`)."""
+    return all((Path(folder) / name).is_file() for name in EXPORT_MARKERS)
+
+
 def to_uint8(syn: SynSet) -> np.ndarray:
     px = (syn.pixels().numpy() * 255.0).round().clip(0, 255).astype(np.uint8)  # (N, C, H, W)
     return px[:, 0] if px.shape[1] == 1 else px.transpose(0, 2, 3, 1)

@@ -22,6 +22,7 @@ from meddistill.data.loader import MedDataset
 from meddistill.data.local import check_same_data
 from meddistill.data.sources import create_dataset, data_identity, dataset_dir, dataset_tag, write_run_records
 from meddistill.distill import DistillContext, get_method, get_spec
+from meddistill.errors import WriteError
 from meddistill.evaluate import EvalSummary, evaluate_images
 from meddistill.experts import expert_identity
 from meddistill.health import LOG
@@ -118,8 +119,13 @@ def distill(
     with run_lock(run_dir):  # a second identical command waits here, then reuses the set
         if restart:
             _clear_run_dir(run_dir)
-        write_run_records(ds, run_dir)  # own images: split.csv, data.json
         syn_path = run_dir / "synset.npz"
+        try:
+            write_run_records(ds, run_dir)  # own images: split.csv, data.json
+        except WriteError as exc:  # a read-only run folder can still serve its finished set
+            if not syn_path.exists():
+                raise
+            _warn(f"could not write {exc.path} ({exc.reason}); the finished set is served as it is")
         if syn_path.exists():
             return run_dir, SynSet.load(syn_path)
         return run_dir, _distill_into(ctx, method, syn_path)
@@ -154,8 +160,9 @@ def _write_cache(cache: Path, row: dict) -> None:
     cache: the result is still returned (and printed, and appended to the results file)."""
     try:
         write_text_atomic(cache, json.dumps(row, indent=2, sort_keys=True))
-    except OSError as exc:
-        _warn(f"could not write the evaluation cache {cache} ({exc.strerror or exc}); the result is not cached")
+    except (OSError, WriteError) as exc:
+        reason = exc.reason if isinstance(exc, WriteError) else exc.strerror or exc
+        _warn(f"could not write the evaluation cache {cache} ({reason}); the result is not cached")
 
 
 def eval_cache_path(cfg: RunConfig, run_dir: Path, syn: SynSet) -> Path:
@@ -179,8 +186,9 @@ def evaluate_run(
         ehash = config_hash(eval_identity(cfg), 10)
         row = result_row(cfg, summary, syn.meta.get("config_hash", ""), ehash, run_dir, syn.lr)
         row["synset_hash"] = syn.content_hash()
-        _write_cache(cache, row)
+        # the row first: a full disk that stops the append leaves no cache, so the next run appends it
         append_jsonl(Path(cfg.out_dir) / "results.jsonl", row)
+        _write_cache(cache, row)
     return summary, row
 
 

@@ -43,7 +43,7 @@ def save_grid(pixels: torch.Tensor, labels: torch.Tensor, path: str | Path, clas
     if title:
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return Path(path)
 
@@ -64,6 +64,15 @@ def save_curves(rows: list[dict], keys: list[str], path: str | Path, x: str = "i
         if k in ("loss",) and pts and min(ys) > 0:
             ax.set_yscale("log")
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return Path(path)
+
+
+def save_figure(fig, path: str | Path, **kwargs) -> None:
+    """``fig.savefig`` to ``path`` atomically (a full disk is a one-line :class:`WriteError`,
+    and never leaves a torn image)."""
+    from meddistill.utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", **kwargs)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -13,7 +15,7 @@ from typing import Any
 
 import torch
 
-from meddistill.errors import ArtifactError, ConfigError
+from meddistill.errors import ArtifactError, ConfigError, WriteError
 
 
 def derive_seed(*parts: Any) -> int:
@@ -96,15 +98,54 @@ def _new_temp_file(path: Path) -> Path:
     raise FileExistsError(f"no free temporary name next to {path}")
 
 
+#: errno values of a write that failed for lack of room or permission, not for a bug
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # how safetensors' writer reports an OSError
+
+
+def write_problem(exc: BaseException) -> str | None:
+    """Why a write failed, if it failed for lack of room or permission (:data:`WRITE_ERRNOS`),
+    else None. Knows OSErrors and the I/O errors of safetensors' writer."""
+    if isinstance(exc, OSError):
+        return (exc.strerror or str(exc)) if exc.errno in WRITE_ERRNOS else None
+    found = _RUST_OS_ERROR.search(str(exc))
+    if found and int(found.group(1)) in WRITE_ERRNOS:
+        return os.strerror(int(found.group(1)))
+    return None
+
+
+@contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a write that fails for lack of room or permission into a :class:`WriteError`
+    naming ``path`` (one line for the user); any other error stays what it is."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except Exception as exc:
+        reason = write_problem(exc)
+        if reason is None:
+            raise
+        raise WriteError(path, reason) from None
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path next to ``path``; it replaces ``path`` only if the block succeeds."""
+    """Yield a temp path next to ``path``; it replaces ``path`` only if the block succeeds.
+    The file keeps the temp file's permissions (0666 less the umask) even if the block wrote it
+    anew (safetensors writes its own 0600 file and renames it over the temp file). A full disk,
+    a read-only file system or a folder that may not be written is a :class:`WriteError`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _new_temp_file(path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _new_temp_file(path)
+    mode = os.stat(tmp).st_mode & 0o777
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
+        with writing(path):
+            yield Path(tmp)
+            if os.stat(tmp).st_mode & 0o777 != mode:
+                os.chmod(tmp, mode)
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -122,13 +163,14 @@ def write_jsonl_atomic(path: str | os.PathLike, rows: list[dict[str, Any]]) -> N
 
 def append_jsonl(path: str | os.PathLike, row: dict[str, Any]) -> None:
     """Append one row; a torn last line (a killed writer) is closed first, so the row stays whole."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(row, sort_keys=True) + "\n").encode()
-    if not _ends_a_line(path):
-        line = b"\n" + line
-    with open(path, "ab") as f:
-        f.write(line)
-        f.flush()
+    with writing(path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if not _ends_a_line(path):
+            line = b"\n" + line
+        with open(path, "ab") as f:
+            f.write(line)
+            f.flush()
 
 
 def _ends_a_line(path: str | os.PathLike) -> bool:

@@ -20,7 +20,7 @@ import numpy as np
 from meddistill.config import DistillConfig, EvalConfig, RunConfig, neutral_values
 from meddistill.distill import FULL, get_spec
 from meddistill.errors import ArtifactError, ConfigError
-from meddistill.utils import read_jsonl
+from meddistill.utils import read_jsonl, write_text_atomic
 
 METRICS = {"acc": "acc_mean", "auc": "auc_mean"}
 
@@ -182,13 +182,13 @@ def privacy_table(rows: list[dict], order: list[str] | None = None) -> str:
 
 
 def _save(fig, path: Path, beside: tuple = ()) -> Path:
-    from meddistill.plots import plt
+    from meddistill.plots import plt, save_figure
 
     fig.tight_layout()
     if beside:  # artists outside the axes (a legend), left out of the layout: widen the image
-        fig.savefig(path, bbox_inches="tight", bbox_extra_artists=beside)
+        save_figure(fig, path, bbox_inches="tight", bbox_extra_artists=beside)
     else:
-        fig.savefig(path)
+        save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -274,14 +274,14 @@ def _tables_and_plots(rows: list[dict], out: Path, order: list[str] | None, net:
         stats = aggregate(rows, metric, net)
         for fmt, ext in (("md", "md"), ("csv", "csv"), ("tex", "tex")):
             p = out / f"table_{metric}.{ext}"
-            p.write_text(table(stats, fmt, order))
+            write_text_atomic(p, table(stats, fmt, order))
             written[f"{metric}.{ext}"] = p
         for p in plot_vs_ipc(stats, out, order, metric):
             written[p.name] = p
     health = health_table(rows, order, net)
     if health:
         p = out / "table_health.md"
-        p.write_text(health)
+        write_text_atomic(p, health)
         written["health.md"] = p
     privacy = privacy_table(rows, order)
     if privacy:
@@ -521,6 +521,41 @@ def write_report(
     return written
 
 
+#: the names of the files a report writes (also in a per-net sub-folder), and the temporary
+#: files of an atomic write that a killed report left behind
+REPORT_FILES = re.compile(
+    r"table_(acc|auc)\.(md|csv|tex)|table_health\.md|(acc|auc)_vs_ipc_.+\.png|grids_.+_ipc\d+\.png|\..+\.[0-9a-f]{12}\.tmp"
+)
+
+
+def foreign_files(out: str | Path) -> list[Path]:
+    """The entries of a report folder that a report does not write (sub-folders: one per net,
+    holding report files only): what writing a report there could overwrite or mix with."""
+    out = Path(out)
+    if not out.is_dir():
+        return []
+    foreign = []
+    for p in sorted(out.iterdir()):
+        if p.is_dir() and not p.is_symlink():
+            inner = sorted(p.iterdir())
+            foreign += [q for q in inner if not (q.is_file() and REPORT_FILES.fullmatch(q.name))]
+        elif not (p.is_file() and not p.is_symlink() and REPORT_FILES.fullmatch(p.name)):
+            foreign.append(p)
+    return foreign
+
+
+def check_report_folder(out: str | Path, flag: str, force: bool = False) -> None:
+    """A report is written only where it overwrites nothing but an earlier report: a new or
+    empty folder, one holding only report files, or any folder with ``force``."""
+    foreign = [] if force else foreign_files(out)
+    if foreign:
+        shown = ", ".join(str(p) for p in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ArtifactError(
+            f"{flag} {out} holds files a report does not write ({shown}); choose a new or empty folder, "
+            "or pass --force to write the report there anyway"
+        )
+
+
 def write_block(path: str | Path, marker: str, block: str) -> None:
     """Replace the text between ``<!-- marker:begin -->`` and ``<!-- marker:end -->`` in a
     Markdown file (appending the markers if missing); everything else is kept."""
@@ -530,4 +565,4 @@ def write_block(path: str | Path, marker: str, block: str) -> None:
     if begin not in text:
         text += f"\n{begin}\n{end}\n"
     full = f"{begin}\n{block}\n{end}"
-    path.write_text(re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _m: full, text, flags=re.S))
+    write_text_atomic(path, re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _m: full, text, flags=re.S))

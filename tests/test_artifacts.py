@@ -123,10 +123,10 @@ def test_a_failed_export_leaves_no_folder_and_the_next_one_succeeds(run, tmp_pat
 
     monkeypatch.setattr(export_mod, "_card", broken)
     with pytest.raises(OSError, match="No space left"):
-        export_run(folder, out)
+        export_run(folder, out, allow_traceable=True)
     assert not out.exists() and list(tmp_path.glob(".exp*")) == []
     monkeypatch.undo()
-    assert export_run(folder, out) == out and (out / "card.md").exists()
+    assert export_run(folder, out, allow_traceable=True) == out and (out / "card.md").exists()
 
 
 def _mode(p: Path) -> int:
@@ -140,7 +140,7 @@ def test_shared_artifacts_get_ordinary_permissions(run, tmp_path, umask, file_mo
     try:
         SynSet.load(folder).save(folder / "synset.npz")
         (folder / "grid.png").chmod(0o600)  # a private source file does not make a private copy
-        out = export_run(folder, tmp_path / "exp")
+        out = export_run(folder, tmp_path / "exp", allow_traceable=True)
     finally:
         os.umask(old)
     assert _mode(folder / "synset.npz") == file_mode
@@ -150,7 +150,7 @@ def test_shared_artifacts_get_ordinary_permissions(run, tmp_path, umask, file_mo
 
 def test_eval_reads_an_exported_set(run, tmp_path, capsys):
     _, folder, row = run
-    exp = export_run(folder, tmp_path / "exp")
+    exp = export_run(folder, tmp_path / "exp", allow_traceable=True)
     assert SynSet.load(exp).content_hash() == SynSet.load(folder).content_hash()
     capsys.readouterr()
     assert _eval(exp, tmp_path) == 0
@@ -218,7 +218,7 @@ def test_no_artifact_is_a_pickle(tiny, breast, tmp_path):
 
     cfg = tiny(**{"distill.ipc": 2, "method.iterations": 2, "out_dir": str(tmp_path / "runs")})
     run_dir, _ = distill(cfg, breast, progress=False)
-    out = export_run(run_dir, tmp_path / "exp")
+    out = export_run(run_dir, tmp_path / "exp", allow_traceable=True)
     files = [p for d in (run_dir, out, expert_dir(cfg)) for p in d.rglob("*") if p.is_file()]
     assert {p.suffix for p in files} >= {".npz", ".safetensors", ".json", ".yaml", ".png", ".jsonl"}
     assert [p for p in files if not _pickle_free(p)] == []
@@ -284,7 +284,7 @@ def test_a_really_read_only_file_system_serves_the_cached_result(made, tmp_path,
 
 def test_eval_of_an_export_writes_nothing_into_it(run, tmp_path, capsys, monkeypatch):
     _, folder, row = run
-    exp = export_run(folder, tmp_path / "exp")
+    exp = export_run(folder, tmp_path / "exp", allow_traceable=True)
     before = {p.name: p.read_bytes() for p in exp.rglob("*")}
     capsys.readouterr()
     assert _eval(exp, tmp_path) == 0

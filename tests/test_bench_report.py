@@ -164,7 +164,8 @@ def _privacy_row(method: str, seed: int, traced: int, flagged: int, at_chance: b
     if lira is not None:
         privacy["lira"] = {"tpr_at_0.1pct": lira}
     row = {"dataset": "breastmnist", "ipc": 10, "method": method, "seed": seed, "acc_mean": acc, "auc_mean": 0.5}
-    return {**row, "privacy": privacy}
+    runs = [{"net": "convnet", "seed": 0, "val_acc": acc + 0.1}, {"net": "convnet", "seed": 1, "val_acc": acc + 0.2}]
+    return {**row, "privacy": privacy, "runs": runs}
 
 
 def test_the_privacy_table_puts_the_audit_beside_accuracy(tmp_path, capsys):
@@ -177,5 +178,7 @@ def test_the_privacy_table_puts_the_audit_beside_accuracy(tmp_path, capsys):
     table = (tmp_path / "rep" / "table_privacy.md").read_text().splitlines()
     assert len(table) == 4  # header, rule, random, ptm; dm has no privacy block
     head = "| breastmnist | 10 | "
-    assert table[2] == head + "random | real | 3 | 70.0 ± 0.0 | 60 / 60 of 60 | 0/3 | 60 of 60 | 100.0 | 0/3 | – |"
-    assert table[3] == head + "ptm | noise | 3 | 81.0 ± 0.8 | 0 / 0 of 60 | 3/3 | 0 of 60 | 90.0 | 3/3 | 0.10 % |"
+    accs = "85.0 ± 0.0 | 70.0 ± 0.0"  # validation (the runs' best-val checkpoints), then test
+    assert table[2] == head + f"random | real | 3 | {accs} | 60 / 60 of 60 | 0/3 | 60 of 60 | 100.0 | 0/3 | – |"
+    accs = "96.0 ± 0.8 | 81.0 ± 0.8"
+    assert table[3] == head + f"ptm | noise | 3 | {accs} | 0 / 0 of 60 | 3/3 | 0 of 60 | 90.0 | 3/3 | 0.10 % |"

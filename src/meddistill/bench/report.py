@@ -149,8 +149,20 @@ def _mean_std(values: list[float]) -> str:
     return f"{100 * v.mean():.1f} ± {100 * v.std():.1f}"
 
 
+def _val_acc(rows: list[dict]) -> str:
+    """Mean ± std over seeds of each row's mean validation ACC (its evaluation runs' best-val
+    checkpoints), "–" when a row does not store it."""
+    per_row = []
+    for r in rows:
+        vals = [run["val_acc"] for run in r.get("runs", []) if isinstance(run, dict) and "val_acc" in run]
+        if not vals:
+            return "–"
+        per_row.append(float(np.mean(vals)))
+    return _mean_std(per_row)
+
+
 def privacy_table(rows: list[dict], order: list[str] | None = None) -> str:
-    """Markdown: per (dataset, ipc, method) with a ``privacy`` block, test ACC beside the audit
+    """Markdown: per (dataset, ipc, method) with a ``privacy`` block, validation and test ACC beside the audit
     (one row per seed, the last one): images traced to their own source (SSIM / features) out of
     all images, runs tracing at chance, images closer to a train image than the test split's
     99th percentile, the highest such percentile, shareable runs, and LiRA's TPR at 0.1 % FPR
@@ -162,7 +174,7 @@ def privacy_table(rows: list[dict], order: list[str] | None = None) -> str:
     if not groups:
         return ""
     rank = {m: i for i, m in enumerate(order or [])}
-    head = ["dataset", "ipc", "method", "init", "runs", "test ACC", "traced (SSIM / feat.)", "at chance"]
+    head = ["dataset", "ipc", "method", "init", "runs", "val ACC", "test ACC", "traced (SSIM / feat.)", "at chance"]
     head += ["above test p99", "highest percentile", "shareable", "LiRA TPR@0.1%FPR"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for d, i, m in sorted(groups, key=lambda k: (k[0], k[1], rank.get(k[2], len(rank)), k[2])):
@@ -172,7 +184,7 @@ def privacy_table(rows: list[dict], order: list[str] | None = None) -> str:
         inits = sorted({str(p.get("init")) for p in ps})
         pct = [max(p.get("max_ssim_percentile") or 0, p.get("max_cos_percentile") or 0) for p in ps]
         lira = [p["lira"]["tpr_at_0.1pct"] for p in ps if "tpr_at_0.1pct" in (p.get("lira") or {})]
-        cells = [d, str(i), m, "/".join(inits), str(len(rs)), _mean_std([r["acc_mean"] for r in rs])]
+        cells = [d, str(i), m, "/".join(inits), str(len(rs)), _val_acc(rs), _mean_std([r["acc_mean"] for r in rs])]
         cells += [f"{sum(p['traced_ssim'] for p in ps)} / {sum(p['traced_cos'] for p in ps)} of {n_img}"]
         cells += [f"{sum(bool(p['at_chance']) for p in ps)}/{len(ps)}", f"{sum(p['flagged'] for p in ps)} of {n_img}"]
         cells += [f"{max(pct):.1f}", f"{sum(bool(p['shareable']) for p in ps)}/{len(ps)}"]

@@ -230,13 +230,13 @@ def test_cli_run_audit_and_export_on_an_image_folder(own, tmp_path, capsys):
     assert re.search(r"breast ptm ipc=2 .*test ACC \d+\.\d+", out)
     run_dir = Path(re.search(r"run folder: (\S+)", out).group(1))
     assert main(["audit", str(run_dir), "--device", "cpu", "--no-progress"]) == 0
-    assert "membership-inference AUC" in capsys.readouterr().out
-    assert main(["export", str(run_dir), str(tmp_path / "exp")]) == 0
+    assert "loss-attack screen AUC" in capsys.readouterr().out
+    assert main(["export", str(run_dir), str(tmp_path / "exp"), "--allow-traceable"]) == 0
     card = (tmp_path / "exp" / "card.md").read_text()
     assert "own images `breast`" in card and "CC BY-NC 4.0 (Example Lab)" in card
     assert "546 train / 78 val / 156 test" in card and "Yang et al." not in card and "MedMNIST `" not in card
-    assert "Membership-inference AUC" in card and "test ACC" in card
-    assert main(["export", str(run_dir), str(tmp_path / "exp2"), "--licence", "CC0"]) == 0
+    assert "Traceability" in card and "test ACC" in card
+    assert main(["export", str(run_dir), str(tmp_path / "exp2"), "--licence", "CC0", "--allow-traceable"]) == 0
     assert "**CC0**" in (tmp_path / "exp2" / "card.md").read_text()
     assert json.loads((tmp_path / "exp2" / "meta.json").read_text())["license"] == "CC0"
     assert json.loads((tmp_path / "exp" / "meta.json").read_text())["license"] == "CC BY-NC 4.0 (Example Lab)"

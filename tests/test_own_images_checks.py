@@ -257,7 +257,10 @@ def test_a_full_disk_while_caching_is_one_line_and_leaves_nothing(grey, tmp_path
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(cache.np, "savez", full)
-    with pytest.raises(DataError, match=r"cannot write the decode cache .*\(No space left on device\)"):
+    from meddistill.errors import MeddistillError
+
+    # one line naming the cache file (the atomic write names it: utils.WriteError)
+    with pytest.raises(MeddistillError, match=r"cannot write .*cache/decoded/.*No space left on device"):
         load(root, tmp_path)
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
 

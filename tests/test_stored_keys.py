@@ -11,7 +11,15 @@ from meddistill.bench.grid import done_keys, expand, load_grid
 from meddistill.distill import get_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-FINISHED = ["bench/cpu.yaml", "bench/tm_cpu.yaml", "bench/tm_cpu_fixedlr.yaml", "bench/bf16_experts.yaml"]
+FINISHED = [
+    "bench/cpu.yaml",
+    "bench/tm_cpu.yaml",
+    "bench/tm_cpu_fixedlr.yaml",
+    "bench/bf16_experts.yaml",
+    "bench/v2_blood.yaml",
+    "bench/v2_breast64.yaml",
+    "bench/v2_ipc50.yaml",
+]
 SWEEPS = sorted(f"sweeps/{p.name}" for p in (ROOT / "configs" / "sweeps").glob("*.yaml"))
 
 

@@ -101,7 +101,7 @@ def test_audit_and_export_cli_make_a_standalone_folder(tmp_path, capsys, session
     (proj / "experts").symlink_to(session_dirs["experts"])  # the session's expert cache, by a relative path
     monkeypatch.chdir(proj)
     args = ["--profile", "tiny", "--out", "runs", "--experts-dir", "experts", "--no-progress", "--device", "cpu"]
-    assert main(["run", "breastmnist", "--ipc", "2", *args]) == 0
+    assert main(["run", "breastmnist", "--ipc", "2", *args, "--set", "method.init=real"]) == 0  # traceable
     run_dir = next((proj / "runs" / "breastmnist_28").iterdir())
     capsys.readouterr()
     # from another directory, the run's relative experts_dir is found next to its runs folder
@@ -118,7 +118,7 @@ def test_audit_and_export_cli_make_a_standalone_folder(tmp_path, capsys, session
     assert (exp / "card.md").read_text().splitlines()[2].startswith("> **Not shown to be free of patient images")
     exp = tmp_path / "export_noise"
     monkeypatch.chdir(proj)
-    assert main(["run", "breastmnist", "--ipc", "2", *args, "--set", "method.init=noise"]) == 0
+    assert main(["run", "breastmnist", "--ipc", "2", *args]) == 0  # the default start: DM from noise
     noise_dir = next(d for d in (proj / "runs" / "breastmnist_28").iterdir() if d != run_dir)
     assert main(["export", str(noise_dir), str(exp)]) == 2  # not audited yet
     assert "no privacy audit" in capsys.readouterr().err

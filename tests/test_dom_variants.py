@@ -168,9 +168,9 @@ def test_options_are_registry_choices_and_off_by_default_in_the_identity():
     # every option is neutral at its default except the reference epoch, now ``read``
     assert set(identity_dict(PTMConfig())["dom"]) == original | {"feature_epoch"}
     for key, reg in (("space", SPACES), ("rule", SELECTION_RULES), ("reinit", REINITS), ("retrain", RETRAINS)):
-        assert build_config("tiny", overrides=[f"{D}{key}={next(iter(reg))}"])
+        assert build_config("tiny", overrides=["distill.ptm.init=real", f"{D}{key}={next(iter(reg))}"])
         with pytest.raises(ConfigError, match=f"{key}='bogus' is out of range; allowed: one of"):
-            build_config("tiny", overrides=[f"{D}{key}=bogus"])
+            build_config("tiny", overrides=["distill.ptm.init=real", f"{D}{key}=bogus"])
     # the run identities of PTM at default settings are those computed before the options existed
     # (cpu: with the student steps and span it had then, they are ``auto`` now; cpu and paper:
     # with the bf16 experts ``experts.bf16: auto`` chose on the bf16-native CPU they were pinned on)
@@ -180,7 +180,7 @@ def test_options_are_registry_choices_and_off_by_default_in_the_identity():
         "paper": ["experts.bf16=true"],
     }
     for profile, key in pinned.items():
-        ov = [*then.get(profile, []), "method.dom.feature_epoch=last"]
+        ov = [*then.get(profile, []), "method.dom.feature_epoch=last", "method.init=real"]  # the start they had
         cfg = build_config(profile, None, ov, dataset="pneumoniamnist", device="cpu", **{"distill.ipc": 10})
         assert cfg.distill.method == "ptm" and config_hash(distill_identity(cfg)) == key, profile
     ov = [f"{D}rule=rate", "distill.ipc=10"]
@@ -222,6 +222,7 @@ def _expected_kcenter(tm, st, k: int, t: int, c: int, gone: int) -> int:
 
 
 VARIANT = {
+    "distill.ptm.init": "real",  # k-center re-initialisation picks real images: a real start
     "distill.ipc": 4,
     D + "rule": "rate",
     D + "rate": 0.25,  # one image per class and event
@@ -316,6 +317,7 @@ def test_without_a_retrain_policy_replaced_images_get_the_plain_lr(breast, tiny,
 def test_a_variant_resumes_bit_for_bit(breast, tiny, tmp_path, variant):
     """Stopped inside a retrain window, resumed: the windows come back from the checkpoint."""
     flags = {"distill.ipc": 3, D + "every": 3, D + "retrain_window": 5, D + "feature_threshold": -1.0, **variant}
+    flags["distill.ptm.init"] = "real"  # some variants re-initialise from real images (k-center)
     cfg = tiny(**flags)
     full = get_method("ptm")(_ctx(breast, cfg, tmp_path / "full"))
     assert full.meta["dom_replaced"] > 0

@@ -65,7 +65,8 @@ def test_medmnist_identities_and_keys_are_unchanged():
     """The data-source layer leaves MedMNIST keys alone: expert and full-split keys are those of
     every stored row; run and cell keys those of the per-method-section layout (the stored rows
     were re-keyed to it once; tests/test_stored_keys.py finds them)."""
-    last = {"distill.ptm.dom.feature_epoch": "last"}  # PTM's DOM reference epoch when these were stored
+    # PTM's DOM reference epoch and start when these were stored
+    last = {"distill.ptm.dom.feature_epoch": "last", "distill.ptm.init": "real"}
     expected = [
         ("tiny", last, "b65eda9edc65439a", "1279dfe3d50254b7", "7270bc54549bad30", "93bc14df8d61b87d"),
         (

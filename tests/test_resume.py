@@ -104,6 +104,7 @@ CORE = {"step", "matching_loss", "_student_step", "_apply", "run", "save_checkpo
 LOOP = CORE | {"iteration", "dom_step", "greedy_overlapping", "append_jsonl"}
 # a DOM variant (issue 16) whose state goes beyond the original's: the retrain windows
 VARIANT = {
+    "distill.ptm.init": "real",  # k-center re-initialisation picks real images: a real start
     "distill.ptm.dom.rule": "rate",
     "distill.ptm.dom.rate": 0.5,
     "distill.ptm.dom.space": "gradient",

@@ -16,6 +16,7 @@ from meddistill.config import RunConfig
 from meddistill.data.loader import MedDataset
 from meddistill.errors import ArtifactError, ConfigError
 from meddistill.nets.registry import NetSpec, create_model, spec_for
+from meddistill.process import sigint_deferred
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -70,7 +71,7 @@ def check_store(path: str | os.PathLike, what: str, write: bool = True) -> None:
 def check_net(spec: NetSpec, shape: tuple[int, int, int], num_classes: int) -> None:
     """Build ``spec`` for images of ``shape`` and run a forward pass, on the meta device."""
     try:  # registry errors (unknown net, an option the net ignores) are ConfigErrors already
-        with torch.device("meta"), warnings.catch_warnings():
+        with sigint_deferred(), torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "zero-element tensors": the error says it in one line
             net = create_model(spec, shape, num_classes)
             net(torch.empty(2, *shape))

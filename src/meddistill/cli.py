@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from meddistill import __version__
 from meddistill.errors import ArtifactError, ConfigError, MeddistillError
-from meddistill.process import prepare_process
+from meddistill.process import prepare_process, sigint_deferred
 from meddistill.profiles import PROFILES
 
 if TYPE_CHECKING:  # the CLI imports torch only inside main(), where a Ctrl-C is handled
@@ -889,6 +889,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         prepare_process()
+        with sigint_deferred():  # a Ctrl-C inside torch's C import turns into an ImportError: deliver it after
+            import torch  # noqa: F401
         return COMMANDS[args.command](args)
     except MeddistillError as exc:
         _say(f"error: {exc}")

@@ -36,6 +36,7 @@ from meddistill.data.sources import data_identity, dataset_dir
 from meddistill.errors import ArtifactError, ConfigError
 from meddistill.nets import FlatParams, create_model, flatten_params, load_flat
 from meddistill.parallel import plan_workers, run_tasks
+from meddistill.process import sigint_deferred
 from meddistill.train import Diverged, TrainPlan, fit, sgd
 from meddistill.utils import (
     atomic_path,
@@ -159,7 +160,7 @@ def read_meta(path: Path) -> dict:
 
 
 def num_params(cfg: RunConfig, ds: MedDataset) -> int:
-    with torch.device("meta"):
+    with sigint_deferred(), torch.device("meta"):  # see process.sigint_deferred
         return FlatParams.of(create_model(cfg.net, ds.shape, ds.num_classes)).total
 
 

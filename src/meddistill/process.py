@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from meddistill.errors import ConfigError
 
@@ -52,3 +54,19 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+@contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """SIGINT blocked in this thread meanwhile (where the platform can block it); one that
+    arrives is delivered when the block ends. For short sections an interrupt must not cut in
+    half: torch's meta-device context, cut by a KeyboardInterrupt, leaves its function mode
+    half-popped and the next call recurses without end (a RecursionError in place of Ctrl-C)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

@@ -13,7 +13,6 @@ order, hence the last bits of results.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import socket
 import time
@@ -27,7 +26,7 @@ from meddistill.bench.grid import Cell, Grid, done_keys, expand
 from meddistill.distill import FULL
 from meddistill.errors import ConfigError
 from meddistill.locks import store_lock
-from meddistill.process import prepare_process
+from meddistill.process import prepare_process, sigint_deferred
 from meddistill.utils import append_jsonl, machine_info, resolve_device
 
 
@@ -147,22 +146,6 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-@contextlib.contextmanager
-def _sigint_blocked() -> Iterator[None]:
-    """SIGINT blocked in this thread meanwhile (where the platform can block it); one that
-    arrives is delivered when the block ends."""
-    import signal
-
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 def _submit(pool, futures: list[Future], fn: Callable, *args) -> Future:
     """``pool.submit(fn, *args)``, its future appended to ``futures``, with SIGINT blocked in
     this thread meanwhile, so a worker the pool spawns for it starts with SIGINT blocked until
@@ -171,7 +154,7 @@ def _submit(pool, futures: list[Future], fn: Callable, *args) -> Future:
     raises KeyboardInterrupt here, during the call (another thread of this process took the
     signal) or when the block ends; :func:`_stop_pool` then stops every call the pool holds,
     this one included."""
-    with _sigint_blocked():
+    with sigint_deferred():
         futures.append(f := pool.submit(fn, *args))
         return f
 

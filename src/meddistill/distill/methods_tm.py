@@ -40,7 +40,9 @@ class TMConfig:
     lr_init: float = setting(0.01, lo=0, lo_open=True)  # initial learnable student lr
     momentum: float = setting(0.5, lo=0, hi=1)
     batch_syn: int = setting(0, lo=0)  # 0: the whole synthetic set in every student step
-    init: str = setting("real", choices=INIT_NAMES)  # where the set starts (distill/init.py)
+    # where the set starts (distill/init.py): DM from noise, chosen on validation among the starts that
+    # carry no single patient (docs/results/shareable-init.md); ``real`` for the real-image start
+    init: str = setting("dm", choices=INIT_NAMES)
     init_k: int = setting(5, lo=5, neutral=5)  # init centroid: real images per centroid, at least
     init_iterations: int = setting(100, lo=1, neutral=100)  # init dm: iterations of DM from noise
     memory_saving: bool = False  # recompute the unroll step by step: memory flat in syn_steps, same gradients

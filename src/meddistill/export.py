@@ -230,8 +230,9 @@ def _audit_of(run_dir: Path, syn: SynSet, allow_traceable: bool) -> dict | None:
     raise ArtifactError(
         f"the set in {run_dir} is not shareable: {len(t['ssim']['traced'])} image(s) traced to their source "
         f"({'at' if t['at_chance'] else 'above'} chance), {len(c['flagged'])} closer to a train image than "
-        f"{c['percentile']:g} % of test images; distill it with a shareable init (e.g. --set method.init=noise) "
-        "or export with --allow-traceable (the card then says so in its first lines)"
+        f"{c['percentile']:g} % of test images; distill it from a shareable start (init dm, the default of "
+        "trajectory matching; method.init=noise for DM or DC) or export with --allow-traceable (the card then "
+        "says so in its first lines)"
     )
 
 

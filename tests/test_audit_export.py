@@ -172,3 +172,50 @@ def test_audit_with_shadows_runs_lira_and_the_card_reports_it(tmp_path, capsys, 
     assert sorted(p.name for p in (run_dir / "lira_k2").iterdir()) == ["lira.json", "shadow_0", "shadow_1"]
     assert main(["export", str(run_dir), str(tmp_path / "exp"), "--allow-traceable"]) == 0
     assert "LiRA membership inference (2 shadow distillations, offline)" in (tmp_path / "exp" / "card.md").read_text()
+
+
+def test_the_poisson_tail_holds_for_sets_with_hundreds_of_traced_images():
+    from meddistill.audit import poisson_tail
+
+    # math.factorial overflowed a float from 171 traced images on (an ipc-50 coreset has 400)
+    assert poisson_tail(400, 3.0) == 0.0 and poisson_tail(172, 200.0) == pytest.approx(0.98, abs=0.01)
+    assert poisson_tail(1, 0.0) == 0.0 and poisson_tail(0, 0.0) == 1.0
+
+
+def _audit_json(percentile: float, shareable: bool, recorded: bool = True) -> dict:
+    from meddistill.audit import AUDIT_FORMAT
+
+    trace = {"ssim": {"traced": []}, "cos": {"traced": []}, "at_chance": True}
+    return {
+        "format": AUDIT_FORMAT,
+        "synset_hash": "h",
+        "shareable": shareable,
+        "sources_recorded": recorded,
+        "traceability": trace,
+        "closeness": {"percentile": percentile, "flagged": []},
+    }
+
+
+@pytest.mark.parametrize(
+    ("percentile", "shareable", "recorded", "why"),
+    [(99.99, True, True, "only above the test split's 99.99th"), (99.0, False, False, "records no sources")],
+)
+def test_export_refuses_an_audit_laxer_than_the_default_or_without_sources(
+    tmp_path, monkeypatch, percentile, shareable, recorded, why
+):
+    import json as _json
+
+    from meddistill import export as export_mod
+    from meddistill.errors import ArtifactError
+
+    (tmp_path / "audit.json").write_text(_json.dumps(_audit_json(percentile, shareable, recorded)))
+
+    class Syn:
+        def content_hash(self):
+            return "h"
+
+    with pytest.raises(ArtifactError, match=why):
+        export_mod._audit_of(tmp_path, Syn(), allow_traceable=False)
+    assert export_mod._audit_of(tmp_path, Syn(), allow_traceable=True)["closeness"]["percentile"] == percentile
+    (tmp_path / "audit.json").write_text(_json.dumps(_audit_json(95.0, True)))  # stricter than the default: fine
+    assert export_mod._audit_of(tmp_path, Syn(), allow_traceable=False)["shareable"]

@@ -182,3 +182,13 @@ def test_the_privacy_table_puts_the_audit_beside_accuracy(tmp_path, capsys):
     assert table[2] == head + f"random | real | 3 | {accs} | 60 / 60 of 60 | 0/3 | 60 of 60 | 100.0 | 0/3 | – |"
     accs = "96.0 ± 0.8 | 81.0 ± 0.8"
     assert table[3] == head + f"ptm | noise | 3 | {accs} | 0 / 0 of 60 | 3/3 | 0 of 60 | 90.0 | 3/3 | 0.10 % |"
+
+
+def test_the_privacy_tables_val_acc_is_that_of_the_net_its_test_acc_reports():
+    from meddistill.bench.report import _val_acc
+
+    row = {
+        "per_net": {"convnet": {}, "vgg11": {}},
+        "runs": [{"net": "convnet", "val_acc": 0.9}, {"net": "vgg11", "val_acc": 0.5}],
+    }
+    assert _val_acc([row]) == "90.0 ± 0.0"

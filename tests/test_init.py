@@ -114,3 +114,11 @@ def test_a_real_replacement_setting_with_a_shareable_init_is_refused(setting):
     with pytest.raises(ConfigError, match="does not use"):
         build_config("tiny", dataset="breastmnist", overrides=["method.init=noise", setting])
     build_config("tiny", dataset="breastmnist", overrides=["method.init=real", setting])  # applies to a real start
+
+
+def test_a_centroid_start_marks_its_members_as_taken(breast, tiny, tmp_path):
+    """DOM's centroid replacements take unused images first: a kept centroid's members are used."""
+    cfg = tiny(**{"distill.ipc": 2, "distill.method": "ptm", "method.init": "centroid"})
+    st = build_engine(distill_ctx(breast, cfg, tmp_path)).init_state()
+    members = {i for src in st.sources for i in src}
+    assert len(members) >= 20 and all(bool(st.used[i]) for i in members)

@@ -113,10 +113,13 @@ def source_ranks(sim: torch.Tensor, labels: torch.Tensor, train_labels: torch.Te
 
 
 def poisson_tail(k: int, lam: float) -> float:
-    """P(X >= k) for X ~ Poisson(lam)."""
+    """P(X >= k) for X ~ Poisson(lam), its terms summed in log space (any k)."""
     if k <= 0:
         return 1.0
-    return max(0.0, 1.0 - sum(math.exp(-lam) * lam**j / math.factorial(j) for j in range(k)))
+    if lam <= 0:
+        return 0.0
+    below = sum(math.exp(-lam + j * math.log(lam) - math.lgamma(j + 1)) for j in range(k))
+    return min(1.0, max(0.0, 1.0 - below))
 
 
 def traceability(ranks: list[int | None], labels: torch.Tensor, train_labels: torch.Tensor, sources) -> dict:
@@ -431,9 +434,8 @@ def run_privacy(cfg: RunConfig, run_dir: Path, syn: SynSet, ds: MedDataset, prog
     """A benchmark row's ``privacy`` block: the summary of the run folder's audit of this very
     set, audited now (traceability and closeness, no attack) when there is none."""
     old = read_audit(run_dir)
-    if old is not None and old.get("synset_hash") == syn.content_hash() and old.get("feature_net") == stats_net_dir(
-        cfg
-    ).name:
+    same = old is not None and old.get("synset_hash") == syn.content_hash()
+    if same and old.get("feature_net") == stats_net_dir(cfg).name and old["closeness"]["percentile"] == PERCENTILE:
         return AuditReport(**old).summary()
     rep = audit(syn, ds, cfg, resolve_device(cfg.device), screen=False, progress=progress)
     write_text_atomic(Path(run_dir) / AUDIT_FILE, rep.to_json())

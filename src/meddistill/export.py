@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from meddistill.audit import read_audit
+from meddistill.audit import PERCENTILE, read_audit
 from meddistill.config import read_yaml
 from meddistill.data import get_info
 from meddistill.data.describe import card_source
@@ -219,7 +219,8 @@ def _audit_of(run_dir: Path, syn: SynSet, allow_traceable: bool) -> dict | None:
     audit = read_audit(run_dir)
     if audit is not None and audit.get("synset_hash") != syn.content_hash():
         audit = None  # an audit of an earlier content of the folder
-    if allow_traceable or (audit is not None and audit.get("shareable")):
+    strict = audit is not None and audit["closeness"]["percentile"] <= PERCENTILE  # a laxer audit shows nothing
+    if allow_traceable or (strict and audit.get("shareable")):
         return audit
     if audit is None:
         raise ArtifactError(
@@ -227,6 +228,16 @@ def _audit_of(run_dir: Path, syn: SynSet, allow_traceable: bool) -> dict | None:
             "first (or export with --allow-traceable, and the card says it was not audited)"
         )
     t, c = audit["traceability"], audit["closeness"]
+    if not audit.get("sources_recorded"):
+        raise ArtifactError(
+            f"the set in {run_dir} records no sources (made before they were recorded), so it cannot be shown "
+            "to trace at chance: distill it again, or export with --allow-traceable (the card then says so)"
+        )
+    if not strict:
+        raise ArtifactError(
+            f"the audit of {run_dir} flagged images only above the test split's {c['percentile']:g}th percentile; "
+            f"audit it at the default ({PERCENTILE:g}) before exporting, or export with --allow-traceable"
+        )
     raise ArtifactError(
         f"the set in {run_dir} is not shareable: {len(t['ssim']['traced'])} image(s) traced to their source "
         f"({'at' if t['at_chance'] else 'above'} chance), {len(c['flagged'])} closer to a train image than "

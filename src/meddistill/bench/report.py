@@ -151,10 +151,13 @@ def _mean_std(values: list[float]) -> str:
 
 def _val_acc(rows: list[dict]) -> str:
     """Mean ± std over seeds of each row's mean validation ACC (its evaluation runs' best-val
-    checkpoints), "–" when a row does not store it."""
+    checkpoints) of the net its ``acc_mean`` reports (the first evaluation net), "–" when a row
+    does not store it."""
     per_row = []
     for r in rows:
-        vals = [run["val_acc"] for run in r.get("runs", []) if isinstance(run, dict) and "val_acc" in run]
+        net = next(iter(r.get("per_net") or {}), None)  # the net whose test ACC the row's acc_mean is
+        runs = [run for run in r.get("runs", []) if isinstance(run, dict) and net in (None, run.get("net", net))]
+        vals = [run["val_acc"] for run in runs if "val_acc" in run]
         if not vals:
             return "–"
         per_row.append(float(np.mean(vals)))

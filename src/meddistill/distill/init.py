@@ -14,7 +14,8 @@ Every entry returns a :class:`Start` — images (normalised), labels and, for ea
   for ``iterations`` iterations: a warm start no single image determines; no source.
 
 Every entry first draws the ``real`` start from the run's stream (``distill_generator``), so the
-stream's later draws, and the real start itself, are the same for every method and init.
+real start, and the draws that follow it for a real start, are those every method had before
+inits existed (``noise`` and ``centroid`` then draw their own images from the same stream).
 A shareable entry's ``replace`` makes the image a DOM event puts in place of an overlapping one
 by the same rule (``noise`` and ``dm``: fresh noise; ``centroid``: the mean of ``k`` unused
 real images of the class).

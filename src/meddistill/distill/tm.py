@@ -191,6 +191,7 @@ class TrajectoryMatching:
         images, labels = start.images, start.labels
         used = torch.zeros(len(self.ctx.ds.train), dtype=torch.bool)
         used[start.drawn] = True
+        used[[i for src in start.sources for i in src]] = True  # a centroid's members are taken too
         images = images.to(self.dev).requires_grad_(True)
         logits = None
         if self.soft is not None:
@@ -658,5 +659,5 @@ class TrajectoryMatching:
             dom_replaced=st.replaced,
             machines=self.machines(st.it),
             init=self.init.name,
-            sources=st.sources,
+            **({} if st.sources is None else {"sources": st.sources}),  # None: resumed from an older checkpoint
         )

@@ -193,11 +193,15 @@ def _percentiles(values: torch.Tensor, ref: list[float]) -> list[float]:
     return [100.0 * float((r < v).double().mean()) for v in values.double()]
 
 
+def _check_percentile(percentile: float) -> None:
+    if not 0.0 < percentile < 100.0:
+        raise ConfigError(f"the closeness percentile must be between 0 and 100, got {percentile}")
+
+
 def closeness(views: Views, ref: dict[str, list[float]], percentile: float = PERCENTILE) -> dict:
     """Each image's highest SSIM / cosine to the train split, its percentile among the test
     images' and the images above the reference's ``percentile``."""
-    if not 0.0 < percentile < 100.0:
-        raise ConfigError(f"the closeness percentile must be between 0 and 100, got {percentile}")
+    _check_percentile(percentile)
     out: dict = {
         "percentile": percentile,
         "n_reference": len(ref["ssim"]),
@@ -329,11 +333,16 @@ def audit(
     percentile: float = PERCENTILE,
     screen: bool = True,
     progress: bool = False,
-    views: Views | None = None,
 ) -> AuditReport:
     """Traceability and calibrated closeness of ``syn`` (and the loss screen with ``screen``)."""
-    if not 0.0 < percentile < 100.0:
-        raise ConfigError(f"the closeness percentile must be between 0 and 100, got {percentile}")
+    return _audit(syn, ds, cfg, device, percentile, screen, progress)[0]
+
+
+def _audit(
+    syn: SynSet, ds: MedDataset, cfg: RunConfig, device, percentile: float, screen: bool, progress: bool
+) -> tuple[AuditReport, Views]:
+    """:func:`audit`, and the set's similarities to the train split it measured (the figure's)."""
+    _check_percentile(percentile)
     secs: dict[str, float] = {}
     t0 = time.monotonic()
     net = feature_net(ds, cfg, device, progress)
@@ -343,9 +352,8 @@ def audit(
     ref = closeness_reference(ds, cfg, net, f_train, device)
     secs["reference"] = round(time.monotonic() - t0, 2)
     t0 = time.monotonic()
-    if views is None:
-        px_train = ds.denormalize(ds.train.images).clamp(0, 1)
-        views = similarities(syn.pixels(), embed(net, syn.images, device), px_train, f_train)
+    px_train = ds.denormalize(ds.train.images).clamp(0, 1)
+    views = similarities(syn.pixels(), embed(net, syn.images, device), px_train, f_train)
     sources, recorded = _sources(syn)
     labels, train_labels = syn.labels.long(), ds.train.labels.view(-1).long()
     trace: dict = {}
@@ -360,7 +368,7 @@ def audit(
         t0 = time.monotonic()
         screen_out = loss_screen(syn, ds, cfg, device)
         secs["loss_screen"] = round(time.monotonic() - t0, 2)
-    return AuditReport(
+    rep = AuditReport(
         n_synthetic=len(syn.labels),
         init=syn.meta.get("init"),
         sources_recorded=recorded,
@@ -372,6 +380,7 @@ def audit(
         loss_screen=screen_out,
         seconds=secs,
     )
+    return rep, views
 
 
 def audit_figure(
@@ -422,11 +431,10 @@ def run_audit(
     lira: dict | None = None,
 ) -> AuditReport:
     """:func:`audit` of a run folder's set; writes ``audit.json`` and ``audit.png`` there."""
-    rep = audit(syn, ds, cfg, device, percentile, screen, progress)
+    rep, views = _audit(syn, ds, cfg, device, percentile, screen, progress)
     rep.lira = lira
     write_text_atomic(run_dir / AUDIT_FILE, rep.to_json())
-    px_train = ds.denormalize(ds.train.images).clamp(0, 1)
-    audit_figure(syn, ds, ssim_matrix(syn.pixels(), px_train), run_dir / "audit.png")
+    audit_figure(syn, ds, views.ssim, run_dir / "audit.png")  # the SSIM matrix the audit measured
     return rep
 
 

@@ -22,7 +22,7 @@ from meddistill.cli import names, one_line_errors, positive_int
 from meddistill.data import load_dataset
 from meddistill.distill import DistillContext, get_method
 from meddistill.distill.base import get_spec
-from meddistill.pipeline import distill_identity
+from meddistill.identity import distill_identity
 from meddistill.utils import config_hash
 from tests.conftest import tiny_config
 from tests.test_resume import SHORT, _losses, _same, _traced

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from meddistill.config import build_config
+from meddistill.build import build_config
 from meddistill.data.cache import fingerprint
 from meddistill.data.listing import scan_folder
 from meddistill.data.loader import SPLITS, resolve_file

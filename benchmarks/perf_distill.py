@@ -26,7 +26,7 @@ import copy, json, math, resource, sys, time, torch
 import torch.nn.functional as F
 from meddistill.augment import dsa
 from pathlib import Path
-from meddistill.config import build_config
+from meddistill.build import build_config
 from meddistill.distill import DistillContext
 from meddistill.distill.methods_tm import build_engine
 from meddistill.pipeline import load_data
@@ -120,7 +120,7 @@ PROFILE = r"""
 import collections, sys, time, torch
 from pathlib import Path
 from torch.utils._python_dispatch import TorchDispatchMode
-from meddistill.config import build_config
+from meddistill.build import build_config
 from meddistill.distill import DistillContext
 from meddistill.distill.methods_tm import build_engine
 from meddistill.pipeline import load_data

@@ -95,7 +95,7 @@ def several_at_once(k: int, width: int, batch: int = 64, steps: int = 15, shape=
 
 
 def accuracy_check(seeds: int = 3) -> None:
-    from meddistill.config import build_config
+    from meddistill.build import build_config
     from meddistill.evaluate import evaluate_full
     from meddistill.pipeline import load_data
 

@@ -30,9 +30,9 @@ STAGES = ("start", "data", "experts", "distill", "eval")
 def run_variant(profile: str, dataset: str, ipc: int, overrides: list[str], work: Path, full_experts: bool) -> dict:
     """Child process: the main job with stage times (seconds) and its evaluated accuracy."""
     t0 = time.perf_counter()
-    from meddistill.config import build_config
+    from meddistill.build import build_config
     from meddistill.distill.base import get_spec
-    from meddistill.distill.methods_tm import SCHEDULES, expert_epochs_read
+    from meddistill.distill.methods_tm import VARIANTS, expert_epochs_read
     from meddistill.experts import train_experts
     from meddistill.pipeline import distill, evaluate_run, load_data
     from meddistill.utils import machine_info, resolve_device
@@ -51,7 +51,7 @@ def run_variant(profile: str, dataset: str, ipc: int, overrides: list[str], work
 
     ds = stage("data", lambda: load_data(cfg, progress=False))
     if get_spec(cfg.distill.method).needs_experts:  # as far as the method reads them, or all epochs
-        until = None if full_experts or cfg.distill.method not in SCHEDULES else expert_epochs_read(cfg)
+        until = None if full_experts or cfg.distill.method not in VARIANTS else expert_epochs_read(cfg)
         stage("experts", lambda: train_experts(ds, cfg, device, progress=False, epochs=until))
     run_dir, syn = stage("distill", lambda: distill(cfg, ds, progress=False))
     _, row = stage("eval", lambda: evaluate_run(cfg, run_dir, syn, ds, progress=False))

@@ -45,7 +45,7 @@ def session_dirs(tmp_path_factory):
 
 
 def tiny_config(dataset: str = "breastmnist", out: Path | None = None, experts: Path | None = None, **flags):
-    from meddistill.config import build_config
+    from meddistill.build import build_config
 
     base = {"dataset": dataset, "device": "cpu"}
     if out is not None:
@@ -71,7 +71,7 @@ def distill_ctx(ds, cfg, run_dir: Path, stop_at: int | None = None):
     import torch
 
     from meddistill.distill import DistillContext
-    from meddistill.pipeline import distill_identity
+    from meddistill.identity import distill_identity
     from meddistill.utils import config_hash
 
     run_dir.mkdir(parents=True, exist_ok=True)

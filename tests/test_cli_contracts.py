@@ -11,8 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meddistill.build import build_config, new_config
 from meddistill.cli import main, usage_table
-from meddistill.config import build_config, dump_yaml
+from meddistill.config import dump_yaml
 from meddistill.errors import ArtifactError
 from meddistill.runfolder import origin_dir, runs_root, saved_path
 from meddistill.synset import SynSet
@@ -446,7 +447,6 @@ def _leaf_keys() -> list[str]:
     """Every dotted leaf key of the config (method sections by name), as --set addresses them."""
     import dataclasses
 
-    from meddistill.config import RunConfig
 
     def walk(obj, prefix: str) -> list[str]:
         keys = []
@@ -461,7 +461,7 @@ def _leaf_keys() -> list[str]:
                 keys.append(f"{prefix}{f.name}")
         return keys
 
-    return walk(RunConfig(), "")
+    return walk(new_config(), "")
 
 
 LEAF_KEYS = _leaf_keys()
@@ -472,8 +472,8 @@ LEAF_KEYS = _leaf_keys()
 def test_a_set_key_refused_as_unread_indeed_changes_nothing_a_distillation_keeps(key, method):
     """No over-rejection: whatever `distill` refuses as a key it does not read leaves its run folder
     (everything that determines the set) unchanged when changed."""
+    from meddistill.build import build_config
     from meddistill.cli import _unread
-    from meddistill.config import build_config
     from meddistill.errors import ConfigError
     from meddistill.pipeline import run_dir_for
 

@@ -5,8 +5,9 @@ import re
 import pytest
 import yaml
 
-from meddistill.config import build_config, config_from_dict, dump_yaml, parse_override
-from meddistill.distill.scaling import auto_span
+from meddistill.build import build_config, config_from_dict
+from meddistill.config import dump_yaml, parse_override
+from meddistill.distill.tm_auto import auto_span
 from meddistill.errors import ConfigError
 
 
@@ -22,7 +23,7 @@ def test_profile_then_file_then_overrides_then_flags(tmp_path):
 def test_resolved_config_round_trips_through_yaml():
     import yaml
 
-    from meddistill.pipeline import distill_identity
+    from meddistill.identity import distill_identity
 
     cfg = build_config("cpu", overrides=["distill.ptm.dom.every=7", "distill.dm.lr_img=3"])
     dumped = yaml.safe_load(dump_yaml(cfg))
@@ -126,6 +127,7 @@ def test_every_method_has_a_yaml_that_picks_it_and_documents_its_own_section():
 
     import yaml
 
+    from meddistill.build import method_yaml
     from meddistill.distill import get_spec, list_methods
 
     folder = Path(__file__).resolve().parents[1] / "configs" / "methods"
@@ -143,6 +145,7 @@ def test_every_method_has_a_yaml_that_picks_it_and_documents_its_own_section():
             assert not listed
         else:
             assert yaml.safe_load("\n".join(listed)) == {name: dataclasses.asdict(spec.config())}
+        assert text == method_yaml(name), f"{path.name} is stale: run python tools/method_yamls.py"
 
 
 @pytest.mark.parametrize(
@@ -173,12 +176,13 @@ def test_out_of_range_values_are_one_line_errors_naming_the_key(override, match)
 
 
 def test_every_shipped_profile_is_valid_and_its_method_defaults_are_the_cpu_profile():
-    from meddistill.config import RunConfig, profile_data
+    from meddistill.build import new_config
+    from meddistill.config import profile_data
 
     for name in ("tiny", "cpu", "paper"):
         build_config(name)
     assert profile_data("cpu")["distill"] == {"checkpoint_every_s": 120, "log_every": 10}
-    expected = RunConfig().distill.sections
+    expected = new_config().distill.sections
     for section in expected.values():  # the auto settings, resolved for pneumoniamnist (4,708 train images)
         if getattr(section, "syn_steps", None) == "auto":
             section.syn_steps, section.expert_epochs = auto_span(4708, 64)
@@ -209,10 +213,11 @@ def test_auto_accepts_only_integers_or_auto():
         build_config("cpu", overrides=["method.syn_steps=0"])
 
 
-def test_an_option_at_its_neutral_value_leaves_the_identity_unchanged():
+def test_an_option_at_its_keyless_value_leaves_the_identity_unchanged():
     from dataclasses import dataclass, field
 
-    from meddistill.config import identity_dict, setting
+    from meddistill.config import setting
+    from meddistill.identity import identity_dict
 
     @dataclass
     class Inner:
@@ -227,7 +232,7 @@ def test_an_option_at_its_neutral_value_leaves_the_identity_unchanged():
     class After:
         x: float = 0.5
         inner: Inner = field(default_factory=Inner)
-        extra: float = setting(0.0, lo=0, neutral=0.0)
+        extra: float = setting(0.0, lo=0, keyless_at=0.0)
 
     assert identity_dict(After()) == identity_dict(Before()) == {"x": 0.5, "inner": {"a": 1}}
     assert identity_dict(After(extra=0.3)) == {"x": 0.5, "inner": {"a": 1}, "extra": 0.3}
@@ -238,9 +243,10 @@ def test_an_invalid_expert_batch_is_a_range_error_not_a_crash_of_the_auto_settin
         build_config("cpu", overrides=["experts.batch_size=0"])
 
 
-def test_neutral_values_name_each_option_by_its_dotted_key():
-    from meddistill.config import RunConfig, neutral_values
+def test_keyless_values_name_each_option_by_its_dotted_key():
+    from meddistill.build import new_config
+    from meddistill.identity import keyless_values
 
-    neutral = neutral_values(RunConfig())
+    neutral = keyless_values(new_config())
     assert neutral["distill.ptm.dom.feature_epoch"] == "last" and neutral["distill.ptm.dom.rate"] == 0.1
     assert "distill.ptm.lr_img" not in neutral and "eval.epochs" not in neutral  # no neutral value

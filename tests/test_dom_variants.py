@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from meddistill.config import build_config, identity_dict
+from meddistill.build import build_config
 from meddistill.distill import get_method
 from meddistill.distill.dom import (
     REINITS,
@@ -32,9 +32,9 @@ from meddistill.distill.dom import (
 from meddistill.distill.methods_tm import PTMConfig, build_engine
 from meddistill.distill.schedule import Schedule
 from meddistill.errors import ConfigError, RunStopped
+from meddistill.identity import distill_identity, identity_dict
 from meddistill.nets import FlatParams, call_flat, create_model
 from meddistill.nets.registry import NetSpec
-from meddistill.pipeline import distill_identity
 from meddistill.utils import config_hash, read_jsonl
 from tests.conftest import distill_ctx as _ctx
 from tests.conftest import tiny_config
@@ -86,11 +86,11 @@ def test_the_rate_rule_removes_the_most_redundant_greedily_with_later_index_ties
     assert select_most_redundant(m, 3) == [3, 4, 2]
     assert select_most_redundant(m, 10) == [3, 4, 2, 1]  # never the whole class
     dc = DOMConfig(rule="rate", rate=0.4)  # ceil(0.4 · 5) = 2 of this class
-    assert SELECTION_RULES["rate"]([(sim, 0.5)], dc) == [3, 4]
+    assert SELECTION_RULES.get("rate")([(sim, 0.5)], dc) == [3, 4]
     # low similarities everywhere: the threshold rule is silent, the rate rule still fires
     low = _sym(5, {(1, 3): 0.2}, base=0.05)
-    assert SELECTION_RULES["threshold"]([(low, 0.9)], DOMConfig()) == []
-    assert SELECTION_RULES["rate"]([(low, 0.9)], dc) == [3, 4]
+    assert SELECTION_RULES.get("threshold")([(low, 0.9)], DOMConfig()) == []
+    assert SELECTION_RULES.get("rate")([(low, 0.9)], dc) == [3, 4]
 
 
 def test_the_rate_rule_combines_views_by_their_margin_over_the_threshold():
@@ -131,10 +131,10 @@ def test_gradient_space_flags_images_with_identical_gradients():
     x = torch.cat([x, x[1:2]])  # image 4 is a copy of image 1: the same gradient
     y = torch.zeros(5, dtype=torch.long)
     dc = DOMConfig(space="gradient", gradient_threshold=0.999, rate=0.2)
-    (view,) = SPACES["gradient"].views(x, y, probe, dc)(torch.arange(5))
+    (view,) = SPACES.get("gradient").views(x, y, probe, dc)(torch.arange(5))
     assert view[1] == 0.999 and view[0][1, 4] > 0.9999
-    assert SELECTION_RULES["threshold"]([view], dc) == [4]  # the pair is flagged, one of it removed
-    assert SELECTION_RULES["rate"]([view], dc) == [4]  # ceil(0.2 · 5) = 1: the later of the pair
+    assert SELECTION_RULES.get("threshold")([view], dc) == [4]  # the pair is flagged, one of it removed
+    assert SELECTION_RULES.get("rate")([view], dc) == [4]  # ceil(0.2 · 5) = 1: the later of the pair
     # the per-image gradients are the gradients of each image's own loss: their mean is the
     # gradient of the batch's mean loss (the net has no batch statistics)
     g = probe.gradients(x, y)
@@ -146,10 +146,10 @@ def test_gradient_space_flags_images_with_identical_gradients():
 def test_triggers_and_retrain_multipliers():
     s = Schedule(iterations=12, min_start=0, max_start=3, span=1, stages=2, window_frac=0.5, anchored=True)
     dc = DOMConfig(every=3)
-    assert [it for it in range(1, 12) if TRIGGERS["stages"](it, dc, s.stage_of)] == [6]
-    assert [it for it in range(1, 12) if TRIGGERS["every"](it, dc, s.stage_of)] == [3, 6, 9]
+    assert [it for it in range(1, 12) if TRIGGERS.get("stages")(it, dc, s.stage_of)] == [6]
+    assert [it for it in range(1, 12) if TRIGGERS.get("every")(it, dc, s.stage_of)] == [3, 6, 9]
     s4 = Schedule(iterations=200, min_start=0, max_start=8, span=2, stages=4, window_frac=0.25, anchored=True)
-    assert [it for it in range(1, 200) if TRIGGERS["stages"](it, dc, s4.stage_of)] == [50, 100, 150]
+    assert [it for it in range(1, 200) if TRIGGERS.get("stages")(it, dc, s4.stage_of)] == [50, 100, 150]
     until = torch.tensor([0, 5, 3, 4])
     assert lr_multipliers(DOMConfig(), until, 3) is None
     assert lr_multipliers(DOMConfig(retrain="boost", retrain_boost=10.0), until, 3).tolist() == [1, 10, 1, 10]
@@ -243,8 +243,8 @@ def test_dom_replaces_exactly_what_its_rule_selects_and_retrains_them_as_specifi
         seen.append(inp.kept.clone())
         return kcenter(inp)
 
-    kcenter = REINITS["kcenter"]
-    monkeypatch.setitem(REINITS, "kcenter", spy)
+    kcenter = REINITS.get("kcenter")
+    monkeypatch.setitem(REINITS._entries, "kcenter", spy)
     tm = build_engine(_ctx(breast, cfg, tmp_path / "steps"))
     d, dc = cfg.distill.active, cfg.distill.active.dom
     st = tm.init_state()

@@ -28,8 +28,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from meddistill.build import new_config
 from meddistill.cli import main
-from meddistill.config import RunConfig
 
 
 def _keys(data: dict[str, Any], prefix: str = "") -> list[str]:
@@ -43,7 +43,7 @@ def _keys(data: dict[str, Any], prefix: str = "") -> list[str]:
     return out
 
 
-KEYS = [*_keys(RunConfig().to_dict()), "method.lr_img", "method.iterations", "method.syn_steps"]
+KEYS = [*_keys(new_config().to_dict()), "method.lr_img", "method.iterations", "method.syn_steps"]
 SIZES = (28, 64, 128, 224)
 
 scalars = st.one_of(

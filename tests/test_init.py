@@ -34,7 +34,7 @@ def test_every_start_records_its_sources(breast, tiny, tmp_path, name):
 
 def test_every_init_but_real_is_shareable():
     assert {n for n, spec in INITS.items() if spec.shareable} == {"noise", "centroid", "dm"}
-    assert INITS["real"].replace is None and all(INITS[n].replace for n in ("noise", "centroid", "dm"))
+    assert INITS.get("real").replace is None and all(INITS.get(n).replace for n in ("noise", "centroid", "dm"))
 
 
 def test_clusters_are_never_smaller_than_the_minimum():
@@ -108,7 +108,7 @@ def test_a_dm_warm_start_has_no_sources_and_moves_away_from_noise(breast, tiny, 
 
 @pytest.mark.parametrize("setting", ["method.dom.reinit=kcenter", "method.dom.noise=0.5"])
 def test_a_real_replacement_setting_with_a_shareable_init_is_refused(setting):
-    from meddistill.config import build_config
+    from meddistill.build import build_config
     from meddistill.errors import ConfigError
 
     with pytest.raises(ConfigError, match="does not use"):

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from meddistill.bench.grid import cell_key
 from meddistill.cli import main
 from meddistill.data.loader import _to_nchw
 from meddistill.errors import ConfigError
-from meddistill.experts import expert_dir, expert_identity, load_trajectory
-from meddistill.pipeline import distill, distill_identity, load_data, run_cell, run_dir_for
+from meddistill.experts import expert_dir, load_trajectory
+from meddistill.identity import cell_key, distill_identity, expert_identity
+from meddistill.pipeline import distill, load_data, run_cell, run_dir_for
 from meddistill.utils import config_hash
 from tests.conftest import tiny_config
 from tests.own_images_data import (
@@ -86,7 +86,7 @@ def test_medmnist_identities_and_keys_are_unchanged():
             "ba3b1bf07fcc3439",
         ),
     ]
-    from meddistill.config import build_config
+    from meddistill.build import build_config
 
     for profile, extra, dist, expert, cell, full in expected:
         cfg = build_config(profile, **{"dataset": "breastmnist", "distill.ipc": 10, "device": "cpu", **extra})
@@ -282,9 +282,9 @@ def test_bench_grid_takes_a_folder(own, tmp_path):
 
 
 def test_auto_settings_follow_the_listed_train_split(own):
-    from meddistill.config import build_config
+    from meddistill.build import build_config
     from meddistill.data.sources import train_size
-    from meddistill.distill.scaling import auto_span
+    from meddistill.distill.tm_auto import auto_span
 
     for name in ("breast", "blood_nosplit.csv"):
         cfg = own_cfg(own, name)

@@ -14,8 +14,8 @@ from PIL import Image
 
 from meddistill.cli import main
 from meddistill.errors import ConfigError, DataError
-from meddistill.experts import expert_identity
-from meddistill.pipeline import distill_identity, load_data
+from meddistill.identity import distill_identity, expert_identity
+from meddistill.pipeline import load_data
 from tests.conftest import tiny_config
 from tests.own_images_data import npz_arrays
 

@@ -267,7 +267,7 @@ def test_stats_cli_on_a_folder_without_config_is_one_error_line(tmp_path, capsys
 
 def test_the_feature_net_of_own_images_is_kept_under_experts_dir(tmp_path):
     # the folder was "<cfg.dataset>_<size>", an absolute path for own images: the net went beside them
-    from meddistill.config import build_config
+    from meddistill.build import build_config
     from tests.own_images_data import npz_arrays, write_pngs
 
     images = tmp_path / "scans"

@@ -65,7 +65,8 @@ from typing import Any
 
 import torch
 
-from meddistill.config import RunConfig, build_config
+from meddistill.build import build_config
+from meddistill.config import RunConfig
 from meddistill.data.loader import MedDataset
 from meddistill.distill import DistillContext
 from meddistill.distill.methods_tm import build_engine

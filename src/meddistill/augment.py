@@ -12,37 +12,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from meddistill.config import OPS, DSAConfig  # noqa: F401  (the dsa: section; OPS re-exported)
 from meddistill.errors import ConfigError
-
-OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
-
-
-@dataclass
-class DSAConfig:
-    strategy: str = "color_crop_cutout_flip_scale_rotate"
-    mode: str = "single"  # "single": one op drawn per call (as DSA/MTT); "all": every op
-    batch_mode: bool = False  # one parameter draw for the whole batch (for unequal batch sizes)
-    flip: bool = True
-    rotate: bool = True
-    scale: float = 1.2
-    rotate_deg: float = 15.0
-    crop_ratio: float = 0.125
-    cutout_ratio: float = 0.5
-    brightness: float = 1.0
-    saturation: float = 2.0
-    contrast: float = 0.5
-
-    def ops(self) -> list[str]:
-        names = [s for s in self.strategy.split("_") if s]
-        for s in names:
-            if s not in OPS:
-                raise ConfigError(f"unknown DSA op {s!r}; choose from {OPS}")
-        return [s for s in names if not ((s == "flip" and not self.flip) or (s == "rotate" and not self.rotate))]
 
 
 def _rand(g: torch.Generator, n: int, cfg: DSAConfig, like: torch.Tensor) -> torch.Tensor:

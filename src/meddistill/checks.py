@@ -90,7 +90,7 @@ def check_nets(cfg: RunConfig, shape: tuple[int, int, int], num_classes: int, ev
 def check_method(cfg: RunConfig) -> None:
     """The active method's settings that fail only together, without the data: for trajectory
     matching, a schedule that reads an expert epoch past ``experts.epochs`` (a config that only
-    trains experts never runs the method, so :func:`meddistill.config.check_config` leaves this)."""
+    trains experts never runs the method, so :func:`meddistill.build.check_config` leaves this)."""
     from meddistill.distill import get_spec
 
     get_spec(cfg.distill.method).experts_read(cfg)

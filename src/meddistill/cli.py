@@ -170,9 +170,21 @@ def _own_images(p: argparse.ArgumentParser) -> None:
 DATASET_HELP = "MedMNIST subset (pneumoniamnist), image folder PATH/<class>/* or CSV manifest"
 
 
-def _distill_opts(p: argparse.ArgumentParser) -> None:
+METHOD_HELP = "a registered method (default: ptm); `--help` lists them"
+
+
+def method_help() -> str:
+    """The ``--method`` help, generated from the method registry (imports every method, hence
+    torch: built only when help is asked for, so parsing stays light)."""
+    from meddistill.distill import METHODS
+
+    listed = "; ".join(f"{name}: {spec.summary.rstrip('.')}" for name, spec in sorted(METHODS.items()))
+    return f"default ptm. {listed}".replace("%", "%%")
+
+
+def _distill_opts(p: argparse.ArgumentParser, methods: str) -> None:
     p.add_argument("--ipc", type=int, help="synthetic images per class")
-    p.add_argument("--method", help="ptm (default), ptm_nodom, mtt, datm, random, herding, kcenter, dm, dc")
+    p.add_argument("--method", help=methods)
     p.add_argument("--iterations", type=int, help="distillation iterations")
     p.add_argument("--restart", action="store_true", help="discard this cell's checkpoint and start over")
     p.add_argument(
@@ -187,7 +199,7 @@ def _distill_opts(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _cell_flags(p: argparse.ArgumentParser) -> None:
+def _cell_flags(p: argparse.ArgumentParser, methods: str) -> None:
     """What ``distill`` and ``run`` share: one dataset, the whole config, every folder."""
     p.add_argument("dataset", help=DATASET_HELP)
     _own_images(p)
@@ -200,7 +212,7 @@ def _cell_flags(p: argparse.ArgumentParser) -> None:
     _out(p)
     _experts(p)
     _progress(p)
-    _distill_opts(p)
+    _distill_opts(p, methods)
 
 
 # ------------------------------------------------------------------ parser
@@ -300,16 +312,17 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
     _progress(p)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(methods: str = METHOD_HELP) -> argparse.ArgumentParser:
+    """The CLI; ``methods``: the ``--method`` help (:func:`method_help` when help is shown)."""
     ap = argparse.ArgumentParser(prog="meddistill", description="Medical image dataset distillation.")
     ap.add_argument("--version", action="version", version=f"meddistill {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     _datasets_parser(sub)
     _experts_parser(sub)
-    _cell_flags(sub.add_parser("distill", help="distill a synthetic set (resumable)"))
+    _cell_flags(sub.add_parser("distill", help="distill a synthetic set (resumable)"), methods)
     _eval_parser(sub)
     p = sub.add_parser("run", help="experts → distill → evaluate one dataset and print its accuracy")
-    _cell_flags(p)
+    _cell_flags(p, methods)
     p.add_argument("--num-nets", type=int, help="fresh nets (seeds) per evaluation net")
     _bench_parser(sub)
     _audit_parser(sub)
@@ -397,7 +410,7 @@ def config_from_args(args: argparse.Namespace, dataset: str | None = None) -> Ru
         "data.licence": getattr(args, "licence", None),
         "data.on_bad_image": getattr(args, "on_bad_image", None),
     }
-    from meddistill.config import build_config
+    from meddistill.build import build_config
 
     cfg = build_config(args.profile or "cpu", args.config, args.overrides, **flags)
     _check_overrides(args, cfg, flags)
@@ -613,7 +626,7 @@ def _check_fixed(cfg: RunConfig, plain: RunConfig, base: RunConfig, run_dir: Pat
 
 
 def _eval_run_config(args: argparse.Namespace, run_dir: Path, meta: dict) -> RunConfig:
-    from meddistill.config import build_config
+    from meddistill.build import build_config
     from meddistill.runfolder import load_run_config, runs_root, saved_path
 
     base = load_run_config(run_dir)
@@ -887,7 +900,9 @@ def _sigint_ignored() -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        words = sys.argv[1:] if argv is None else argv
+        wants_help = any(w in ("-h", "--help") for w in words)
+        args = build_parser(method_help() if wants_help else METHOD_HELP).parse_args(argv)
         prepare_process()
         with sigint_deferred():  # a Ctrl-C inside torch's C import turns into an ImportError: deliver it after
             import torch  # noqa: F401

@@ -7,22 +7,18 @@ overrides → explicit CLI flags.  The resolved config is dumped beside every re
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import re
 import typing
-from dataclasses import MISSING, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from meddistill.augment import DSAConfig
-from meddistill.data.options import DataConfig  # own images: the data: section
 from meddistill.errors import ConfigError
-from meddistill.nets.registry import NetSpec
 
 
 def setting(
@@ -33,46 +29,96 @@ def setting(
     lo_open: bool = False,
     choices: tuple[Any, ...] | None = None,
     factory: Any = MISSING,
-    neutral: Any = MISSING,
+    keyless_at: Any = MISSING,
 ) -> Any:
     """A config field with its allowed range: ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``) or
     one of ``choices``. Every float must also be finite. Checked by :func:`validate`.
 
-    ``neutral``: the value at which the field changes nothing (an option that is off). At that
-    value :func:`identity_dict` leaves the field out, so adding an option to a section does
-    not re-key the runs stored before it existed."""
-    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "neutral": neutral}
+    ``keyless_at``: the value at which the field changes nothing (an option that is off), which
+    every run stored before the field existed had. At that value the identities leave the field
+    out (:func:`meddistill.identity.identity_dict`), so adding an option re-keys no stored run."""
+    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "keyless_at": keyless_at}
     if factory is not MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
 
 
-def neutral_values(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted keys of config dataclass ``obj`` (recursively, a ``sections`` dict's entries
-    by their names, as :func:`validate` names them) whose field has a ``neutral`` value → that value."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if f.name == "sections":
-            for name, sec in value.items():
-                out.update(neutral_values(sec, f"{prefix}{name}."))
-        elif dataclasses.is_dataclass(value):
-            out.update(neutral_values(value, f"{prefix}{f.name}."))
-        elif f.metadata.get("neutral", MISSING) is not MISSING:
-            out[f"{prefix}{f.name}"] = f.metadata["neutral"]
-    return out
+# ---- the sections other layers own the code of (kept here so that config is a leaf) ----
+
+OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")  # the DSA ops (meddistill.augment)
 
 
-def identity_dict(obj: Any) -> dict:
-    """``asdict(obj)`` without the fields that are at their ``neutral`` value (recursively)."""
-    out = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        neutral = f.metadata.get("neutral", MISSING)
-        if neutral is not MISSING and value == neutral:
-            continue
-        out[f.name] = identity_dict(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
-    return out
+@dataclass
+class DSAConfig:
+    strategy: str = "color_crop_cutout_flip_scale_rotate"
+    mode: str = "single"  # "single": one op drawn per call (as DSA/MTT); "all": every op
+    batch_mode: bool = False  # one parameter draw for the whole batch (for unequal batch sizes)
+    flip: bool = True
+    rotate: bool = True
+    scale: float = 1.2
+    rotate_deg: float = 15.0
+    crop_ratio: float = 0.125
+    cutout_ratio: float = 0.5
+    brightness: float = 1.0
+    saturation: float = 2.0
+    contrast: float = 0.5
+
+    def ops(self) -> list[str]:
+        names = [s for s in self.strategy.split("_") if s]
+        for s in names:
+            if s not in OPS:
+                raise ConfigError(f"unknown DSA op {s!r}; choose from {OPS}")
+        return [s for s in names if not ((s == "flip" and not self.flip) or (s == "rotate" and not self.rotate))]
+
+
+@dataclass
+class NetSpec:
+    """A net by name plus its architecture options (what experts and evaluation share)."""
+
+    name: str = "convnet"
+    width: int = field(default=128, metadata={"lo": 1, "hi": 4096})  # ranges: checked by config.validate
+    depth: int = field(default=3, metadata={"lo": 1, "hi": 16})
+    norm: str = "instance"
+    pooling: str = "avg"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def tag(self) -> str:
+        """Short folder-safe name, e.g. ``convnet-d3w128-instance``."""
+        return f"{self.name}-d{self.depth}w{self.width}-{self.norm}-{self.pooling}"
+
+
+ON_BAD_IMAGE = ("fail", "skip")
+CHANNELS = (0, 1, 3)  # 0: auto
+DUPLICATES = ("check", "keep")
+
+
+@dataclass
+class DataConfig:
+    channels: int = 0  # 0: auto (1 if every image is grey, else 3); 1 or 3 converts
+    split: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])  # train/val/test when the data gives none
+    split_seed: int = 0  # the stratified split (shared by every run seed)
+    flip: bool = False  # DSA may mirror the images (off: anatomy or markers may be handed)
+    rotate: bool = False  # DSA may rotate the images
+    on_bad_image: str = "fail"  # fail | skip (skipped files are listed in the run folder)
+    duplicates: str = "check"  # check: same content in two classes/splits refused, one copy per class kept; keep: all
+    licence: str = ""  # licence of the user's own data, shown on the dataset card
+    cache_dir: str = ""  # decoded-array cache; "" = $MEDDISTILL_CACHE, else ~/.cache/meddistill
+
+
+def check_data_config(cfg: DataConfig) -> None:
+    """Raise :class:`ConfigError` for values no source could use."""
+    if cfg.channels not in CHANNELS:
+        raise ConfigError(f"data.channels must be 1, 3 or 0 (auto), got {cfg.channels}")
+    if cfg.on_bad_image not in ON_BAD_IMAGE:
+        raise ConfigError(f"data.on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, got {cfg.on_bad_image!r}")
+    if cfg.duplicates not in DUPLICATES:
+        raise ConfigError(f"data.duplicates must be one of {', '.join(DUPLICATES)}, got {cfg.duplicates!r}")
+    fr = cfg.split
+    if len(fr) != 3 or any(not math.isfinite(f) or f <= 0 for f in fr) or abs(sum(fr) - 1.0) > 1e-6:
+        raise ConfigError(f"data.split must be three positive train/val/test fractions summing to 1, got {fr}")
 
 
 @dataclass
@@ -90,13 +136,6 @@ class ExpertConfig:
     seed: int = setting(0, lo=0)  # experts are shared by every run seed; this seeds the experts themselves
 
 
-def _method_sections() -> dict[str, Any]:
-    """A default instance of every registered method's own config section."""
-    from meddistill.distill.base import method_sections
-
-    return method_sections()
-
-
 @dataclass
 class DistillConfig:
     """Keys every method shares; each registered method's own settings are a section of
@@ -106,9 +145,8 @@ class DistillConfig:
     ipc: int = setting(1, lo=1)
     checkpoint_every_s: float = setting(120.0, lo=0)  # 0: after every iteration
     log_every: int = setting(10, lo=1)
-    sections: dict[str, Any] = field(default_factory=_method_sections, repr=False)
-    #: shared keys that change how a run is checkpointed and logged, never the set it makes
-    RUN_ONLY: typing.ClassVar[tuple[str, ...]] = ("checkpoint_every_s", "log_every")
+    # filled by meddistill.build (a default section of every registered method): config knows no method
+    sections: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def section(self, method: str | None = None) -> Any:
         """The config section of ``method`` (default: the active one); None if it has none."""
@@ -145,9 +183,6 @@ class EvalConfig:
     nets: list[str] = field(default_factory=lambda: ["convnet"])
     dsa: bool = True
     bf16: bool = False
-    #: keys only the full-train-split evaluation reads, and those it replaces with them
-    FULL_ONLY: typing.ClassVar[tuple[str, ...]] = ("full_epochs", "full_batch_size", "full_val_every")
-    SET_ONLY: typing.ClassVar[tuple[str, ...]] = ("epochs", "batch_size", "val_every")
 
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -177,7 +212,7 @@ class RunConfig:
         return out
 
 
-from meddistill.profiles import PROFILES  # noqa: E402  (a light module: the CLI parser reads it)
+PROFILES = ("tiny", "cpu", "paper")  # the size profiles shipped as YAML in meddistill/profiles
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -351,110 +386,6 @@ def profile_data(name: str) -> dict[str, Any]:
         raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
     text = resources.files("meddistill.profiles").joinpath(f"{name}.yaml").read_text()
     return yaml.safe_load(text) or {}
-
-
-METHOD_ALIAS = "method."  # ``method.lr_img`` → ``distill.<active method>.lr_img``
-
-
-def build_config(
-    profile: str = "cpu",
-    config_file: str | None = None,
-    overrides: list[str] | None = None,
-    **flags: Any,
-) -> RunConfig:
-    """Resolve a :class:`RunConfig` from a profile, a YAML file, overrides and flags.
-
-    ``flags`` are dotted keys (``distill.ipc``) or top-level keys; ``None`` values are ignored.
-    Keys starting with ``method.`` (in overrides or flags) address the active method's own
-    section; they are applied last, once the method is known. The result is validated.
-    """
-    cfg = RunConfig()
-    merge(cfg, profile_data(profile))
-    cfg.profile = profile
-    if config_file:
-        merge(cfg, read_yaml(config_file))
-        _check_profile(cfg, profile, f"config file {config_file}")
-    deferred: list[tuple[str, Any]] = []
-    for ov in overrides or []:
-        key, value = split_override(ov)
-        _apply(cfg, key, value, deferred)
-        _check_profile(cfg, profile, repr(ov))
-    for key, value in flags.items():
-        if value is not None:
-            _apply(cfg, key, value, deferred)
-    for key, value in deferred:
-        merge(cfg, nest(f"distill.{_active_section(cfg, key)}", value))
-    resolve_auto(cfg)
-    check_config(cfg)
-    return cfg
-
-
-def _check_profile(cfg: RunConfig, profile: str, where: str) -> None:
-    """``profile`` records the profile the config was built on; a file or override that names
-    another would relabel the run without changing its settings."""
-    if cfg.profile != profile:
-        raise ConfigError(
-            f"{where} sets profile {cfg.profile!r} but the config is built on {profile!r}; "
-            "choose the profile with --profile"
-        )
-
-
-def _apply(cfg: RunConfig, key: str, value: Any, deferred: list[tuple[str, Any]]) -> None:
-    if key.startswith(METHOD_ALIAS):
-        deferred.append((key[len(METHOD_ALIAS) :], value))
-    else:
-        merge(cfg, nest(key, value))
-
-
-def _active_section(cfg: RunConfig, key: str) -> str:
-    """``lr_img`` → ``ptm.lr_img`` for the active method, or a one-line error (an unknown
-    method is named as such, not as a method without the setting)."""
-    from meddistill.distill.base import get_spec
-
-    get_spec(cfg.distill.method)
-    sec = cfg.distill.section()
-    first = key.split(".")[0]
-    if sec is None or first not in {f.name for f in dataclasses.fields(sec)}:
-        raise ConfigError(f"method {cfg.distill.method!r} has no setting {key!r}")
-    return f"{cfg.distill.method}.{key}"
-
-
-def check_config(cfg: RunConfig) -> None:
-    """Ranges of every field, then the checks that need the registries."""
-    validate(cfg)
-    from meddistill.distill.base import get_spec
-    from meddistill.nets.registry import list_nets
-
-    get_spec(cfg.distill.method)
-    if not DEVICE_PATTERN.match(cfg.device):
-        raise ConfigError(f"device {cfg.device!r} is not supported; use auto, cpu, cuda or cuda:N")
-    if not cfg.eval.nets:
-        raise ConfigError("eval.nets is empty; name at least one evaluation net, e.g. [convnet]")
-    for name in [cfg.net.name, *cfg.eval.nets]:
-        if name not in list_nets():
-            raise ConfigError(f"unknown net {name!r}; registered nets: {', '.join(list_nets())}")
-
-
-def resolve_auto(cfg: RunConfig) -> RunConfig:
-    """Turn ``experts.bf16: auto`` into true/false for the run's device and the
-    trajectory-matching ``auto`` settings into numbers for the dataset, so the resolved config
-    (and every identity hashed from it) records what was actually used."""
-    if cfg.experts.bf16 == "auto":
-        from meddistill.utils import bf16_native, resolve_device
-
-        cfg.experts.bf16 = bf16_native(resolve_device(cfg.device))
-    from meddistill.data.sources import canonical_dataset  # own images: a folder/CSV as an absolute path
-
-    cfg.dataset = canonical_dataset(cfg.dataset)
-    from meddistill.distill.scaling import resolve_tm_auto  # TM settings that follow the train split's size
-
-    resolve_tm_auto(cfg)
-    return cfg
-
-
-def config_from_dict(data: dict[str, Any]) -> RunConfig:
-    """Rebuild a RunConfig from its dumped dict (e.g. a run folder's ``config.yaml``)."""
-    return merge(RunConfig(), data)
 
 
 def dump_yaml(cfg: RunConfig) -> str:

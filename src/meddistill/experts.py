@@ -21,7 +21,6 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -32,8 +31,9 @@ from tqdm.auto import tqdm
 from meddistill.augment import for_dataset
 from meddistill.config import ExpertConfig, RunConfig
 from meddistill.data.loader import MedDataset
-from meddistill.data.sources import data_identity, dataset_dir
+from meddistill.data.sources import dataset_dir
 from meddistill.errors import ArtifactError, ConfigError
+from meddistill.identity import expert_identity
 from meddistill.nets import FlatParams, create_model, flatten_params, load_flat
 from meddistill.parallel import plan_workers, run_tasks
 from meddistill.process import sigint_deferred
@@ -47,19 +47,6 @@ from meddistill.utils import (
     read_json_object,
     write_text_atomic,
 )
-
-
-def expert_identity(cfg: RunConfig) -> dict:
-    """Everything that determines a trajectory (the folder is keyed on its hash)."""
-    return {
-        "dataset": cfg.dataset,
-        "size": cfg.size,
-        "net": cfg.net.to_dict(),
-        "experts": {k: v for k, v in asdict(cfg.experts).items() if k not in ("num_experts", "seed")},
-        "dsa": asdict(cfg.dsa),
-        "seed": cfg.experts.seed,
-        **data_identity(cfg),  # own images: short name + data fingerprint; {} for MedMNIST
-    }
 
 
 def expert_dir(cfg: RunConfig) -> Path:

@@ -42,12 +42,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from meddistill import identity
 from meddistill.config import RunConfig
 from meddistill.data.loader import MedDataset, Split, class_indices
 from meddistill.errors import ArtifactError, ConfigError
 from meddistill.metrics import binary_auc
 from meddistill.synset import SynSet
-from meddistill.utils import atomic_path, config_hash, derive_seed, read_json_object, write_text_atomic
+from meddistill.utils import atomic_path, derive_seed, read_json_object, write_text_atomic
 
 PER_EXAMPLE_VARIANCE_FROM = 64  # other shadows needed before per-image variances replace the global one
 FPRS = (0.001, 0.01)
@@ -270,10 +271,7 @@ def shadow_config(cfg: RunConfig, k: int, shadow_dir: Path, device: torch.device
 def lira_identity(cfg: RunConfig, shadows: int, n_train: int) -> str:
     """What the shadows of a work folder were computed for: the pipeline (its distillation and
     evaluation identities), K and the train split's size."""
-    from meddistill.pipeline import distill_identity, eval_identity
-
-    ident = {"distill": distill_identity(cfg), "eval": eval_identity(cfg), "shadows": shadows, "n_train": n_train}
-    return config_hash({"format": FORMAT, **ident}, 16)
+    return identity.lira_identity(cfg, shadows, n_train, FORMAT)
 
 
 @torch.no_grad()

@@ -17,15 +17,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from meddistill.config import RunConfig, dump_yaml, identity_dict
+from meddistill.config import RunConfig, dump_yaml
 from meddistill.data.loader import MedDataset
 from meddistill.data.local import check_same_data
-from meddistill.data.sources import create_dataset, data_identity, dataset_dir, dataset_tag, write_run_records
-from meddistill.distill import DistillContext, get_method, get_spec
+from meddistill.data.sources import create_dataset, dataset_dir, dataset_tag, write_run_records
+from meddistill.distill import DistillContext, get_method
 from meddistill.errors import WriteError
 from meddistill.evaluate import EvalSummary, evaluate_images
-from meddistill.experts import expert_identity
 from meddistill.health import LOG
+from meddistill.identity import data_identity, distill_identity, eval_identity, run_hash
 from meddistill.locks import LOCK_NAME, run_lock
 from meddistill.plots import save_curves, save_grid
 from meddistill.synset import SynSet
@@ -33,39 +33,9 @@ from meddistill.synset_check import check_synset
 from meddistill.utils import append_jsonl, config_hash, read_json_object, read_jsonl, resolve_device, write_text_atomic
 
 
-def distill_identity(cfg: RunConfig) -> dict:
-    """What determines the synthetic set: the dataset, seed, method and ipc, the method's own
-    config section, and the shared parts its :class:`~meddistill.distill.MethodSpec` says it
-    reads (expert trajectories, the net, DSA). Nothing else enters, so a setting of another
-    method, or of evaluation, never invalidates a run folder or a benchmark cell."""
-    spec = get_spec(cfg.distill.method)
-    ident: dict = {
-        "dataset": cfg.dataset,
-        "size": cfg.size,
-        "seed": cfg.seed,
-        "method": spec.name,
-        "ipc": cfg.distill.ipc,
-    }
-    section = cfg.distill.section()
-    if section is not None:
-        ident["settings"] = identity_dict(section)
-    if spec.needs_experts:
-        ident["experts"] = {**expert_identity(cfg), "num_experts": cfg.experts.num_experts}
-    if "net" in spec.reads:
-        ident["net"] = cfg.net.to_dict()
-    if "dsa" in spec.reads:
-        ident["dsa"] = asdict(cfg.dsa)
-    ident.update(data_identity(cfg))  # own images: their content fingerprint; nothing for MedMNIST
-    return ident
-
-
-def eval_identity(cfg: RunConfig) -> dict:
-    return {"eval": asdict(cfg.eval), "dsa": asdict(cfg.dsa), "net": cfg.net.to_dict(), "seed": cfg.seed}
-
-
 def run_dir_for(cfg: RunConfig) -> Path:
     d = cfg.distill
-    h = config_hash(distill_identity(cfg), 10)
+    h = run_hash(cfg)
     return Path(cfg.out_dir) / dataset_dir(cfg) / f"{d.method}-ipc{d.ipc}-s{cfg.seed}-{h}"
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from meddistill.config import RunConfig, config_from_dict, read_yaml
+from meddistill.build import config_from_dict
+from meddistill.config import RunConfig, read_yaml
 from meddistill.data.sources import dataset_dir
 from meddistill.errors import ArtifactError, ConfigError, MeddistillError
 

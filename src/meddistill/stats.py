@@ -39,11 +39,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from meddistill import identity
 from meddistill.config import RunConfig
 from meddistill.data.loader import MedDataset
 from meddistill.data.sources import dataset_dir
 from meddistill.errors import ArtifactError, ConfigError
-from meddistill.experts import expert_identity, expert_plan
+from meddistill.experts import expert_plan
 from meddistill.nets import create_model
 from meddistill.synset import SynSet
 from meddistill.train import Diverged, fit, sgd
@@ -167,7 +168,7 @@ def knn_precision_recall(
 def stats_net_identity(cfg: RunConfig) -> dict:
     """What determines the feature net: the expert identity (dataset, size, net spec, expert
     training config but the number of experts, DSA, expert seed) plus its own seed tag."""
-    return {**expert_identity(cfg), "tag": STATS_TAG}
+    return identity.stats_net_identity(cfg, STATS_TAG)
 
 
 def stats_net_dir(cfg: RunConfig) -> Path:

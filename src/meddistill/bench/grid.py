@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meddistill.build import build_config
 from meddistill.checks import check_method
-from meddistill.config import RunConfig, build_config, read_yaml
-from meddistill.data.sources import data_identity
+from meddistill.config import RunConfig, read_yaml
 from meddistill.distill import FULL
 from meddistill.errors import ConfigError
-from meddistill.pipeline import distill_identity, eval_identity
-from meddistill.utils import config_hash, read_jsonl
+from meddistill.identity import cell_key
+from meddistill.utils import read_jsonl
 
 
 @dataclass
@@ -189,16 +189,6 @@ def cell_config(grid: Grid, dataset: str, ipc: int, method: str, seed: int, **ex
         **extra,
     }
     return build_config(grid.profile, None, overrides, **flags)
-
-
-def cell_key(cfg: RunConfig) -> str:
-    ident = {"eval": eval_identity(cfg), "dataset": cfg.dataset, "size": cfg.size}
-    ident.update(data_identity(cfg))  # own images: short name + data fingerprint; {} for MedMNIST
-    if cfg.distill.method != FULL:
-        ident["distill"] = distill_identity(cfg)
-    else:
-        ident["method"] = FULL
-    return config_hash(ident, 16)
 
 
 def expand(grid: Grid, **extra: Any) -> list[Cell]:

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from meddistill.config import DistillConfig, EvalConfig, RunConfig, neutral_values
+from meddistill.build import new_config
 from meddistill.distill import FULL, get_spec
 from meddistill.errors import ArtifactError, ConfigError
+from meddistill.identity import DISTILL_RUN_ONLY, EVAL_FULL_ONLY, EVAL_SET_ONLY, keyless_values
 from meddistill.utils import read_jsonl, write_text_atomic
 
 METRICS = {"acc": "acc_mean", "auc": "auc_mean"}
@@ -384,9 +385,9 @@ NOT_STORED = json.dumps("not stored")
 
 def _config(r: dict, neutral: dict[str, str]) -> dict[str, str] | None:
     """A row's stored config as dotted keys → :func:`_canon` values, without what cannot tell
-    two settings apart: the run-only distill keys (``DistillConfig.RUN_ONLY``), the experts of a
+    two settings apart: the run-only distill keys (``identity.DISTILL_RUN_ONLY``), the experts of a
     method that reads none, the evaluation keys the row's kind of evaluation does not read
-    (``EvalConfig.FULL_ONLY`` / ``SET_ONLY``) and options at their neutral value (a row stored
+    (``identity.EVAL_FULL_ONLY`` / ``EVAL_SET_ONLY``) and options at their neutral value (a row stored
     before an option existed ran without it). Each top-level block (``net``, ``eval``, ``dsa``
     …) is also a key of its own, ``"stored"``. None: no config stored."""
     config = r.get("config")
@@ -394,8 +395,8 @@ def _config(r: dict, neutral: dict[str, str]) -> dict[str, str] | None:
         return None
     config = dict(config)
     unread = {
-        "distill": DistillConfig.RUN_ONLY,
-        "eval": EvalConfig.SET_ONLY if r["method"] == FULL else EvalConfig.FULL_ONLY,
+        "distill": DISTILL_RUN_ONLY,
+        "eval": EVAL_SET_ONLY if r["method"] == FULL else EVAL_FULL_ONLY,
     }
     for block, keys in unread.items():
         if isinstance(config.get(block), dict):
@@ -443,7 +444,7 @@ def split_settings(rows: list[dict], order: list[str] | None = None) -> tuple[li
     sizes is named with its size (``breastmnist_64``). Returns the rows (copies where renamed)
     and ``order`` with each method replaced by its names, a method's names ordered by their
     values. Full-data rows of several settings are an :class:`ArtifactError`."""
-    neutral = {k: _canon(v) for k, v in neutral_values(RunConfig()).items()}
+    neutral = {k: _canon(v) for k, v in keyless_values(new_config()).items()}
     sizes: dict[str, set] = defaultdict(set)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from meddistill.config import DataConfig, check_data_config
 from meddistill.data.cache import (
     DECODER_VERSION,
     Decoded,
@@ -43,7 +44,6 @@ from meddistill.data.cache import (
 )
 from meddistill.data.listing import SPLITS, Entry, Listing, natural_key
 from meddistill.data.loader import MedDataset, Split
-from meddistill.data.options import DataConfig, check_data_config
 from meddistill.data.registry import DatasetInfo
 from meddistill.data.splits import assign
 from meddistill.errors import ConfigError, DataError

@@ -28,6 +28,7 @@ from meddistill.data.local import LocalDataset, dataset_name, load_local, local_
 from meddistill.data.registry import DATASETS, SIZES, UnknownDatasetError, get_info
 from meddistill.data.splits import assign
 from meddistill.errors import ConfigError, DataError
+from meddistill.registry import Registry
 
 if TYPE_CHECKING:
     from meddistill.config import RunConfig
@@ -44,15 +45,12 @@ class Source:
     train_size: Callable[[RunConfig], int]  # images in the train split, without decoding them
 
 
-_SOURCES: dict[str, Source] = {}
+SOURCES: Registry[Source] = Registry("data source")
 
 
 def register_source(source: Source) -> Source:
     """Sources are asked in registration order; the first that claims an argument takes it."""
-    if source.name in _SOURCES:
-        raise ValueError(f"data source {source.name!r} registered twice")
-    _SOURCES[source.name] = source
-    return source
+    return SOURCES.add(source.name, source)
 
 
 def _unknown(dataset: str) -> Exception:
@@ -68,7 +66,7 @@ def _unknown(dataset: str) -> Exception:
 
 
 def pick_source(dataset: str) -> Source:
-    for source in _SOURCES.values():
+    for _, source in SOURCES.items():
         if source.claims(dataset):
             return source
     raise _unknown(dataset)
@@ -77,12 +75,6 @@ def pick_source(dataset: str) -> Source:
 def create_dataset(cfg: RunConfig, progress: bool | None = None) -> MedDataset:
     """The dataset ``cfg.dataset`` names: a MedMNIST subset, an image folder or a CSV manifest."""
     return pick_source(cfg.dataset).load(cfg, progress)
-
-
-def data_identity(cfg: RunConfig) -> dict[str, Any]:
-    """Entries to add to an identity dict: ``{}`` for MedMNIST (keys unchanged), else the
-    dataset's short name (replacing its path) and ``data`` (fingerprint and array-changing keys)."""
-    return pick_source(cfg.dataset).identity(cfg)
 
 
 def train_size(cfg: RunConfig) -> int:
@@ -102,7 +94,7 @@ def dataset_dir(cfg: RunConfig) -> str:
 
 def canonical_dataset(dataset: str) -> str:
     """A local source as an absolute path (so later commands find it from any folder)."""
-    for source in _SOURCES.values():
+    for _, source in SOURCES.items():
         if source.claims(dataset):
             return source.canonical(dataset)
     return dataset  # unknown: reported when it is loaded

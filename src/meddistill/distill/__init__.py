@@ -4,6 +4,7 @@
 from meddistill.distill import coreset, matching, methods_tm  # noqa: F401  (registers the methods)
 from meddistill.distill.base import (
     FULL,
+    METHODS,
     DistillContext,
     MethodSpec,
     get_method,
@@ -12,4 +13,6 @@ from meddistill.distill.base import (
     register_method,
 )
 
-__all__ = ["FULL", "DistillContext", "MethodSpec", "get_method", "get_spec", "list_methods", "register_method"]
+__all__ = [
+    "FULL", "METHODS", "DistillContext", "MethodSpec", "get_method", "get_spec", "list_methods", "register_method",
+]  # fmt: skip

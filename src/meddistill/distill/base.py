@@ -1,16 +1,25 @@
-"""Method registry and the context every distillation method receives."""
+"""The context every distillation method receives, and the start every method draws from."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from meddistill.config import RunConfig
 from meddistill.data.loader import MedDataset, class_indices
+from meddistill.distill.registry import (  # noqa: F401  (re-exported: methods register through base)
+    FULL,
+    METHODS,
+    SHARED_PARTS,
+    MethodFn,
+    MethodSpec,
+    get_method,
+    get_spec,
+    list_methods,
+    register_method,
+)
 from meddistill.errors import ConfigError
 from meddistill.synset import SynSet
 from meddistill.utils import code_version, derive_seed
@@ -90,107 +99,7 @@ class DistillContext:
         )
 
 
-MethodFn = Callable[[DistillContext], SynSet]
 REFERENCE_EXPERT = 0  # the expert whose features coresets, DOM and soft labels use
-SHARED_PARTS = ("experts", "net", "dsa")  # config parts outside a method's section it may read
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """What a registered method is and needs; the run identity and the executors read it.
-
-    - ``config``: the dataclass of the method's own settings, its section ``distill.<name>``
-      of the YAML (None: it has none);
-    - ``reads``: the shared config parts it depends on, from :data:`SHARED_PARTS`
-      (``experts``: it reads expert trajectories, so their identity is part of its own);
-    - ``labels``: ``hard`` class ids or ``soft`` label distributions in the synthetic set;
-    - ``learns_lr``: the set carries a learned student lr that evaluation trains with;
-    - ``synthesizes``: it optimises images (False: it selects real train images, a coreset);
-    - ``expert_epochs``: for a method that reads experts, how many of their epochs a run with a
-      given config reads (None: all ``experts.epochs``); whoever prepares experts ahead of the
-      run (a benchmark) trains them that far and no further.
-    """
-
-    name: str
-    fn: MethodFn | None
-    config: type | None = None
-    reads: tuple[str, ...] = ()
-    labels: str = "hard"
-    learns_lr: bool = False
-    synthesizes: bool = True
-    summary: str = ""
-    expert_epochs: Callable[[RunConfig], int] | None = None
-
-    @property
-    def needs_experts(self) -> bool:
-        return "experts" in self.reads
-
-    def experts_read(self, cfg: RunConfig) -> int:
-        """The last expert epoch a run of this method with ``cfg`` reads."""
-        return cfg.experts.epochs if self.expert_epochs is None else self.expert_epochs(cfg)
-
-
-_METHODS: dict[str, MethodSpec] = {}
-FULL = "full"  # pseudo-method: the evaluation protocol trained on the whole real train split
-_FULL_SPEC = MethodSpec(FULL, None, synthesizes=False, summary="upper bound: the whole real train split")
-
-
-def register_method(
-    name: str,
-    *,
-    config: type | None = None,
-    reads: tuple[str, ...] = (),
-    labels: str = "hard",
-    learns_lr: bool = False,
-    synthesizes: bool = True,
-    expert_epochs: Callable[[RunConfig], int] | None = None,
-) -> Callable[[MethodFn], MethodFn]:
-    """Register ``fn(DistillContext) -> SynSet`` under ``name`` with its :class:`MethodSpec`."""
-    unknown = set(reads) - set(SHARED_PARTS)
-    if unknown or labels not in ("hard", "soft") or name == FULL:
-        raise ValueError(f"bad registration of {name!r}: reads {sorted(unknown)}, labels {labels!r}")
-
-    def deco(fn: MethodFn) -> MethodFn:
-        if name in _METHODS:
-            raise ValueError(f"method {name!r} registered twice")
-        summary = (fn.__doc__ or "").strip().split("\n")[0]
-        _METHODS[name] = MethodSpec(
-            name, fn, config, tuple(reads), labels, learns_lr, synthesizes, summary, expert_epochs
-        )
-        return fn
-
-    return deco
-
-
-def _registry() -> dict[str, MethodSpec]:
-    import meddistill.distill  # noqa: F401  (importing the package registers every method)
-
-    return _METHODS
-
-
-def list_methods() -> list[str]:
-    return sorted(_registry())
-
-
-def get_spec(name: str) -> MethodSpec:
-    if name == FULL:
-        return _FULL_SPEC
-    methods = _registry()
-    if name not in methods:
-        raise ConfigError(f"unknown method {name!r}; registered methods: {', '.join(sorted(methods))}")
-    return methods[name]
-
-
-def get_method(name: str) -> MethodFn:
-    fn = get_spec(name).fn
-    if fn is None:
-        raise ConfigError(f"{name!r} is not a distillation method")
-    return fn
-
-
-def method_sections() -> dict[str, Any]:
-    """A default instance of every registered method's own config section."""
-    return {name: spec.config() for name, spec in sorted(_registry().items()) if spec.config is not None}
 
 
 def distill_generator(ctx: DistillContext) -> torch.Generator:

@@ -35,6 +35,7 @@ from torch import nn
 from meddistill.config import setting
 from meddistill.errors import ConfigError
 from meddistill.nets import FlatParams, call_flat
+from meddistill.registry import Registry
 
 View = tuple[torch.Tensor, float]  # (m, m) cosine similarities of one class's images, threshold
 
@@ -120,11 +121,10 @@ class Space:
     views: Callable[[torch.Tensor, torch.Tensor, Probe, DOMConfig], Views]
 
 
-SPACES: dict[str, Space] = {
-    "reference": Space("reference", _reference_views),  # pixel cosine + reference-expert feature cosine
-    "feature": Space("current", _feature_views),  # feature cosine at the current trajectory point
-    "gradient": Space("current", _gradient_views),  # cosine of per-image student-loss gradients there
-}
+SPACES: Registry[Space] = Registry("DOM space")
+SPACES.add("reference", Space("reference", _reference_views))  # pixel cosine + reference-expert feature cosine
+SPACES.add("feature", Space("current", _feature_views))  # feature cosine at the current trajectory point
+SPACES.add("gradient", Space("current", _gradient_views))  # cosine of per-image student-loss gradients there
 
 
 # ---------------------------------------------------------------------------- selection
@@ -213,19 +213,17 @@ def _rate_rule(views: list[View], dc: DOMConfig) -> list[int]:
     return select_most_redundant(redundancy_margin(views), rate_count(dc.rate, n))
 
 
-SELECTION_RULES: dict[str, Callable[[list[View], DOMConfig], list[int]]] = {
-    "threshold": _threshold_rule,  # pairs over a threshold; budget max(1, int(max_replace_frac · ipc))
-    "rate": _rate_rule,  # the ceil(rate · ipc) most redundant images of every class
-}
+SELECTION_RULES: Registry[Callable[[list[View], DOMConfig], list[int]]] = Registry("DOM rule")
+SELECTION_RULES.add("threshold", _threshold_rule)  # pairs over a threshold; budget max(1, int(max_replace_frac · ipc))
+SELECTION_RULES.add("rate", _rate_rule)  # the ceil(rate · ipc) most redundant images of every class
 
 
 # ------------------------------------------------------------------------------ triggers
 
-TRIGGERS: dict[str, Callable[[int, DOMConfig, Callable[[int], int]], bool]] = {
+TRIGGERS: Registry[Callable[[int, DOMConfig, Callable[[int], int]], bool]] = Registry("DOM trigger")
     # (iterations done, settings, the schedule's stage_of) → an event now (within [start, stop])
-    "every": lambda it, dc, stage_of: it % dc.every == 0,
-    "stages": lambda it, dc, stage_of: stage_of(it) != stage_of(it - 1),  # a PTM stage boundary
-}
+TRIGGERS.add("every", lambda it, dc, stage_of: it % dc.every == 0)
+TRIGGERS.add("stages", lambda it, dc, stage_of: stage_of(it) != stage_of(it - 1))  # a PTM stage boundary
 
 
 # ------------------------------------------------------------------------ re-initialisation
@@ -289,10 +287,9 @@ def _kcenter_picker(inp: ReinitInputs) -> Picker:
     return FarthestFirst(inp.probe.features(inp.train_images, inp.cls_idx), inp.probe.features(inp.kept))
 
 
-REINITS: dict[str, Callable[[ReinitInputs], Picker]] = {
-    "random": _random_picker,  # a random unused real image of the class (the run's generator)
-    "kcenter": _kcenter_picker,  # the unused real image worst covered by the kept images (probe features)
-}
+REINITS: Registry[Callable[[ReinitInputs], Picker]] = Registry("DOM reinit")
+REINITS.add("random", _random_picker)  # a random unused real image of the class (the run's generator)
+REINITS.add("kcenter", _kcenter_picker)  # the unused real image worst covered by the kept images (probe features)
 
 
 # --------------------------------------------------------------------------------- retrain
@@ -308,17 +305,17 @@ def _exclusive(in_window: torch.Tensor, boost: float) -> torch.Tensor:
     return torch.where(in_window, boost, 0.0)
 
 
-RETRAINS: dict[str, Callable[[torch.Tensor, float], torch.Tensor] | None] = {
-    "none": None,  # replaced images train like the others
-    "boost": _boost,  # lr × retrain_boost for replaced images inside their window, × 1 for the rest
-    "exclusive": _exclusive,  # while any image is in its window only those move (× retrain_boost), the rest × 0
-}
+RETRAINS: Registry[Callable[[torch.Tensor, float], torch.Tensor] | None] = Registry("DOM retrain")
+RETRAINS.add("none", None)  # replaced images train like the others
+RETRAINS.add("boost", _boost)  # lr × retrain_boost for replaced images inside their window, × 1 for the rest
+# while any image is in its window only those move (× retrain_boost), the rest × 0
+RETRAINS.add("exclusive", _exclusive)
 
 
 def lr_multipliers(dc: DOMConfig, boost_until: torch.Tensor, it: int) -> torch.Tensor | None:
     """Per-image image-lr multipliers for the update of iteration ``it`` (None: all 1, no
     retrain policy). ``boost_until[i]``: the first iteration after image ``i``'s window."""
-    fn = RETRAINS[dc.retrain]
+    fn = RETRAINS.get(dc.retrain)
     return None if fn is None else fn(boost_until > it, dc.retrain_boost).float()
 
 
@@ -363,19 +360,19 @@ class DOMConfig:
     max_replace_frac: float = setting(0.25, lo=0, hi=1)  # at most this fraction of a class's images per check
     noise: float = setting(0.0, lo=0)  # std of noise added to re-initialised images
     # variants (see the docstring); each at its default is the original DOM
-    when: str = setting("every", choices=tuple(TRIGGERS), neutral="every")
-    space: str = setting("reference", choices=tuple(SPACES), neutral="reference")
-    gradient_threshold: float = setting(0.9, lo=-1, hi=1, neutral=0.9)  # space=gradient, rule=threshold
-    rule: str = setting("threshold", choices=tuple(SELECTION_RULES), neutral="threshold")
-    rate: float = setting(0.1, lo=0, hi=1, neutral=0.1)  # rule=rate: this fraction of every class per event
-    reinit: str = setting("random", choices=tuple(REINITS), neutral="random")
-    retrain: str = setting("none", choices=tuple(RETRAINS), neutral="none")
-    retrain_boost: float = setting(10.0, lo=0, neutral=10.0)  # lr multiplier of replaced images
-    retrain_window: int = setting(20, lo=1, neutral=20)  # iterations after a replacement
+    when: str = setting("every", choices=tuple(TRIGGERS), keyless_at="every")
+    space: str = setting("reference", choices=tuple(SPACES), keyless_at="reference")
+    gradient_threshold: float = setting(0.9, lo=-1, hi=1, keyless_at=0.9)  # space=gradient, rule=threshold
+    rule: str = setting("threshold", choices=tuple(SELECTION_RULES), keyless_at="threshold")
+    rate: float = setting(0.1, lo=0, hi=1, keyless_at=0.1)  # rule=rate: this fraction of every class per event
+    reinit: str = setting("random", choices=tuple(REINITS), keyless_at="random")
+    retrain: str = setting("none", choices=tuple(RETRAINS), keyless_at="none")
+    retrain_boost: float = setting(10.0, lo=0, keyless_at=10.0)  # lr multiplier of replaced images
+    retrain_window: int = setting(20, lo=1, keyless_at=20)  # iterations after a replacement
     # the reference expert epoch of the ``reference`` space (and of k-center in it): ``last`` —
     # expert 0's final epoch (experts.epochs: the run needs fully trained experts); ``read`` —
     # the last epoch the run's schedule reads (experts trained on demand suffice)
-    feature_epoch: str = setting("read", choices=("last", "read"), neutral="last")
+    feature_epoch: str = setting("read", choices=("last", "read"), keyless_at="last")
 
     def check_fields(self, prefix: str) -> None:
         """The checks across fields (:func:`meddistill.config.validate` calls it)."""

@@ -31,6 +31,7 @@ import torch
 from meddistill.distill.base import DistillContext, real_init
 from meddistill.distill.embedding import match_embeddings
 from meddistill.errors import ConfigError
+from meddistill.registry import Registry
 from meddistill.utils import derive_seed
 
 DM_WARM_LR = 1.0  # DM's image lr and real batch (its section's defaults) for the ``dm`` warm start
@@ -87,14 +88,12 @@ class InitSpec:
     summary: str
 
 
-INITS: dict[str, InitSpec] = {}
+INITS: Registry[InitSpec] = Registry("init")
 
 
 def register_init(name: str, *, shareable: bool, replace: ReplaceFn | None = None):
     def deco(fn: StartFn) -> StartFn:
-        if name in INITS:
-            raise ValueError(f"init {name!r} registered twice")
-        INITS[name] = InitSpec(name, fn, shareable, replace, (fn.__doc__ or "").strip().split("\n")[0])
+        INITS.add(name, InitSpec(name, fn, shareable, replace, (fn.__doc__ or "").strip().split("\n")[0]))
         return fn
 
     return deco
@@ -102,7 +101,7 @@ def register_init(name: str, *, shareable: bool, replace: ReplaceFn | None = Non
 
 def make_start(ctx: DistillContext, gen: torch.Generator, opts: InitOptions, eligible=None) -> Start:
     """The start of the active method's set under ``opts`` (``eligible``: DATM's real-image filter)."""
-    return INITS[opts.name].start(ctx, gen, opts, eligible)
+    return INITS.get(opts.name).start(ctx, gen, opts, eligible)
 
 
 def _real_draw(ctx, gen, eligible) -> Start:

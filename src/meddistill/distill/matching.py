@@ -30,8 +30,8 @@ class DMConfig:
     iterations: int = setting(200, lo=1)
     batch_real: int = setting(128, lo=1)  # real images per class and iteration
     lr_img: float = setting(1.0, lo=0, lo_open=True)
-    init: str = setting("real", choices=OWN_INITS, neutral="real")  # where the set starts (distill/init.py)
-    init_k: int = setting(5, lo=5, neutral=5)  # init centroid: real images per centroid, at least
+    init: str = setting("real", choices=OWN_INITS, keyless_at="real")  # where the set starts (distill/init.py)
+    init_k: int = setting(5, lo=5, keyless_at=5)  # init centroid: real images per centroid, at least
 
 
 @dataclass
@@ -42,8 +42,8 @@ class DCConfig:
     lr_net: float = setting(0.01, lo=0, lo_open=True)
     outer: int = setting(10, lo=1)
     inner: int = setting(5, lo=0)
-    init: str = setting("real", choices=OWN_INITS, neutral="real")  # where the set starts (distill/init.py)
-    init_k: int = setting(5, lo=5, neutral=5)  # init centroid: real images per centroid, at least
+    init: str = setting("real", choices=OWN_INITS, keyless_at="real")  # where the set starts (distill/init.py)
+    init_k: int = setting(5, lo=5, keyless_at=5)  # init centroid: real images per centroid, at least
 
 
 def _setup(ctx: DistillContext, d):
@@ -55,7 +55,10 @@ def _setup(ctx: DistillContext, d):
     return gen, images, start.labels.to(ctx.device), opt, siamese_cfg(ctx), ctx.class_indices(), start.sources
 
 
-@register_method("dm", config=DMConfig, reads=("net", "dsa"))
+@register_method(
+    "dm", config=DMConfig, reads=("net", "dsa"),
+    presets={"tiny": {"iterations": 12, "batch_real": 32}, "paper": {"iterations": 5000}},
+)  # fmt: skip
 def distribution_matching(ctx: DistillContext) -> SynSet:
     """DM (Zhao & Bilen 2023): match mean embeddings of real and synthetic images under random nets."""
     d: DMConfig = ctx.cfg.distill.active
@@ -75,7 +78,10 @@ def _match(gr: list[torch.Tensor], gs: list[torch.Tensor]) -> torch.Tensor:
     return total
 
 
-@register_method("dc", config=DCConfig, reads=("net", "dsa"))
+@register_method(
+    "dc", config=DCConfig, reads=("net", "dsa"),
+    presets={"tiny": {"iterations": 12, "batch_real": 32, "outer": 2, "inner": 1}, "paper": {"iterations": 5000}},
+)  # fmt: skip
 def gradient_matching(ctx: DistillContext) -> SynSet:
     """DC/DSA (Zhao et al. 2021): per-class gradient matching with siamese augmentation."""
     d: DCConfig = ctx.cfg.distill.active

@@ -6,15 +6,19 @@ settings of the matching engine in :mod:`meddistill.distill.tm`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from meddistill.config import setting
+from meddistill.config import RunConfig, setting
 from meddistill.distill.base import DistillContext, register_method
 from meddistill.distill.dom import DOMConfig
 from meddistill.distill.init import INIT_NAMES, INITS
-from meddistill.distill.schedule import datm_schedule, mtt_schedule, ptm_schedule
+from meddistill.distill.schedule import Schedule, datm_schedule, mtt_schedule, ptm_schedule
 from meddistill.distill.tm import TrajectoryMatching, epochs_read
+from meddistill.distill.tm_auto import resolve_auto_span
 from meddistill.errors import ConfigError
+from meddistill.registry import Registry
 from meddistill.synset import SynSet
 
 TM_READS = ("experts", "net", "dsa")
@@ -27,7 +31,7 @@ class TMConfig:
     steps on the synthetic set and is pulled to expert epoch ``t + expert_epochs``.
 
     ``syn_steps`` and ``expert_epochs`` default to ``auto``: set from the number of expert SGD
-    steps per epoch of the train split (:func:`meddistill.distill.scaling.auto_span`) when the
+    steps per epoch of the train split (:func:`meddistill.distill.tm_auto.auto_span`) when the
     config is built, and recorded as numbers in the dumped config."""
 
     iterations: int = setting(200, lo=1)
@@ -43,8 +47,8 @@ class TMConfig:
     # where the set starts (distill/init.py): DM from noise, chosen on validation among the starts that
     # carry no single patient (docs/results/shareable-init.md); ``real`` for the real-image start
     init: str = setting("dm", choices=INIT_NAMES)
-    init_k: int = setting(5, lo=5, neutral=5)  # init centroid: real images per centroid, at least
-    init_iterations: int = setting(100, lo=1, neutral=100)  # init dm: iterations of DM from noise
+    init_k: int = setting(5, lo=5, keyless_at=5)  # init centroid: real images per centroid, at least
+    init_iterations: int = setting(100, lo=1, keyless_at=100)  # init dm: iterations of DM from noise
     memory_saving: bool = False  # recompute the unroll step by step: memory flat in syn_steps, same gradients
     max_grad_norm: float = setting(0.0, lo=0)  # 0: no clipping of the image gradient
     explode_factor: float = setting(20.0, lo=1)  # skip a step whose loss exceeds this × running median
@@ -74,7 +78,7 @@ class PTMConfig(StagedConfig):
     def check_fields(self, prefix: str) -> None:
         """DOM's choice of a real replacement (``reinit``, ``noise``) applies to a real start only:
         with a shareable init, DOM replaces images by that init's rule."""
-        if INITS[self.init].replace is None or not self.dom.enabled:
+        if INITS.get(self.init).replace is None or not self.dom.enabled:
             return
         for key, neutral in (("reinit", "random"), ("noise", 0.0)):
             if getattr(self.dom, key) != neutral:
@@ -95,67 +99,84 @@ class DATMConfig(TMConfig):
     soft_temperature: float = setting(1.0, lo=0, lo_open=True)  # soft labels = softmax(logits / T)
 
 
-SCHEDULES = {"mtt": mtt_schedule, "ptm": ptm_schedule, "ptm_nodom": ptm_schedule, "datm": datm_schedule}
+# Per-profile presets (the dataclass defaults are the cpu profile's): tiny runs every code path in
+# seconds, paper is the GPU scale of the MTT/PTM papers.
+_TM_TINY = {"iterations": 12, "syn_steps": 4, "expert_epochs": 1, "min_start_epoch": 0, "max_start_epoch": 3,
+            "lr_img": 100.0, "lr_lr": 1.0e-5}  # fmt: skip
+_TM_PAPER = {"iterations": 5000, "syn_steps": 40, "expert_epochs": 2, "min_start_epoch": 0, "max_start_epoch": 20,
+             "lr_img": 1000.0, "lr_lr": 1.0e-5}  # fmt: skip
 
 
-def _mtt(ctx: DistillContext) -> TrajectoryMatching:
-    d: MTTConfig = ctx.cfg.distill.active
-    return TrajectoryMatching(ctx, d, SCHEDULES["mtt"](d))
+@dataclass(frozen=True)
+class TMVariant:
+    """How a trajectory-matching method drives the one engine: its start-epoch schedule, and
+    whether DOM and soft labels are on (from its section)."""
+
+    schedule: Callable[[Any], Schedule]
+    dom: bool = False
+    soft: bool = False
+
+    def engine(self, ctx: DistillContext) -> TrajectoryMatching:
+        d = ctx.cfg.distill.active
+        dom = d.dom if self.dom and d.dom.enabled else None
+        return TrajectoryMatching(ctx, d, self.schedule(d), dom=dom, soft=d if self.soft else None)
 
 
-def _ptm(ctx: DistillContext) -> TrajectoryMatching:
-    d: PTMConfig = ctx.cfg.distill.active
-    return TrajectoryMatching(ctx, d, SCHEDULES["ptm"](d), dom=d.dom if d.dom.enabled else None)
+VARIANTS: Registry[TMVariant] = Registry("trajectory-matching method")
 
 
-def _ptm_nodom(ctx: DistillContext) -> TrajectoryMatching:
-    d: StagedConfig = ctx.cfg.distill.active
-    return TrajectoryMatching(ctx, d, SCHEDULES["ptm_nodom"](d))
-
-
-def _datm(ctx: DistillContext) -> TrajectoryMatching:
-    d: DATMConfig = ctx.cfg.distill.active
-    return TrajectoryMatching(ctx, d, SCHEDULES["datm"](d), soft=d)
-
-
-def expert_epochs_read(cfg) -> int:
+def expert_epochs_read(cfg: RunConfig) -> int:
     """How many expert epochs the active trajectory-matching method reads (what it trains); a
     schedule that reads past ``experts.epochs`` is a ConfigError."""
     d = cfg.distill.active
-    schedule = SCHEDULES[cfg.distill.method](d)
+    schedule = VARIANTS.get(cfg.distill.method).schedule(d)
     schedule.check(cfg.experts.epochs)
     return epochs_read(schedule, d, cfg.experts.epochs)
 
 
-ENGINES = {"mtt": _mtt, "ptm": _ptm, "ptm_nodom": _ptm_nodom, "datm": _datm}
-
-
 def build_engine(ctx: DistillContext) -> TrajectoryMatching:
     """The matching engine of the active trajectory-matching method, as the method runs it."""
-    return ENGINES[ctx.cfg.distill.method](ctx)
+    return VARIANTS.get(ctx.cfg.distill.method).engine(ctx)
 
 
-@register_method("mtt", config=MTTConfig, reads=TM_READS, learns_lr=True, expert_epochs=expert_epochs_read)
+def register_tm(name: str, config: type, variant: TMVariant, presets: dict[str, dict[str, Any]], labels: str = "hard"):
+    """Register a trajectory-matching method: its variant of the engine, and the method itself."""
+    VARIANTS.add(name, variant)
+    return register_method(
+        name, config=config, reads=TM_READS, labels=labels, learns_lr=True, expert_epochs=expert_epochs_read,
+        presets=presets, resolve=resolve_auto_span,
+    )  # fmt: skip
+
+
+@register_tm("mtt", MTTConfig, TMVariant(mtt_schedule), {"tiny": _TM_TINY, "paper": _TM_PAPER})
 def mtt(ctx: DistillContext) -> SynSet:
     """MTT (Cazenavette et al. 2022): uniform start epoch over the whole run, hard labels, no DOM."""
-    return _mtt(ctx).run()
+    return build_engine(ctx).run()
 
 
-@register_method("ptm", config=PTMConfig, reads=TM_READS, learns_lr=True, expert_epochs=expert_epochs_read)
+_STAGED = {"tiny": {**_TM_TINY, "stages": 2, "window": 0.5}, "paper": {**_TM_PAPER, "stages": 4, "window": 0.4}}
+_PTM = {
+    "tiny": {**_STAGED["tiny"], "dom": {"every": 3, "start": 0.1, "stop": 0.9}},
+    "paper": {**_STAGED["paper"], "dom": {"every": 100}},
+}
+
+
+@register_tm("ptm", PTMConfig, TMVariant(ptm_schedule, dom=True), _PTM)
 def ptm(ctx: DistillContext) -> SynSet:
     """PTM + DOM (ours): progressive trajectory matching with dynamic overlap mitigation."""
-    return _ptm(ctx).run()
+    return build_engine(ctx).run()
 
 
-@register_method("ptm_nodom", config=StagedConfig, reads=TM_READS, learns_lr=True, expert_epochs=expert_epochs_read)
+@register_tm("ptm_nodom", StagedConfig, TMVariant(ptm_schedule), _STAGED)
 def ptm_nodom(ctx: DistillContext) -> SynSet:
     """Ablation: the progressive schedule of PTM alone, without DOM."""
-    return _ptm_nodom(ctx).run()
+    return build_engine(ctx).run()
 
 
-@register_method(
-    "datm", config=DATMConfig, reads=TM_READS, labels="soft", learns_lr=True, expert_epochs=expert_epochs_read
-)
+_DATM = {"tiny": {**_TM_TINY, "stages": 2}, "paper": {**_TM_PAPER, "stages": 4}}
+
+
+@register_tm("datm", DATMConfig, TMVariant(datm_schedule, soft=True), _DATM, labels="soft")
 def datm(ctx: DistillContext) -> SynSet:
     """DATM-style (Guo et al. 2024): difficulty-aligned windows and expert soft labels."""
-    return _datm(ctx).run()
+    return build_engine(ctx).run()

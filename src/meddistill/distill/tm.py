@@ -524,14 +524,14 @@ class TrajectoryMatching:
         if dc is None:
             return False
         frac = it / max(1, self.d.iterations)
-        fires = it > 0 and TRIGGERS[dc.when](it, dc, self.schedule.stage_of)
+        fires = it > 0 and TRIGGERS.get(dc.when)(it, dc, self.schedule.stage_of)
         return fires and dc.start <= frac <= dc.stop and self.ipc > 1
 
     def dom_probe(self, point: tuple[int, int] | None = None) -> Probe:
         """The net at the parameters DOM's space measures with: the reference expert at
         ``dom_epoch`` (``dom.feature_epoch``), or for a ``current``-point space ``point`` =
         (expert, start epoch) of the iteration the event follows (the reference point if None)."""
-        current = point is not None and SPACES[self.dom.space].point == "current"
+        current = point is not None and SPACES.get(self.dom.space).point == "current"
         k, t = point if current else (REFERENCE_EXPERT, self.dom_epoch)
         return Probe(self.net, self.spec, self.buffer.get(k)[t].to(self.dev))
 
@@ -541,10 +541,10 @@ class TrajectoryMatching:
         image chosen by ``dom.reinit`` (noise added when ``dom.noise`` > 0 or the class has no
         unused image left)."""
         dc, train = self.dom, self.ctx.ds.train
-        replace = INITS[self.init.name].replace
+        replace = INITS.get(self.init.name).replace
         if replace is not None:
             return lambda: replace(ReplaceInputs(st.gen, train.images, cls_idx, st.used, self.init.k))
-        pick = REINITS[dc.reinit](ReinitInputs(st.gen, train.images, cls_idx, kept, probe))
+        pick = REINITS.get(dc.reinit)(ReinitInputs(st.gen, train.images, cls_idx, kept, probe))
 
         def real() -> tuple[torch.Tensor, list[int]]:
             free = ~st.used[cls_idx]
@@ -566,11 +566,11 @@ class TrajectoryMatching:
         opened. Returns the replaced positions in the set, in order."""
         dc = self.dom
         probe = self.dom_probe(point)
-        views = SPACES[dc.space].views(st.images.detach(), self._targets(st, graph=False), probe, dc)
+        views = SPACES.get(dc.space).views(st.images.detach(), self._targets(st, graph=False), probe, dc)
         done: list[int] = []
         for c, cls_idx in enumerate(self.ctx.class_indices()):
             ids = torch.nonzero(st.labels == c).view(-1)
-            sel = SELECTION_RULES[dc.rule](views(ids), dc)
+            sel = SELECTION_RULES.get(dc.rule)(views(ids), dc)
             if not sel:
                 continue
             kept = ids[[j for j in range(len(ids)) if j not in sel]]

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, fields
 
 from torch import nn
 
+from meddistill.config import NetSpec
 from meddistill.errors import ConfigError
+from meddistill.registry import Registry
 
 NetFactory = Callable[..., nn.Module]
 ALL_OPTIONS = ("width", "depth", "norm", "pooling")  # the NetSpec fields a net may read
@@ -43,7 +44,7 @@ class NetEntry:
     extra: tuple[str, ...]  # NetSpec.extra keys the factory accepts
 
 
-_NETS: dict[str, NetEntry] = {}
+NETS: Registry[NetEntry] = Registry("net")  # filled as meddistill.nets imports its net modules
 
 
 def _check_signature(name: str, fn: NetFactory, options: tuple[str, ...]) -> None:
@@ -68,42 +69,20 @@ def register_net(
         raise ValueError(f"net {name!r}: {sorted(unknown)} are not NetSpec fields")
 
     def deco(fn: NetFactory) -> NetFactory:
-        if name in _NETS:
-            raise ValueError(f"net {name!r} registered twice")
         _check_signature(name, fn, (*reads, *extra))
-        _NETS[name] = NetEntry(fn, tuple(reads), tuple(extra))
+        NETS.add(name, NetEntry(fn, tuple(reads), tuple(extra)))
         return fn
 
     return deco
 
 
 def list_nets() -> list[str]:
-    return sorted(_NETS)
+    return NETS.names()
 
 
 def net_entry(name: str) -> NetEntry:
-    if name not in _NETS:
-        raise ConfigError(f"unknown net {name!r}; registered nets: {', '.join(list_nets())}")
-    return _NETS[name]
+    return NETS.get(name)
 
-
-@dataclass
-class NetSpec:
-    """A net by name plus its architecture options (what experts and evaluation share)."""
-
-    name: str = "convnet"
-    width: int = field(default=128, metadata={"lo": 1, "hi": 4096})  # ranges: checked by config.validate
-    depth: int = field(default=3, metadata={"lo": 1, "hi": 16})
-    norm: str = "instance"
-    pooling: str = "avg"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def tag(self) -> str:
-        """Short folder-safe name, e.g. ``convnet-d3w128-instance``."""
-        return f"{self.name}-d{self.depth}w{self.width}-{self.norm}-{self.pooling}"
 
 
 _DEFAULTS = {f.name: f.default for f in fields(NetSpec) if f.name in ALL_OPTIONS}

@@ -192,3 +192,121 @@ def test_the_privacy_tables_val_acc_is_that_of_the_net_its_test_acc_reports():
         "runs": [{"net": "convnet", "val_acc": 0.9}, {"net": "vgg11", "val_acc": 0.5}],
     }
     assert _val_acc([row]) == "90.0 ± 0.0"
+
+
+# ------------------------------------------------------------------ metrics, paired differences, several stores
+def _cell(method: str, ipc: int, seed: int, test: float, val: float, dataset: str = "breastmnist") -> dict:
+    """A row evaluated by one ConvNet and one VGG-11, whose test and validation ACC differ."""
+    per_net = {"convnet": {"acc_mean": test, "auc_mean": 0.5}, "vgg11": {"acc_mean": test / 2, "auc_mean": 0.5}}
+    runs = [{"net": "convnet", "val_acc": val, "test_acc": test}, {"net": "vgg11", "val_acc": val / 2}]
+    row = {"dataset": dataset, "size": 28, "ipc": ipc, "method": method, "seed": seed}
+    return {**row, "acc_mean": test, "auc_mean": 0.5, "per_net": per_net, "runs": runs}
+
+
+def _store(path, rows: list[dict]):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _one_error_line(capsys, code: int) -> str:
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("meddistill: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_the_val_metric_reports_the_runs_validation_acc_not_the_test_acc(tmp_path, capsys):
+    rows = [_cell("ptm", 2, 0, test=0.5, val=0.9), _cell("ptm", 2, 1, test=0.7, val=0.8)]
+    store = _store(tmp_path / "s.jsonl", rows)
+    assert main(["report", store, "--out", str(tmp_path / "val"), "--metric", "val"]) == 0
+    assert "| ptm | **85.0 ± 5.0** |" in (tmp_path / "val" / "table_val_acc.md").read_text()
+    assert not (tmp_path / "val" / "table_acc.md").exists()
+    assert main(["report", store, "--out", str(tmp_path / "val"), "--metric", "val", "--net", "vgg11"]) == 0
+    assert "| ptm | **42.5 ± 2.5** |" in (tmp_path / "val" / "table_val_acc.md").read_text()  # vgg11's runs only
+    assert main(["report", store, "--out", str(tmp_path / "test")]) == 0
+    assert "| ptm | **60.0 ± 10.0** |" in (tmp_path / "test" / "table_acc.md").read_text()
+    # a row whose runs store no val_acc: one line, not a table of test numbers
+    bare = {**rows[0], "runs": [{"net": "convnet", "test_acc": 0.5}]}
+    code = main(["report", _store(tmp_path / "b.jsonl", [bare]), "--out", str(tmp_path / "b"), "--metric", "val"])
+    assert "breastmnist ipc 2 ptm seed 0: no val_acc stored in its runs" in _one_error_line(capsys, code)
+
+
+PAIRED = [
+    # ipc 1: ptm − mtt = +5, 0 (cell mean +2.5); ipc 2: +10, +10 (+10); ipc 10: seed 0 only, −10
+    *[_cell("ptm", 1, s, t, 0.9) for s, t in ((0, 0.80), (1, 0.70))],
+    *[_cell("mtt", 1, s, t, 0.8) for s, t in ((0, 0.75), (1, 0.70))],
+    *[_cell("ptm", 2, s, t, 0.9) for s, t in ((0, 0.60), (1, 0.90))],
+    *[_cell("mtt", 2, s, t, 0.8) for s, t in ((0, 0.50), (1, 0.80))],
+    _cell("ptm", 10, 0, 0.50, 0.9),
+    _cell("ptm", 10, 1, 0.55, 0.9),
+    _cell("mtt", 10, 0, 0.60, 0.8),
+]
+
+
+def test_paired_differences_are_seed_paired_cell_means_with_their_standard_error_over_cells(tmp_path, capsys):
+    store = _store(tmp_path / "s.jsonl", PAIRED)
+    out = tmp_path / "rep"
+    assert main(["report", store, "--out", str(out), "--net", "all", "--pairs", "ptm:mtt", "--by-seed"]) == 0
+    # cells +2.5, +10, −10: mean 0.83, sample std 10.10, SE 10.10 / √3 = 5.83; ipc > 1: 0 ± 20 / √2 / √2 = 10
+    table = (out / "table_pairs_acc.md").read_text()
+    assert "| ptm − mtt | convnet | 3 | 2 of 3 | +0.83 ± 5.83 | 2 | +0.00 ± 10.00 |" in table
+    assert "| ptm − mtt | vgg11 | 3 | 2 of 3 | +0.42 ± 2.92 | 2 | +0.00 ± 5.00 |" in table  # half of each value
+    by_seed = (out / "table_pairs_acc_by_seed.md").read_text()
+    assert "| ptm − mtt | convnet | breastmnist | 1 | +2.5 ± 2.5 (n=2) | +5.0 (seed 0) / +0.0 (seed 1) |" in by_seed
+    assert "| ptm − mtt | convnet | breastmnist | 10 | -10.0 ± 0.0 (n=1) | -10.0 (seed 0) |" in by_seed
+    assert "\\toprule" in (out / "table_pairs_acc.tex").read_text()
+    # the validation metric pairs validation ACC: +10 in every cell, so SE 0
+    assert main(["report", store, "--out", str(out), "--metric", "val", "--pairs", "ptm:mtt"]) == 0
+    assert "| ptm − mtt | convnet | 3 | 3 of 3 | +10.00 ± 0.00 | 2 | +10.00 ± 0.00 |" in capsys.readouterr().out
+
+
+def test_means_count_only_the_cells_every_method_finished_with_every_seed(tmp_path):
+    from meddistill.bench.report import means_table
+
+    # ipc 10: mtt has one seed of two, so that cell is left out of both methods' means
+    text = means_table(aggregate(PAIRED, "acc", "convnet"), "md", ["ptm", "mtt"])
+    assert "| method | breastmnist (ipc 1/2) | all 2 cells |" in text
+    assert "| ptm | **75.00** | **75.00** |" in text and "| mtt | 68.75 | 68.75 |" in text
+
+
+def test_a_pair_naming_a_method_the_store_lacks_is_one_line(tmp_path, capsys):
+    store = _store(tmp_path / "s.jsonl", PAIRED)
+    code = main(["report", store, "--out", str(tmp_path / "rep"), "--pairs", "ptm:dm"])
+    err = _one_error_line(capsys, code)
+    assert "--pairs ptm:dm names dm, not a method of" in err and "its: mtt, ptm" in err
+    assert not (tmp_path / "rep").exists()  # nothing written
+    with pytest.raises(SystemExit):  # argparse: usage, then the one error line
+        main(["report", store, "--out", str(tmp_path / "rep"), "--pairs", "ptm:mtt:dm"])
+    assert "'ptm:mtt:dm' is not a comma-separated list, each a pair a:b" in capsys.readouterr().err
+    code = main(["report", store, "--out", str(tmp_path / "rep"), "--by-seed"])
+    assert "--by-seed is read only with --pairs" in _one_error_line(capsys, code)
+
+
+def test_several_stores_make_one_report_and_a_cell_two_of_them_hold_is_one_line(tmp_path, capsys):
+    a = _store(tmp_path / "a.jsonl", PAIRED)
+    blood = [{**r, "dataset": "bloodmnist"} for r in PAIRED]
+    b = _store(tmp_path / "b.jsonl", blood)
+    assert main(["report", a, b, "--out", str(tmp_path / "rep"), "--pairs", "ptm:mtt"]) == 0
+    assert "| ptm − mtt | convnet | 6 | 4 of 6 |" in (tmp_path / "rep" / "table_pairs_acc.md").read_text()
+    overlap = _store(tmp_path / "c.jsonl", [*blood[:1], PAIRED[3]])
+    code = main(["report", a, overlap, "--out", str(tmp_path / "rep2")])
+    err = _one_error_line(capsys, code)
+    assert f"{a} and {overlap} both hold breastmnist ipc 1 mtt seed 1" in err
+    # the same dataset at another size is another cell
+    other_size = _store(tmp_path / "d.jsonl", [{**r, "size": 64} for r in PAIRED])
+    assert main(["report", a, other_size, "--out", str(tmp_path / "rep3")]) == 0
+    assert "breastmnist_64 ipc=1" in (tmp_path / "rep3" / "table_acc.md").read_text()
+
+
+def test_docs_gets_the_tables_in_its_marked_block_and_nothing_else_changes(tmp_path, capsys):
+    store = _store(tmp_path / "s.jsonl", PAIRED)
+    page = tmp_path / "page.md"
+    page.write_text("# Page\n\nbefore\n<!-- t:begin -->\nold\n<!-- t:end -->\nafter\n")
+    argv = ["report", store, "--out", str(tmp_path / "rep"), "--pairs", "ptm:mtt", "--docs", str(page)]
+    assert main([*argv, "--marker", "t"]) == 0
+    text = page.read_text()
+    assert text.startswith("# Page\n\nbefore\n<!-- t:begin -->\nSource: ") and text.endswith("<!-- t:end -->\nafter\n")
+    assert "\nold\n" not in text and "| ptm − mtt | convnet | 3 | 2 of 3 | +0.83 ± 5.83 |" in text
+    assert "### ConvNet: mean test ACC (%) over the cells every method finished" in text
+    code = main([*argv, "--marker", "missing"])
+    assert "does not hold one '<!-- missing:begin -->'" in _one_error_line(capsys, code)
+    assert "--docs needs --marker" in _one_error_line(capsys, main(argv))

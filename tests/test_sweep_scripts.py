@@ -49,9 +49,6 @@ CASES = [
     ("stability", ["--seeds", "0,-1"], "-1 is not a seed of 0 or more"),
     ("interrupt_sweep", ["--step", "0"], "must be 1 or more"),
     ("interrupt_sweep", ["--methods", "nosuch"], "unknown method 'nosuch'"),
-    ("paired_diff", ["{tmp}/s.jsonl", "--pairs", "ptm:mtt,ptm"], "not a comma-separated list, each a pair a:b"),
-    ("paired_diff", ["{tmp}/s.jsonl", "--pairs", "ptm:"], "('ptm', '') is not a pair a:b"),
-    ("paired_diff", ["{tmp}/none.jsonl"], "none.jsonl"),
 ]
 
 

@@ -336,11 +336,16 @@ def build_parser(methods: str = METHOD_HELP) -> argparse.ArgumentParser:
         action="store_true",
         help="export a set its audit did not show shareable (or that was not audited); the card says so first",
     )
-    p = sub.add_parser("report", help="tables (md/csv/tex), accuracy-vs-ipc plots, image grids")
-    p.add_argument("store", help="results JSON-lines file written by bench")
+    p = sub.add_parser("report", help="tables (md/csv/tex), accuracy-vs-ipc plots, image grids, paired differences")
+    p.add_argument("store", nargs="+", help="results JSON-lines file(s) written by bench (several: one report)")
     p.add_argument("--out", default="report", help="output folder (default: report)")
     p.add_argument("--net", help="evaluation net to report; 'all': one sub-folder per net (default: the row's mean)")
     p.add_argument("--order", type=names("a method"), help="comma-separated method order for the tables")
+    p.add_argument("--metric", choices=("test", "val"), default="test", help="test ACC/AUC, or validation ACC")
+    p.add_argument("--pairs", type=_PAIRS, help="a:b,…: seed-paired differences a − b per net, e.g. ptm:mtt")
+    p.add_argument("--by-seed", action="store_true", help="with --pairs: also each cell's differences per seed")
+    p.add_argument("--docs", help="a Markdown page whose marked block (--marker) gets the report's tables")
+    p.add_argument("--marker", help="with --docs: the block between <!-- MARKER:begin --> and <!-- MARKER:end -->")
     p.add_argument(
         "--force", action="store_true", help="write into a folder that holds other files (same names are replaced)"
     )
@@ -773,28 +778,50 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pair(text: str) -> tuple[str, str]:
+    a, b = text.split(":")  # a ValueError unless exactly one ':'
+    return a.strip(), b.strip()
+
+
+_PAIRS = comma_list(_pair, lambda p: all(p) and p[0] != p[1], "a pair a:b of two method names")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
-    from meddistill.bench import write_report
-    from meddistill.bench.report import check_report_folder, read_results, split_settings
+    from meddistill.bench import report
     from meddistill.checks import check_out_dir
 
+    unused = {"--by-seed": args.by_seed and not args.pairs, "--marker": bool(args.marker) and not args.docs}
+    if any(unused.values()):
+        flag = next(k for k, v in unused.items() if v)
+        raise ConfigError(f"{flag} is read only with {'--pairs' if flag == '--by-seed' else '--docs'}")
+    if args.docs and not args.marker:
+        raise ConfigError("--docs needs --marker NAME: the page's block <!-- NAME:begin --> … <!-- NAME:end -->")
     check_out_dir(args.out, "--out")
-    check_report_folder(args.out, "--out", args.force)
-    rows = read_results(args.store)
+    report.check_report_folder(args.out, "--out", args.force)
+    if args.docs:
+        report.check_block(args.docs, args.marker)
+    where = " + ".join(args.store)
+    rows = report.read_stores(args.store)
     present = sorted({r["method"] for r in rows})
     stray = [m for m in args.order or [] if m not in present]
     if stray:
-        raise ConfigError(f"--order names {', '.join(stray)}, not a method of {args.store}; its: {', '.join(present)}")
-    split = sorted({r["method"] for r in rows} - {r["method"] for r in split_settings(rows)[0]})
+        raise ConfigError(f"--order names {', '.join(stray)}, not a method of {where}; its: {', '.join(present)}")
+    split = sorted({r["method"] for r in rows} - {r["method"] for r in report.split_settings(rows)[0]})
     if split:
         print(
-            f"note: {args.store} holds {', '.join(split)} at several settings in one cell; each setting is a row"
+            f"note: {where} holds {', '.join(split)} at several settings in one cell; each setting is a row"
             " of its own, named by the stored config values that differ"
         )
-    written = write_report(args.store, args.out, args.order, args.net, rows)
-    for key, path in written.items():  # one ACC table, or one per net with --net all
-        if key.endswith("acc.md"):
+    picks = (args.order, args.net, rows, args.metric, args.pairs, args.by_seed)
+    written = report.write_report(args.store, args.out, *picks)
+    for key, path in written.items():  # one ACC table, or one per net with --net all; the paired table
+        if key.split("/")[-1] in ("acc.md", "val_acc.md", "pairs_acc.md", "pairs_val_acc.md"):
             print(f"{path}:\n{path.read_text()}")
+    if args.docs:
+        split_rows, order = report.split_settings(rows, args.order)
+        block = report.markdown_block(split_rows, where, order, args.net, args.metric, args.pairs, args.by_seed)
+        report.write_block(args.docs, args.marker, block)
+        print(f"{args.docs}: block {args.marker} rewritten")
     print(f"{len(written)} files in {args.out}")
     return 0
 

@@ -1,8 +1,13 @@
 """Tables (Markdown / CSV / LaTeX), accuracy-vs-ipc plots and side-by-side image grids.
 
 Each table cell is mean ± std over seeds of the per-seed test accuracy (itself the mean over
-that seed's evaluation nets); the best mean per column is marked (bold in Markdown/LaTeX, a
-``*`` in CSV).  The full-dataset row is the upper bound and is never marked best.
+that seed's evaluation nets), or with ``metric="val"`` of the validation accuracy of the same
+runs (their best-val checkpoints); the best mean per column is marked (bold in Markdown/LaTeX, a
+``*`` in CSV).  The full-dataset row is the upper bound and is never marked best. Beside them:
+each method's mean over the cells every method has finished (:func:`means_table`), seed-paired
+differences between two methods (:func:`pairs_table`), and a Markdown block of all of it for a
+docs page (:func:`markdown_block`, :func:`write_block`). Several stores make one report
+(:func:`read_stores`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,11 @@ from meddistill.identity import DISTILL_RUN_ONLY, EVAL_FULL_ONLY, EVAL_SET_ONLY,
 from meddistill.utils import read_jsonl, write_text_atomic
 
 METRICS = {"acc": "acc_mean", "auc": "auc_mean"}
+#: the tables each ``--metric`` writes: test ACC and AUC, or the validation ACC of the same runs
+#: (rows store no validation AUC)
+TABLES = {"test": ("acc", "auc"), "val": ("val_acc",)}
+LABELS = {"acc": "test ACC", "auc": "test AUC", "val_acc": "val ACC"}
+NET_LABELS = {"resnet18": "ResNet-18", "vgg11": "VGG-11"}
 
 
 @dataclass
@@ -37,19 +47,48 @@ class Stat:
         return f"{100 * self.mean:.1f} ± {100 * self.std:.1f}"
 
 
-def aggregate(rows: list[dict], metric: str = "acc", net: str | None = None) -> dict[tuple, Stat]:
-    """(dataset, ipc, method) → Stat over seeds; ``net`` picks one evaluation net."""
-    key_name = METRICS[metric]
+def _first_net(r: dict) -> str | None:
+    """The net whose results a row's ``acc_mean``/``auc_mean`` are (the first evaluation net)."""
+    return next(iter(r.get("per_net") or {}), None)
+
+
+def value(r: dict, metric: str = "acc", net: str | None = None) -> float | None:
+    """A row's ``metric`` (``acc``, ``auc``: test; ``val_acc``: the mean validation ACC of its
+    runs' best-val checkpoints) for ``net``, or for the net its ``acc_mean`` reports when
+    ``net`` is None; None when the row was not evaluated with ``net``. A row whose runs store no
+    ``val_acc`` is an :class:`ArtifactError`."""
+    if metric != "val_acc":
+        if net is None:
+            return r[METRICS[metric]]
+        s = r.get("per_net", {}).get(net)
+        return None if s is None else s[METRICS[metric]]
+    if net is not None and net not in r.get("per_net", {}):
+        return None
+    which = net or _first_net(r)
+    runs = [run for run in r.get("runs") or [] if isinstance(run, dict) and run.get("net", which) == which]
+    vals = [run["val_acc"] for run in runs if _is_num(run.get("val_acc"))]
+    if not vals:
+        seen = f" of net {which}" if which else ""
+        raise ArtifactError(
+            f"{r['dataset']} ipc {r['ipc']} {r['method']} seed {r['seed']}: no val_acc stored in its runs{seen};"
+            " --metric val needs the per-run validation accuracy"
+        )
+    return float(np.mean(vals))
+
+
+def per_seed(rows: list[dict], metric: str = "acc", net: str | None = None) -> dict[tuple, dict[int, float]]:
+    """(dataset, ipc, method) → seed → the metric (:func:`value`); the last row of a seed wins."""
     groups: dict[tuple, dict[int, float]] = defaultdict(dict)
     for r in rows:
-        if net is not None:
-            s = r.get("per_net", {}).get(net)
-            if s is None:
-                continue
-            val = s[key_name]
-        else:
-            val = r[key_name]
-        groups[(r["dataset"], int(r["ipc"]), r["method"])][int(r["seed"])] = val  # last row per seed wins
+        val = value(r, metric, net)
+        if val is not None:
+            groups[(r["dataset"], int(r["ipc"]), r["method"])][int(r["seed"])] = val
+    return groups
+
+
+def aggregate(rows: list[dict], metric: str = "acc", net: str | None = None) -> dict[tuple, Stat]:
+    """(dataset, ipc, method) → Stat over seeds; ``net`` picks one evaluation net."""
+    groups = per_seed(rows, metric, net)
     out = {}
     for k, by_seed in groups.items():
         v = np.array(list(by_seed.values()), dtype=float)
@@ -90,12 +129,22 @@ def table(stats: dict[tuple, Stat], fmt: str = "md", order: list[str] | None = N
             if s and s.n < n_max:
                 txt += f" (n={s.n})"  # fewer seeds than the rest of the table (an unfinished grid)
             if s and best.get(col) == m:
-                txt = {"md": f"**{txt}**", "tex": f"\\textbf{{{txt}}}", "csv": f"{txt} *"}[fmt]
+                txt = _mark(txt, fmt)
             cells.append(txt)
         body.append([m, *cells])
     full = [stats.get((d, 0, FULL)) for d, _ in cols]
     if any(full):
         body.append(["full dataset", *[(f.fmt() + (f" (n={f.n})" if f.n < n_max else "")) if f else "–" for f in full]])
+    return _render(header, body, fmt)
+
+
+def _mark(txt: str, fmt: str) -> str:
+    """A best value as each format marks it."""
+    return {"md": f"**{txt}**", "tex": f"\\textbf{{{txt}}}", "csv": f"{txt} *"}[fmt]
+
+
+def _render(header: list[str], body: list[list[str]], fmt: str) -> str:
+    """A table in Markdown, CSV or LaTeX (booktabs; the first column left-aligned)."""
     if fmt == "md":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in body]
@@ -107,12 +156,208 @@ def table(stats: dict[tuple, Stat], fmt: str = "md", order: list[str] | None = N
         w.writerows(body)
         return buf.getvalue()
     if fmt == "tex":
-        esc = [[c.replace("±", "$\\pm$").replace("_", "\\_") for c in r] for r in [header, *body]]
-        lines = ["\\begin{tabular}{l" + "c" * len(cols) + "}", "\\toprule", " & ".join(esc[0]) + " \\\\", "\\midrule"]
-        lines += [" & ".join(r) + " \\\\" for r in esc[1:]]
+        esc = [
+            [c.replace("±", "$\\pm$").replace("−", "$-$").replace(">", "$>$").replace("_", "\\_") for c in r]
+            for r in [header, *body]
+        ]
+        lines = ["\\begin{tabular}{l" + "c" * (len(header) - 1) + "}", "\\toprule", " & ".join(esc[0]) + " \\\\"]
+        lines += ["\\midrule"] + [" & ".join(r) + " \\\\" for r in esc[1:]]
         lines += ["\\bottomrule", "\\end{tabular}"]
         return "\n".join(lines) + "\n"
     raise ValueError(fmt)
+
+
+def finished_cells(stats: dict[tuple, Stat], methods: list[str]) -> list[tuple[str, int]]:
+    """The (dataset, ipc) cells, sorted, that every method of ``methods`` has finished: all have
+    the same seeds, as many as the dataset's most seeded cell (a grid still running has cells
+    with fewer; stores joined from grids of other seed counts are judged per dataset)."""
+    seeds: dict[str, int] = defaultdict(int)
+    for (d, _, m), st in stats.items():
+        if m != FULL:
+            seeds[d] = max(seeds[d], st.n)
+
+    def finished(d: str, i: int) -> bool:
+        have = [stats[(d, i, m)].seeds if (d, i, m) in stats else frozenset() for m in methods]
+        return bool(have) and len(have[0]) == seeds[d] and all(h == have[0] for h in have)
+
+    return [c for c in _columns(stats) if finished(*c)]
+
+
+def means_table(stats: dict[tuple, Stat], fmt: str = "md", order: list[str] | None = None) -> str:
+    """Each method's mean (over cells of its mean over seeds) per dataset and over all cells,
+    counting only the (dataset, ipc) cells every method of ``stats`` has finished with every seed
+    (:func:`finished_cells`), so that every row averages the same cells. Best mean per column
+    marked; "–" where a dataset has no such cell."""
+    methods = _methods(stats, order)
+    common = finished_cells(stats, methods)
+    datasets = list(dict.fromkeys(d for d, _ in _columns(stats)))
+    cells = {d: [c for c in common if c[0] == d] for d in datasets}
+    header = ["method"] + [f"{d} (ipc {'/'.join(str(i) for _, i in cells[d]) or '–'})" for d in datasets]
+    header.append(f"all {len(common)} cells")
+    groups = [*cells.values(), common]
+    means = {m: [float(np.mean([stats[(d, i, m)].mean for d, i in g])) if g else None for g in groups] for m in methods}
+    top = [max((means[m][k] for m in methods if means[m][k] is not None), default=None) for k in range(len(groups))]
+    body = []
+    for m in methods:
+        row = []
+        for k, v in enumerate(means[m]):
+            txt = "–" if v is None else f"{100 * v:.2f}"
+            row.append(_mark(txt, fmt) if v is not None and v == top[k] else txt)
+        body.append([m, *row])
+    return _render(header, body, fmt)
+
+
+def paired(rows: list[dict], a: str, b: str, metric: str = "acc", net: str | None = None) -> dict[tuple, dict]:
+    """(dataset, ipc) → seed → a − b, over the seeds both methods have in that cell (the same
+    seed starts every method from the same real images)."""
+    ps = per_seed(rows, metric, net)
+    out = {}
+    for (d, i, m), by in ps.items():
+        other = ps.get((d, i, b))
+        if m == a and other:
+            diffs = {s: by[s] - other[s] for s in sorted(set(by) & set(other))}
+            if diffs:
+                out[(d, i)] = diffs
+    return out
+
+
+def _mean_se(values: list[float]) -> str:
+    """``+m ± se`` in points, se the standard error over the values (``–`` for one value)."""
+    v = 100 * np.array(values, dtype=float)
+    se = f"{v.std(ddof=1) / len(v) ** 0.5:.2f}" if len(v) > 1 else "–"
+    return f"{v.mean():+.2f} ± {se}"
+
+
+def _net_name(rows: list[dict], net: str | None) -> str:
+    """``net``, or for the rows' own ``acc_mean`` the net(s) it reports."""
+    return net or "/".join(dict.fromkeys(n for n in map(_first_net, rows) if n)) or "mean"
+
+
+def pairs_table(rows: list[dict], pairs: list[tuple[str, str]], metric: str, nets: list, fmt: str = "md") -> str:
+    """Per pair a:b and net: the (dataset, ipc) cells both methods hold with a common seed, in how
+    many a's seed-paired mean difference is above 0, the mean over cells of that difference
+    ± its standard error over cells (points), and the same over the cells with ipc > 1 (where
+    DOM can act)."""
+    header = ["pair", "net", "cells", "a > b in", "a − b (points) ± SE", "ipc > 1: cells", "ipc > 1: a − b ± SE"]
+    body = []
+    for a, b in pairs:
+        for net in nets:
+            cells = {k: float(np.mean(list(v.values()))) for k, v in paired(rows, a, b, metric, net).items()}
+            if not cells:
+                continue
+            multi = [x for (_, i), x in cells.items() if i > 1]
+            wins = sum(x > 0 for x in cells.values())
+            body.append([f"{a} − {b}", _net_name(rows, net), str(len(cells)), f"{wins} of {len(cells)}"])
+            body[-1] += [_mean_se(list(cells.values())), str(len(multi)), _mean_se(multi) if multi else "–"]
+    return _render(header, body, fmt)
+
+
+def pairs_by_seed_table(
+    rows: list[dict], pairs: list[tuple[str, str]], metric: str, nets: list, fmt: str = "md"
+) -> str:
+    """Per pair, net and (dataset, ipc) cell: a − b per seed both methods have, and their mean
+    ± population std over seeds (points)."""
+    header = ["pair", "net", "dataset", "ipc", "a − b: mean ± std over seeds", "by seed"]
+    body = []
+    for a, b in pairs:
+        for net in nets:
+            for (d, i), diffs in sorted(paired(rows, a, b, metric, net).items()):
+                v = 100 * np.array(list(diffs.values()))
+                by = " / ".join(f"{100 * x:+.1f} (seed {s})" for s, x in diffs.items())
+                summary = f"{v.mean():+.1f} ± {v.std():.1f} (n={len(v)})"
+                body.append([f"{a} − {b}", _net_name(rows, net), d, str(i), summary, by])
+    return _render(header, body, fmt)
+
+
+def check_pairs(rows: list[dict], pairs: list[tuple[str, str]], where: str) -> None:
+    """A :class:`ConfigError` (one line) when a pair names a method the rows do not hold or two
+    methods that share no cell and seed."""
+    present = sorted({r["method"] for r in rows})
+    for a, b in pairs:
+        missing = [m for m in (a, b) if m not in present]
+        if missing:
+            raise ConfigError(
+                f"--pairs {a}:{b} names {', '.join(missing)}, not a method of {where}; its: {', '.join(present)}"
+            )
+        if not paired(rows, a, b):
+            raise ConfigError(f"--pairs {a}:{b}: no cell of {where} holds both methods at a common seed")
+
+
+def compute_line(rows: list[dict]) -> str:
+    """Cell-seconds summed per machine (rows written before rows recorded their machine: 'not recorded')."""
+    by: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        m = r.get("machine")
+        if not isinstance(m, dict) or not m:
+            name = "machine not recorded"
+        elif m.get("gpu"):
+            name = f"{m['gpu']} ({m.get('device')})"
+        else:
+            name = f"{m.get('cpu')} ({m.get('cpu_capability')}, {m.get('threads')} thread/cell)"
+        by[name].append(float(r.get("seconds", 0.0)))
+    parts = [f"{len(v)} cells, {sum(v) / 3600:.2f} h of cell time on {k}" for k, v in sorted(by.items())]
+    line = "Compute (each cell's wall time, summed): " + "; ".join(parts) + "."
+    resumed = sum(1 for r in rows if r.get("resumed"))
+    if resumed:
+        line += f" {resumed} cells resumed earlier work (a checkpoint or a finished set); its time is not in the sum."
+    return line
+
+
+def net_label(rows: list[dict], net: str) -> str:
+    """``ConvNet-D3`` (the depths the rows store, if any), ``ResNet-18``, ``VGG-11``, else the name."""
+    if net != "convnet":
+        return NET_LABELS.get(net, net)
+    nets = [(r.get("config") or {}).get("net") for r in rows]
+    depths = sorted({n["depth"] for n in nets if isinstance(n, dict) and _is_int(n.get("depth"))})
+    return f"ConvNet-D{'/'.join(map(str, depths))}" if depths else "ConvNet"
+
+
+def markdown_block(
+    rows: list[dict],
+    where: str,
+    order: list[str] | None = None,
+    net: str | None = None,
+    metric: str = "test",
+    pairs: list[tuple[str, str]] | None = None,
+    by_seed: bool = False,
+) -> str:
+    """The report's Markdown tables as one block for a docs page (:func:`write_block`): where
+    the rows come from and what they cost, the ACC table per net (``net="all"``: every net the
+    rows hold; None: the net each row's ``acc_mean`` reports), the first net's AUC table (test
+    metric), each net's means over the finished cells, and the paired differences."""
+    nets = _nets(rows, net)
+    key = TABLES[metric][0]
+    seeds = sorted({int(r["seed"]) for r in rows})
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    what = "the best-val checkpoints' validation ACC" if metric == "val" else "the test ACC / AUC"
+    lines = [
+        f"Source: `{where}` ({len(rows)} rows; datasets: {', '.join(datasets)}; seeds {seeds}).",
+        f"Each cell: mean ± std over seeds of {what} (%) of the fresh nets of that architecture",
+        "trained on the set (a seed's value is the mean over its nets; checkpoints chosen on the",
+        "validation split only); `(n=k)` marks a cell with fewer seeds than the rest. Best mean per",
+        "column in bold; the full-dataset row is the upper bound.",
+        compute_line(rows),
+        "",
+    ]
+    for n in nets:
+        name = net_label(rows, n or _net_name(rows, None))
+        lines += [f"### {name}: {LABELS[key]} (%)", "", table(aggregate(rows, key, n), "md", order)]
+    if metric == "test":
+        name = net_label(rows, nets[0] or _net_name(rows, None))
+        lines += [f"### {name}: test AUC (%)", "", table(aggregate(rows, "auc", nets[0]), "md", order)]
+    for n in nets:
+        name = net_label(rows, n or _net_name(rows, None))
+        lines += [f"### {name}: mean {LABELS[key]} (%) over the cells every method finished", ""]
+        lines += [means_table(aggregate(rows, key, n), "md", order)]
+    if pairs:
+        lines += [f"### Paired by seed: {LABELS[key]} differences", "", pairs_table(rows, pairs, key, nets)]
+        if by_seed:
+            lines += ["### Paired by seed, per cell", "", pairs_by_seed_table(rows, pairs, key, nets)]
+    return "\n".join(lines)
+
+
+def _nets(rows: list[dict], net: str | None) -> list:
+    return list(dict.fromkeys(n for r in rows for n in r.get("per_net") or {})) if net == "all" else [net]
 
 
 def health_table(rows: list[dict], order: list[str] | None = None, net: str | None = None) -> str:
@@ -239,7 +484,7 @@ def plot_vs_ipc(stats: dict[tuple, Stat], out: Path, order: list[str] | None = N
         ax.set_xticks(ipcs, [str(i) for i in ipcs])
         ax.minorticks_off()
         ax.set_xlabel("images per class")
-        ax.set_ylabel(f"test {metric.upper()} (%)")
+        ax.set_ylabel(f"{LABELS[metric]} (%)")
         ax.set_title(d, fontsize=9)
         beside: tuple = ()
         if len(ax.get_legend_handles_labels()[1]) > 6:  # beside the axes, not over the lines
@@ -283,16 +528,25 @@ def grids_side_by_side(rows: list[dict], out: Path, order: list[str] | None = No
     return paths
 
 
-def _tables_and_plots(rows: list[dict], out: Path, order: list[str] | None, net: str | None) -> dict[str, Path]:
+def _write_table(out: Path, name: str, render, written: dict[str, Path]) -> None:
+    """``table_<name>.{md,csv,tex}`` from ``render(fmt)``."""
+    for fmt in ("md", "csv", "tex"):
+        p = out / f"table_{name}.{fmt}"
+        write_text_atomic(p, render(fmt))
+        written[f"{name}.{fmt}"] = p
+
+
+def _tables_and_plots(
+    rows: list[dict], out: Path, order: list[str] | None, net: str | None, metric: str = "test"
+) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for metric in METRICS:
-        stats = aggregate(rows, metric, net)
-        for fmt, ext in (("md", "md"), ("csv", "csv"), ("tex", "tex")):
-            p = out / f"table_{metric}.{ext}"
-            write_text_atomic(p, table(stats, fmt, order))
-            written[f"{metric}.{ext}"] = p
-        for p in plot_vs_ipc(stats, out, order, metric):
+    written: dict[str, Path] = {}
+    for key in TABLES[metric]:
+        stats = aggregate(rows, key, net)
+        _write_table(out, key, lambda fmt, stats=stats: table(stats, fmt, order), written)
+        if key != "auc":
+            _write_table(out, f"{key}_means", lambda fmt, stats=stats: means_table(stats, fmt, order), written)
+        for p in plot_vs_ipc(stats, out, order, key):
             written[p.name] = p
     health = health_table(rows, order, net)
     if health:
@@ -302,7 +556,7 @@ def _tables_and_plots(rows: list[dict], out: Path, order: list[str] | None, net:
     privacy = privacy_table(rows, order)
     if privacy:
         p = out / "table_privacy.md"
-        p.write_text(privacy)
+        write_text_atomic(p, privacy)
         written["privacy.md"] = p
     return written
 
@@ -387,7 +641,7 @@ def _config(r: dict, neutral: dict[str, str]) -> dict[str, str] | None:
     """A row's stored config as dotted keys → :func:`_canon` values, without what cannot tell
     two settings apart: the run-only distill keys (``identity.DISTILL_RUN_ONLY``), the experts of a
     method that reads none, the evaluation keys the row's kind of evaluation does not read
-    (``identity.EVAL_FULL_ONLY`` / ``EVAL_SET_ONLY``) and options at their neutral value (a row stored
+    (``identity.EVAL_FULL_ONLY`` / ``EVAL_SET_ONLY``) and options at their keyless value (a row stored
     before an option existed ran without it). Each top-level block (``net``, ``eval``, ``dsa``
     …) is also a key of its own, ``"stored"``. None: no config stored."""
     config = r.get("config")
@@ -494,45 +748,70 @@ def _setting_name(method: str, config: dict[str, str] | None, keys: list[str], n
     return f"{method} ({name})", tuple(_sortable(v) for _, v in values)
 
 
-def one_setting_per_method(rows: list[dict], where: str) -> None:
-    """An :class:`ArtifactError` when ``rows`` hold a method at two settings in one cell
-    (:func:`split_settings`): for tables that compare methods by name."""
-    split, _ = split_settings(rows)
-    for r, s in zip(rows, split, strict=True):
-        if s["method"] != r["method"]:
-            raise ArtifactError(
-                f"{where} holds {r['method']} at several settings in one cell ({s['method']} is one);"
-                " these tables compare one setting per method: give a store of one setting each"
-                " (meddistill report shows every setting apart)"
-            )
+def _stores(store: str | Path | list) -> list[str]:
+    return [str(store)] if isinstance(store, (str, Path)) else [str(x) for x in store]
+
+
+def read_stores(stores: list[str | Path]) -> list[dict]:
+    """The rows of one or more stores (:func:`read_results`), in order; a :class:`ConfigError`
+    when two stores hold the same (dataset, size, ipc, method, seed): one report joins stores
+    of different cells, never two runs of one cell."""
+    rows: list[dict] = []
+    owner: dict[tuple, int] = {}
+    for n, store in enumerate(stores):
+        for r in read_results(store):
+            key = (r["dataset"], r.get("size"), int(r["ipc"]), r["method"], int(r["seed"]))
+            if owner.setdefault(key, n) != n:
+                raise ConfigError(
+                    f"{stores[owner[key]]} and {store} both hold {key[0]} ipc {key[2]} {key[3]} seed {key[4]};"
+                    " give stores of different cells"
+                )
+            rows.append(r)
+    return rows
 
 
 def write_report(
-    store: str | Path,
+    store: str | Path | list,
     out: str | Path,
     order: list[str] | None = None,
     net: str | None = None,
     rows: list[dict] | None = None,
+    metric: str = "test",
+    pairs: list[tuple[str, str]] | None = None,
+    by_seed: bool = False,
 ) -> dict[str, Path]:
-    """Tables (md/csv/tex) and plots per metric, plus image grids side by side per method;
-    rows of several settings per cell are shown apart (:func:`split_settings`). ``rows``: the
-    store's rows (:func:`read_results`) when the caller has read them already.
+    """Tables (md/csv/tex) and plots per metric (``metric="test"``: test ACC and AUC; ``"val"``:
+    validation ACC), each method's means over the finished cells, plus image grids side by side
+    per method; rows of several settings per cell are shown apart (:func:`split_settings`).
+    ``store``: one store or a list (:func:`read_stores`); ``rows``: their rows when the caller
+    has read them already. ``pairs``: ``[(a, b), …]`` writes ``table_pairs_<metric>`` (seed-paired
+    differences a − b per net, :func:`pairs_table`) and with ``by_seed`` each cell's per seed.
 
     ``net="all"``: one sub-folder of tables and plots per evaluation architecture found in the
-    rows; the image grids (the same sets whichever net evaluates them) go once into ``out``."""
-    rows, order = split_settings(read_results(store) if rows is None else rows, order)
+    rows; the image grids (the same sets whichever net evaluates them) and the paired tables (a
+    net column) go once into ``out``."""
+    stores = _stores(store)
+    where = " + ".join(stores)
+    rows, order = split_settings(read_stores(stores) if rows is None else rows, order)
     nets = list(dict.fromkeys(n for r in rows for n in r.get("per_net") or {}))
     if net is not None and (net not in nets if net != "all" else not nets):
         present = ", ".join(nets) or "none (the rows have no per_net results)"
-        raise ConfigError(f"no rows of {store} were evaluated with net {net!r}; nets present: {present}")
+        raise ConfigError(f"no rows of {where} were evaluated with net {net!r}; nets present: {present}")
+    if metric not in TABLES:
+        raise ConfigError(f"metric {metric!r} is not one of {', '.join(TABLES)}")
+    check_pairs(rows, pairs or [], where)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"report folder {out} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     if net == "all":
-        written = {f"{n}/{k}": p for n in nets for k, p in _tables_and_plots(rows, out / n, order, n).items()}
+        written = {f"{n}/{k}": p for n in nets for k, p in _tables_and_plots(rows, out / n, order, n, metric).items()}
     else:
-        written = _tables_and_plots(rows, out, order, net)
+        written = _tables_and_plots(rows, out, order, net, metric)
+    key = TABLES[metric][0]
+    for name, render in ((f"pairs_{key}", pairs_table), (f"pairs_{key}_by_seed", pairs_by_seed_table)):
+        if pairs and (by_seed or render is pairs_table):
+            _write_table(out, name, lambda fmt, render=render: render(rows, pairs, key, _nets(rows, net), fmt), written)
     written.update({p.name: p for p in grids_side_by_side(rows, out, order)})
     return written
 
@@ -540,7 +819,8 @@ def write_report(
 #: the names of the files a report writes (also in a per-net sub-folder), and the temporary
 #: files of an atomic write that a killed report left behind
 REPORT_FILES = re.compile(
-    r"table_(acc|auc)\.(md|csv|tex)|table_health\.md|(acc|auc)_vs_ipc_.+\.png|grids_.+_ipc\d+\.png|\..+\.[0-9a-f]{12}\.tmp"
+    r"table_(acc|auc|val_acc|acc_means|val_acc_means|pairs_(val_)?acc(_by_seed)?)\.(md|csv|tex)"
+    r"|table_(health|privacy)\.md|(acc|auc|val_acc)_vs_ipc_.+\.png|grids_.+_ipc\d+\.png|\..+\.[0-9a-f]{12}\.tmp"
 )
 
 
@@ -570,6 +850,18 @@ def check_report_folder(out: str | Path, flag: str, force: bool = False) -> None
             f"{flag} {out} holds files a report does not write ({shown}); choose a new or empty folder, "
             "or pass --force to write the report there anyway"
         )
+
+
+def check_block(path: str | Path, marker: str) -> None:
+    """An :class:`ArtifactError` unless ``path`` is a file holding the marker lines of block
+    ``marker`` once each, begin before end (what :func:`write_block` then rewrites)."""
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"--docs {path} is not a file; the block is written into an existing page")
+    text = path.read_text()
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ArtifactError(f"--docs {path} does not hold one '{begin}' … '{end}' block; add the two lines")
 
 
 def write_block(path: str | Path, marker: str, block: str) -> None:

@@ -137,6 +137,23 @@ class ExpertConfig:
 
 
 @dataclass
+class DPConfig:
+    """Formal differential privacy of everything released (docs/privacy.md): ``epsilon`` 0 is
+    off (no guarantee); above 0, experts train with DP-SGD whose noise is calibrated so that all
+    their checkpoints together spend ``epsilon`` (DM: its noisy class means do), and the
+    distillation touches no real train image (``meddistill.dp``)."""
+
+    epsilon: float = setting(0.0, lo=0, keyless_at=0.0)  # target ε; 0: no DP
+    delta: float = setting(0.0, lo=0, hi=0.1, keyless_at=0.0)  # 0: below 1/N (dp.default_delta)
+    max_grad_norm: float = setting(1.0, lo=0, lo_open=True, keyless_at=1.0)  # per-sample clipping norm C
+    accountant: str = setting("rdp", choices=("rdp", "prv"), keyless_at="rdp")
+
+    @property
+    def on(self) -> bool:
+        return self.epsilon > 0
+
+
+@dataclass
 class DistillConfig:
     """Keys every method shares; each registered method's own settings are a section of
     their own (``distill.<method>.<key>``), and only the active method's section is read."""
@@ -205,6 +222,7 @@ class RunConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     data: DataConfig = field(default_factory=DataConfig)  # own images (MedMNIST ignores it)
+    dp: DPConfig = field(default_factory=DPConfig)  # formal differential privacy (off at epsilon 0)
 
     def to_dict(self, active_only: bool = False) -> dict[str, Any]:
         out = dataclasses.asdict(self)

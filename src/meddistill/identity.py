@@ -65,6 +65,14 @@ def data_identity(cfg: RunConfig) -> dict[str, Any]:
     return pick_source(cfg.dataset).identity(cfg)
 
 
+def dp_identity(cfg: RunConfig) -> dict[str, Any]:
+    """``{}`` without DP (keys unchanged); under DP the settings that set its noise, and the
+    number of experts: the budget is spent over all of them, so the noise depends on it."""
+    if not cfg.dp.on:
+        return {}
+    return {"dp": {**identity_dict(cfg.dp), "num_experts": cfg.experts.num_experts}}
+
+
 def expert_identity(cfg: RunConfig) -> dict:
     """Everything that determines an expert trajectory (its buffer folder is keyed on the hash);
     the number of experts is not part of it (a buffer grows), nor is the run seed."""
@@ -76,6 +84,7 @@ def expert_identity(cfg: RunConfig) -> dict:
         "dsa": asdict(cfg.dsa),
         "seed": cfg.experts.seed,
         **data_identity(cfg),
+        **dp_identity(cfg),
     }
 
 
@@ -102,6 +111,7 @@ def distill_identity(cfg: RunConfig) -> dict:
     if "dsa" in spec.reads:
         ident["dsa"] = asdict(cfg.dsa)
     ident.update(data_identity(cfg))
+    ident.update(dp_identity(cfg))
     return ident
 
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from meddistill import dp
 from meddistill.augment import DSAConfig
+from meddistill.distill import dpdm
 from meddistill.errors import ConfigError, MeddistillError, PrivacyError
 from meddistill.nets import FlatParams, NetSpec, create_model, flatten_params
 
@@ -249,3 +250,79 @@ def test_sealed_train_split_raises_on_any_access(breast):
         assert len(clone) == len(breast.train)
         with pytest.raises(PrivacyError):
             _ = clone.images
+
+
+# ---------------------------------------------------------------- DP-DM
+
+
+def _dpdm_data():
+    counts = (30, 12, 6)
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    images = torch.randn(len(labels), *SHAPE, generator=torch.Generator().manual_seed(11)) + labels.view(-1, 1, 1, 1)
+    make_net = dpdm.random_net_factory(SPEC, SHAPE, 3, seed=0, device=torch.device("cpu"))
+    return counts, images, labels, make_net
+
+
+def test_dpdm_noisy_means_approach_the_true_clipped_means_as_sigma_goes_to_zero():
+    _, images, labels, make_net = _dpdm_data()
+    c_norm = 1.0
+    true = []
+    for t in range(2):
+        with torch.no_grad():
+            f = dp.clip_rows(make_net(t)(images, features=True), c_norm)
+        true.append(torch.stack([f[labels == c].mean(0) for c in range(3)]))
+    true = torch.stack(true)
+    errors = []
+    for sigma in (1.0, 0.1, 0.01, 0.0):
+        plan = dpdm.DPDMPlan(2, (1.0, 1.0, 1.0), c_norm, sigma)  # rate 1: every image, every iteration
+        got = dpdm.noisy_class_means(images, labels, plan, make_net, torch.Generator().manual_seed(0))
+        assert got.means.shape == true.shape and len(got.aug_seeds) == 2
+        errors.append(float((got.means - true).abs().max()))
+    assert errors[0] > errors[1] > errors[2] > errors[3]
+    assert errors[3] < 1e-5
+    # the noise is sigma C / (q_c N_c) per coordinate: the smallest class is the noisiest
+    plan = dpdm.DPDMPlan(2, (1.0, 1.0, 1.0), c_norm, 1.0)
+    assert dpdm.expected_noise_std(plan, 6, 2) > dpdm.expected_noise_std(plan, 30, 0)
+
+
+def test_dpdm_subsampled_means_are_unbiased():
+    counts, images, labels, make_net = _dpdm_data()
+    plan = dpdm.DPDMPlan(1, dpdm.class_rates(counts, 3), 1.0, 0.0)
+    with torch.no_grad():
+        f = dp.clip_rows(make_net(0)(images, features=True), 1.0)
+    true = torch.stack([f[labels == c].mean(0) for c in range(3)])
+    draws = torch.stack(
+        [
+            dpdm.noisy_class_means(images, labels, plan, make_net, torch.Generator().manual_seed(s)).means[0]
+            for s in range(150)
+        ]
+    )
+    assert float((draws.mean(0) - true).abs().max()) < 0.25 * float(true.abs().max())
+
+
+def test_dpdm_accounting_uses_the_largest_class_rate():
+    counts = (300, 60, 20)
+    plan = dpdm.plan_dpdm(counts, iterations=100, batch_per_class=4, epsilon=4.0, delta=1e-4, max_norm=1.0)
+    assert plan.rates == (4 / 300, 4 / 60, 4 / 20)
+    assert plan.dp.sample_rate == max(plan.rates) == 4 / 20  # the smallest class sets epsilon
+    assert plan.dp.steps == 100 and plan.noise_multiplier == plan.dp.noise_multiplier
+    assert plan.dp.recompute() == plan.dp.epsilon <= 4.0
+    # accounted at the largest class's rate the budget would be smaller: the max is the worst case
+    assert dp.spent_epsilon(plan.noise_multiplier, 4 / 300, 100, 1e-4) < plan.dp.epsilon
+    assert plan.to_dict()["dp"]["sample_rate"] == 4 / 20
+    assert dpdm.plan_dpdm(counts, 10, 4, math.inf, 1e-4, 1.0).dp is None
+
+
+def test_matching_a_synthetic_set_to_released_means_lowers_the_loss_without_real_images():
+    _, images, labels, make_net = _dpdm_data()
+    aug = DSAConfig(batch_mode=True)
+    plan = dpdm.DPDMPlan(4, (1.0, 1.0, 1.0), 1.0, 0.05)
+    released = dpdm.noisy_class_means(images, labels, plan, make_net, torch.Generator().manual_seed(1), aug)
+    syn_labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    syn = torch.randn(6, *SHAPE, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
+    opt = torch.optim.SGD([syn], lr=1.0, momentum=0.5)
+    del images, labels  # stage 2 reads only what stage 1 released
+    first = dpdm.match_noisy_means(syn, syn_labels, released, make_net, opt, 1.0, aug)
+    for _ in range(15):
+        last = dpdm.match_noisy_means(syn, syn_labels, released, make_net, opt, 1.0, aug)
+    assert sum(last) < 0.5 * sum(first)

@@ -20,7 +20,11 @@ The pieces (issue #35), not yet wired into the config, the CLI or the pipeline:
 
 Scope of the guarantee: (ε, δ)-DP under add/remove-one adjacency of the train split, for
 everything computed from the train images through these mechanisms (every checkpoint of every
-expert, composed). Two honest limits, both also true of Opacus without its ``secure_mode``:
+expert, composed). Public by assumption: N and the class counts (they set δ, the sample rates
+and DP-DM's divisors). Not covered yet: ``MedDataset.mean``/``std``, which the loader measures
+on the train split and every image is normalised with — a DP run must normalise with fixed
+values (or a DP estimate) for the guarantee to hold. Two honest limits, both also true of
+Opacus without its ``secure_mode``:
 the noise comes from torch's seeded Mersenne-Twister generator (reproducible and resumable,
 not a cryptographic RNG), and floating-point effects on the Gaussian sampler (Mironov 2012)
 are not defended against.
@@ -365,7 +369,7 @@ def train_dp_expert(
     check_per_sample(net)
     net = net.to(device).train()
     opt = torch.optim.SGD(net.parameters(), lr=plan.lr, momentum=plan.momentum, weight_decay=plan.weight_decay)
-    if resume is not None and resume.epochs_done > 0:
+    if resume is not None:
         rows = list(resume.trajectory.float().unbind(0))
         load_flat(net, rows[-1].to(device))
         if resume.momentum is not None:
@@ -453,6 +457,6 @@ class SealedSplit:
 
 def seal_train(ds):
     """A copy of the :class:`~meddistill.data.loader.MedDataset` ``ds`` whose train split is sealed
-    (val and test stay readable). Note ``ds.mean``/``ds.std`` were measured on the train split:
-    a DP run must normalise with data-independent values (see the module notes)."""
+    (val and test stay readable). ``ds.mean``/``ds.std`` were measured on the train split: a DP
+    run must normalise with data-independent values (see the module docstring)."""
     return replace(ds, train=SealedSplit(len(ds.train)))

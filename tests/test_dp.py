@@ -170,9 +170,11 @@ def test_epsilon_recomputed_from_the_recorded_parameters_equals_the_recorded_one
 
 
 @pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")  # PRV sizes its domain with RDP
-def test_prv_accountant_calibrates_too():
-    s = dp.DPSettings.plan(4.0, 1e-4, 1.0, 0.1, 200, "prv")
-    assert 4.0 - 0.01 <= s.epsilon <= 4.0 and s.recompute() == s.epsilon
+def test_prv_accountant_is_tighter_than_rdp_at_the_same_noise(rdp_plan):
+    s = rdp_plan
+    prv = dp.spent_epsilon(s.noise_multiplier, s.sample_rate, s.steps, s.delta, "prv")
+    assert 0.5 * s.epsilon < prv <= s.epsilon
+    assert dp.DPSettings(prv, s.delta, 1.0, "prv", s.noise_multiplier, s.sample_rate, s.steps, 4.0).recompute() == prv
 
 
 def test_epsilon_inf_means_no_dp_and_bad_budgets_are_one_line_errors():

@@ -19,6 +19,11 @@ class ArtifactError(MeddistillError):
     """A run folder, expert buffer or synthetic set is missing or unreadable."""
 
 
+class PrivacyError(MeddistillError):
+    """Something tried to read data a differentially private run may not touch (the real train
+    images, outside the DP mechanism that accounts for them)."""
+
+
 class RunStopped(MeddistillError):
     """A run stopped before its last iteration; its checkpoint lets it resume."""
 

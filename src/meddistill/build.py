@@ -25,6 +25,7 @@ import yaml
 
 import meddistill.distill
 import meddistill.nets  # noqa: F401  (registers every net)
+from meddistill import dp
 from meddistill.config import (
     DEVICE_PATTERN,
     RunConfig,
@@ -36,8 +37,8 @@ from meddistill.config import (
     validate,
 )
 from meddistill.data.sources import canonical_dataset, train_size
-from meddistill.distill.registry import METHODS, get_spec
 from meddistill.errors import ConfigError
+from meddistill.methods import METHODS, get_spec
 from meddistill.nets.registry import NETS
 from meddistill.utils import bf16_native, resolve_device
 
@@ -131,6 +132,10 @@ def check_config(cfg: RunConfig) -> None:
         raise ConfigError("eval.nets is empty; name at least one evaluation net, e.g. [convnet]")
     for name in [cfg.net.name, *cfg.eval.nets]:
         NETS.get(name)
+    if cfg.dp.on:
+        why = dp.refusal(cfg, get_spec(cfg.distill.method))
+        if why:
+            raise ConfigError(why)
 
 
 def resolve_auto(cfg: RunConfig) -> RunConfig:

@@ -213,6 +213,7 @@ def _cell_flags(p: argparse.ArgumentParser, methods: str) -> None:
     _experts(p)
     _progress(p)
     _distill_opts(p, methods)
+    _dp(p)
 
 
 # ------------------------------------------------------------------ parser
@@ -220,6 +221,31 @@ def _datasets_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("datasets", help="list MedMNIST subsets and whether their files are found")
     _data_root(p)
     _size(p, default=28)
+
+
+def _positive(name: str, hint: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (0 < value < math.inf):
+            raise argparse.ArgumentTypeError(f"{name} must be a positive finite number, got {text!r} ({hint})")
+        return value
+
+    return parse
+
+
+def _dp(p: argparse.ArgumentParser) -> None:
+    """Formal differential privacy (``dp:`` section, docs/privacy.md)."""
+    p.add_argument(
+        "--dp-epsilon", type=_positive("--dp-epsilon", "leave it out for no DP"),
+        help="train experts with DP-SGD and distill without reading a real image: an (ε, δ) guarantee for the set",
+    )  # fmt: skip
+    p.add_argument(
+        "--dp-delta", type=_positive("--dp-delta", "default: below 1/N"),
+        help="δ of the guarantee (default: 1/(10 N) rounded down, N train images)",
+    )  # fmt: skip
 
 
 def _experts_parser(sub: argparse._SubParsersAction) -> None:
@@ -235,6 +261,7 @@ def _experts_parser(sub: argparse._SubParsersAction) -> None:
     _progress(p)
     p.add_argument("--num-experts", type=int)
     p.add_argument("--epochs", type=int)
+    _dp(p)
 
 
 def _eval_parser(sub: argparse._SubParsersAction) -> None:
@@ -391,6 +418,8 @@ FLAG_NAMES = {
     "data.channels": "--channels",
     "data.licence": "--licence",
     "data.on_bad_image": "--on-bad-image",
+    "dp.epsilon": "--dp-epsilon",
+    "dp.delta": "--dp-delta",
 }
 
 
@@ -414,6 +443,8 @@ def config_from_args(args: argparse.Namespace, dataset: str | None = None) -> Ru
         "data.channels": getattr(args, "channels", None),  # own images
         "data.licence": getattr(args, "licence", None),
         "data.on_bad_image": getattr(args, "on_bad_image", None),
+        "dp.epsilon": getattr(args, "dp_epsilon", None),
+        "dp.delta": getattr(args, "dp_delta", None),
     }
     from meddistill.build import build_config
 

@@ -460,3 +460,63 @@ def seal_train(ds):
     (val and test stay readable). ``ds.mean``/``ds.std`` were measured on the train split: a DP
     run must normalise with data-independent values (see the module docstring)."""
     return replace(ds, train=SealedSplit(len(ds.train)))
+
+
+# --------------------------------------------------------------------------------------------
+# the run: normalisation, the experts' budget, what may run under DP
+
+PUBLIC_MEAN = 0.5  # data-independent normalisation of a DP run: pixels in [0, 1] → [-1, 1]
+PUBLIC_STD = 0.5
+
+
+def public_normalisation(ds):
+    """``ds`` re-expressed with the fixed :data:`PUBLIC_MEAN`/:data:`PUBLIC_STD` per channel
+    instead of the train split's mean and std (which are statistics of the patients' images
+    that no accountant covers). Same pixels, another affine map; every split alike."""
+    mean = torch.full_like(ds.mean, PUBLIC_MEAN)
+    std = torch.full_like(ds.std, PUBLIC_STD)
+
+    def renorm(split):
+        pixels = split.images * ds.std.view(1, -1, 1, 1) + ds.mean.view(1, -1, 1, 1)
+        return replace(split, images=(pixels - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1))
+
+    return replace(ds, train=renorm(ds.train), val=renorm(ds.val), test=renorm(ds.test), mean=mean, std=std)
+
+
+def run_delta(cfg, n_train: int) -> float:
+    """The run's δ: ``dp.delta``, or :func:`default_delta` when it is 0."""
+    return cfg.dp.delta if cfg.dp.delta > 0 else default_delta(n_train)
+
+
+def expert_settings(cfg, n_train: int) -> DPSettings:
+    """The DP-SGD mechanism of a run's expert buffer: Poisson rate and steps from the expert
+    batch size, noise calibrated so that every epoch of every one of ``experts.num_experts``
+    experts together spends ``dp.epsilon`` (all checkpoints are released to distillation)."""
+    e = cfg.experts
+    rate, per_epoch = poisson_schedule(n_train, e.batch_size)
+    steps = total_steps(e.num_experts, e.epochs, per_epoch)
+    delta = run_delta(cfg, n_train)
+    settings = DPSettings.plan(cfg.dp.epsilon, delta, cfg.dp.max_grad_norm, rate, steps, cfg.dp.accountant)
+    assert settings is not None  # epsilon > 0 is finite (the config's range)
+    return settings
+
+
+def refusal(cfg, spec) -> str | None:
+    """Why the run ``cfg`` of the method ``spec`` (a :class:`~meddistill.methods.MethodSpec`)
+    cannot be differentially private, in one line; None when it can."""
+    name = spec.name
+    if spec.private == "":
+        why = spec.not_private or (
+            "it selects real train images" if not spec.synthesizes else "it reads real train images at every iteration"
+        )
+        return f"--dp-epsilon: method {name!r} cannot be differentially private ({why})"
+    section = cfg.distill.section()
+    init = getattr(section, "init", None)
+    if init is not None and init != "noise":
+        return (
+            f"--dp-epsilon: init={init} starts from real train images (or from DM on them), which the budget "
+            "does not cover; start from noise: --set method.init=noise"
+        )
+    if cfg.net.norm == "batch":
+        return "--dp-epsilon: net.norm=batch mixes examples within a batch (no per-sample gradients); use instance"
+    return None

@@ -28,6 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from meddistill import dp
 from meddistill.augment import for_dataset
 from meddistill.config import ExpertConfig, RunConfig
 from meddistill.data.loader import MedDataset
@@ -230,6 +231,8 @@ def train_one_expert(
     """Train expert ``k`` (resuming from its partial file) to epoch ``until`` (default: all of
     ``cfg.experts.epochs``, which finishes its file ``path``; fewer leave the partial file)."""
     ecfg: ExpertConfig = cfg.experts
+    if cfg.dp.on:
+        return _train_one_dp_expert(ds, cfg, k, path, device, on_epoch, until)
     plan = expert_plan(ds, cfg, (ecfg.seed, "expert-order", k), (ecfg.seed, "expert-dsa", k))
     torch.manual_seed(derive_seed(ecfg.seed, "expert-init", k))
     net = create_model(cfg.net, ds.shape, ds.num_classes).to(device)
@@ -259,6 +262,61 @@ def train_one_expert(
     return {"expert": k, "final_val_acc": val_acc[-1] if val_acc else None}
 
 
+def _dp_resume(partial: Path) -> tuple[dp.DPExpertState | None, list[float]]:
+    """A DP expert's partial file as the state :func:`meddistill.dp.train_dp_expert` resumes from."""
+    if not partial.exists():
+        return None, []
+    try:
+        state = load_file(str(partial))
+        momentum = state.get("momentum")
+        return dp.DPExpertState(state["trajectory"], momentum), state["val_acc"].tolist()
+    except (SafetensorError, OSError, KeyError, RuntimeError):
+        return None, []  # unreadable partial: start over
+
+
+def _train_one_dp_expert(
+    ds: MedDataset,
+    cfg: RunConfig,
+    k: int,
+    path: Path,
+    device: torch.device,
+    on_epoch: Callable[[int], None] | None,
+    until: int | None,
+) -> dict:
+    """Expert ``k`` trained with DP-SGD (:func:`meddistill.dp.train_dp_expert`), with the
+    mechanism recorded in the folder's ``meta.json`` by :func:`train_experts`; partial files and
+    resume as for any expert (fp32: bf16 does not apply)."""
+    ecfg = cfg.experts
+    settings = dp.DPSettings.from_dict(read_meta(path.parent / "meta.json")["dp"])
+    _, per_epoch = dp.poisson_schedule(len(ds.train), ecfg.batch_size)
+    plan = dp.DPSGDPlan(
+        lr=ecfg.lr, max_grad_norm=settings.max_grad_norm, noise_multiplier=settings.noise_multiplier,
+        sample_rate=settings.sample_rate, steps_per_epoch=per_epoch, momentum=ecfg.momentum,
+        weight_decay=ecfg.weight_decay, dsa=for_dataset(ds.info, cfg.dsa) if ecfg.dsa else None,
+    )  # fmt: skip
+    torch.manual_seed(derive_seed(ecfg.seed, "expert-init", k))
+    net = create_model(cfg.net, ds.shape, ds.num_classes).to(device)
+    partial = partial_path(path.parent, k)
+    resume, val_acc = _dp_resume(partial)
+
+    def save_epoch(epoch: int, state: dp.DPExpertState) -> None:
+        val_acc.append(_accuracy(net, ds.val.images, ds.val.labels, device, False))
+        extra = {"val_acc": torch.tensor(val_acc)}
+        if state.momentum is not None:
+            extra["momentum"] = state.momentum
+        _save(partial, state.trajectory, extra)
+        if on_epoch:
+            on_epoch(epoch)
+
+    last = ecfg.epochs if until is None else min(until, ecfg.epochs)
+    train = ds.train
+    traj = dp.train_dp_expert(net, train.images, train.labels, plan, ecfg.seed, k, last, device, resume, save_epoch)
+    if traj.shape[0] - 1 == ecfg.epochs:
+        _save(path, traj, {"val_acc": torch.tensor(val_acc)})
+        partial.unlink(missing_ok=True)
+    return {"expert": k, "final_val_acc": val_acc[-1] if val_acc else None}
+
+
 def train_experts(
     ds: MedDataset, cfg: RunConfig, device: torch.device, progress: bool = True, epochs: int | None = None
 ) -> Path:
@@ -275,6 +333,8 @@ def train_experts(
         "code_version": code_version(),
         "format": "trajectory: (epochs+1, num_params) float32, row 0 = init",
     }
+    if cfg.dp.on:  # the mechanism every checkpoint of the folder was trained with, accounted once
+        meta["dp"] = {**dp.expert_settings(cfg, len(ds.train)).to_dict(), "mechanism": "DP-SGD experts"}
     if meta_path.exists():
         old = read_meta(meta_path)
         if old.get("identity") != meta["identity"]:

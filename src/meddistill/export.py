@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from meddistill import dp
 from meddistill.audit import PERCENTILE, read_audit
 from meddistill.config import read_yaml
 from meddistill.data import get_info
@@ -96,6 +97,26 @@ def _audit_lines(audit: dict | None) -> list[str]:
     return lines
 
 
+def _dp_lines(record: dict | None) -> list[str]:
+    """The card's DP statement: "differentially private" only when the recorded mechanism's
+    parameters give back the recorded ε under the recorded accountant (recomputed here)."""
+    if not record:
+        return ["No formal guarantee: this set was not distilled under `--dp-epsilon` (see the audit below)."]
+    settings = dp.DPSettings.from_dict(record)
+    again = settings.recompute()
+    if abs(again - settings.epsilon) > 1e-9 * max(1.0, settings.epsilon):
+        return [f"The recorded DP parameters give ε = {again:.4g}, not the recorded {settings.epsilon:.4g}: "
+                "no guarantee is claimed."]  # fmt: skip
+    return [
+        f"**({settings.epsilon:.3g}, {settings.delta:.1g})-differentially private** with respect to the real "
+        f"train split (add/remove one image): {record.get('mechanism', 'DP mechanism')}, "
+        f"{settings.accountant.upper()} accountant (Opacus), noise multiplier {settings.noise_multiplier:.4g}, "
+        f"clipping norm {settings.max_grad_norm:g}, sampling rate {settings.sample_rate:.4g}, {settings.steps} "
+        "steps composed; the distillation read no real train image. Recomputed from these parameters when "
+        "this card was written.",
+    ]
+
+
 def _warning(audit: dict | None) -> list[str]:
     """The card's first lines for a set exported with ``--allow-traceable``."""
     if audit is not None and audit.get("shareable"):
@@ -132,6 +153,7 @@ def _card(syn: SynSet, config: dict | None, evals: list[dict], audit: dict | Non
                 )
     else:
         lines.append("Not evaluated yet (run `meddistill eval <run>` before exporting).")
+    lines += ["", "## Differential privacy", "", *_dp_lines(m.get("dp"))]
     lines += ["", "## Privacy audit", "", *_audit_lines(audit)]
     lines += [
         "",

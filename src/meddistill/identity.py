@@ -20,7 +20,7 @@ from typing import Any
 
 from meddistill.config import RunConfig
 from meddistill.data.sources import pick_source
-from meddistill.distill.registry import FULL, get_spec
+from meddistill.methods import FULL, get_spec
 from meddistill.utils import config_hash
 
 # Config keys that never change a result, or that only one kind of row reads: two rows that

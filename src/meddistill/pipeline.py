@@ -14,16 +14,18 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from meddistill import dp
 from meddistill.config import RunConfig, dump_yaml
 from meddistill.data.loader import MedDataset
 from meddistill.data.local import check_same_data
 from meddistill.data.sources import create_dataset, dataset_dir, dataset_tag, write_run_records
-from meddistill.distill import DistillContext, get_method
+from meddistill.distill import DistillContext, get_method, get_spec
 from meddistill.errors import WriteError
 from meddistill.evaluate import EvalSummary, evaluate_images
+from meddistill.experts import read_meta, train_experts
 from meddistill.health import LOG
 from meddistill.identity import data_identity, distill_identity, eval_identity, run_hash
 from meddistill.locks import LOCK_NAME, run_lock
@@ -56,8 +58,10 @@ def holds_earlier_work(run_dir: Path) -> bool:
 
 
 def load_data(cfg: RunConfig, progress: bool | None = None) -> MedDataset:
-    """A MedMNIST subset, an image folder or a CSV manifest (``data/sources.py`` picks)."""
-    return create_dataset(cfg, progress)
+    """A MedMNIST subset, an image folder or a CSV manifest (``data/sources.py`` picks); under
+    ``--dp-epsilon`` normalised with fixed values, not the train split's statistics."""
+    ds = create_dataset(cfg, progress)
+    return dp.public_normalisation(ds) if cfg.dp.on else ds
 
 
 def _clear_run_dir(run_dir: Path) -> None:
@@ -101,10 +105,28 @@ def distill(
         return run_dir, _distill_into(ctx, method, syn_path)
 
 
+def private_context(ctx: DistillContext) -> DistillContext:
+    """Under ``--dp-epsilon``: everything the method may know of the real train images is computed
+    first by a DP mechanism (the DP-SGD experts, or the method's own release), then the train
+    split is sealed: the distillation itself raises on any read of it."""
+    spec = get_spec(ctx.cfg.distill.method)
+    if spec.private == "experts":
+        folder = train_experts(ctx.ds, ctx.cfg, ctx.device, ctx.progress, spec.experts_read(ctx.cfg))
+        record = read_meta(folder / "meta.json")["dp"]
+        ctx = replace(ctx, _experts=folder)
+    else:
+        assert spec.release is not None  # build.check_config refused the others
+        release, record = spec.release(ctx)
+        ctx = replace(ctx, release=release)
+    return replace(ctx, ds=dp.seal_train(ctx.ds), dp_record=record)
+
+
 def _distill_into(ctx: DistillContext, method, syn_path: Path) -> SynSet:
     cfg, ds, run_dir = ctx.cfg, ctx.ds, ctx.run_dir
     write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
     t0 = time.monotonic()
+    if cfg.dp.on:
+        ctx = private_context(ctx)
     syn = method(ctx)
     syn.meta["distill_seconds"] = round(time.monotonic() - t0, 2)
     syn.save(syn_path)
@@ -156,6 +178,8 @@ def evaluate_run(
         ehash = config_hash(eval_identity(cfg), 10)
         row = result_row(cfg, summary, syn.meta.get("config_hash", ""), ehash, run_dir, syn.lr)
         row["synset_hash"] = syn.content_hash()
+        if "dp" in syn.meta:  # the set's (ε, δ) guarantee and its mechanism
+            row["dp"] = syn.meta["dp"]
         # the row first: a full disk that stops the append leaves no cache, so the next run appends it
         append_jsonl(Path(cfg.out_dir) / "results.jsonl", row)
         _write_cache(cache, row)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from meddistill.config import RunConfig
 from meddistill.data.loader import MedDataset, class_indices
-from meddistill.distill.registry import (  # noqa: F401  (re-exported: methods register through base)
+from meddistill.errors import ConfigError
+from meddistill.methods import (  # noqa: F401  (re-exported: methods register through base)
     FULL,
     METHODS,
     SHARED_PARTS,
@@ -20,7 +22,6 @@ from meddistill.distill.registry import (  # noqa: F401  (re-exported: methods r
     list_methods,
     register_method,
 )
-from meddistill.errors import ConfigError
 from meddistill.synset import SynSet
 from meddistill.utils import code_version, derive_seed
 
@@ -37,6 +38,8 @@ class DistillContext:
     _experts: Path | None = field(default=None, repr=False)  # a given expert folder: never trained here
     _folder: Path | None = field(default=None, repr=False)  # the folder this context trained experts in
     _trained_to: int = field(default=-1, repr=False)  # ... up to this epoch
+    dp_record: dict | None = None  # under --dp-epsilon: the mechanism and budget (recorded in the set's meta)
+    release: Any = None  # under --dp-epsilon: a method's own DP release (MethodSpec.release)
 
     def experts_folder(self, epochs: int | None = None) -> Path:
         """Train (or reuse cached) expert trajectories for this dataset and net, up to epoch
@@ -88,6 +91,8 @@ class DistillContext:
             "license": self.ds.info.license,
             **extra,
         }
+        if self.dp_record is not None:
+            meta["dp"] = self.dp_record
         return SynSet(
             images.detach().cpu().float(),
             labels.detach().cpu().long(),

@@ -69,10 +69,11 @@ class ReplaceInputs:
     """What a replacement may use for one image of one class."""
 
     gen: torch.Generator
-    train_images: torch.Tensor
+    train_images: torch.Tensor | None  # None under --dp-epsilon (the run reads no real image)
     cls_idx: torch.Tensor  # the class's indices into the train split
     used: torch.Tensor  # bool over the train split: real images already taken (updated in place)
     k: int
+    shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W) of one image
 
 
 StartFn = Callable[[DistillContext, torch.Generator, InitOptions, "torch.Tensor | None"], Start]
@@ -110,7 +111,7 @@ def _real_draw(ctx, gen, eligible) -> Start:
 
 
 def noise_image(inp: ReplaceInputs) -> tuple[torch.Tensor, list[int]]:
-    return torch.randn(inp.train_images.shape[1:], generator=inp.gen), []
+    return torch.randn(inp.shape, generator=inp.gen), []
 
 
 def centroid_image(inp: ReplaceInputs) -> tuple[torch.Tensor, list[int]]:
@@ -132,6 +133,11 @@ def real_start(ctx: DistillContext, gen: torch.Generator, opts: InitOptions, eli
 @register_init("noise", shareable=True, replace=noise_image)
 def noise_start(ctx: DistillContext, gen: torch.Generator, opts: InitOptions, eligible=None) -> Start:
     """Gaussian noise in the normalised space; no source."""
+    if ctx.cfg.dp.on:  # the run may read neither the train images nor their labels: no real draw
+        ipc, k = ctx.cfg.distill.ipc, ctx.ds.num_classes
+        labels = torch.arange(k).repeat_interleave(ipc)
+        images = torch.randn((k * ipc, *ctx.ds.shape), generator=gen)
+        return Start(images, labels, torch.zeros(0, dtype=torch.long), [[] for _ in range(k * ipc)])
     real = _real_draw(ctx, gen, eligible)
     images = torch.randn(real.images.shape, generator=gen)
     return Start(images, real.labels, real.drawn, [[] for _ in real.sources])

@@ -17,9 +17,12 @@ from tqdm.auto import tqdm
 from meddistill.augment import dsa
 from meddistill.config import setting
 from meddistill.distill.base import DistillContext, distill_generator, register_method
+from meddistill.distill.dpdm import NoisyMeans, match_noisy_means, noisy_class_means, plan_dpdm, random_net_factory
 from meddistill.distill.embedding import fresh_net, image_step, match_embeddings, siamese_cfg, siamese_pair
 from meddistill.distill.init import INIT_NAMES, InitOptions, make_start
+from meddistill.dp import run_delta
 from meddistill.synset import SynSet
+from meddistill.utils import derive_seed
 
 # a method matching real statistics itself has no use for DM's warm start
 OWN_INITS = tuple(name for name in INIT_NAMES if name != "dm")
@@ -55,13 +58,46 @@ def _setup(ctx: DistillContext, d):
     return gen, images, start.labels.to(ctx.device), opt, siamese_cfg(ctx), ctx.class_indices(), start.sources
 
 
+def dp_dm_release(ctx: DistillContext) -> tuple[NoisyMeans, dict]:
+    """DM under ``--dp-epsilon`` (DP-DM, distill/dpdm.py): the noisy class means of clipped
+    embeddings under the run's random nets, one set per iteration — the only computation that
+    reads the real train images; the synthesis then matches them. Returns them and the record."""
+    cfg, ds = ctx.cfg, ctx.ds
+    d: DMConfig = cfg.distill.active
+    counts = [int((ds.train.labels == c).sum()) for c in range(ds.num_classes)]
+    plan = plan_dpdm(
+        counts, d.iterations, d.batch_real, cfg.dp.epsilon, run_delta(cfg, len(ds.train)), cfg.dp.max_grad_norm,
+        cfg.dp.accountant,
+    )  # fmt: skip
+    assert plan.dp is not None
+    make_net = random_net_factory(cfg.net, ds.shape, ds.num_classes, cfg.seed, ctx.device)
+    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "dp-dm-release"))
+    released = noisy_class_means(ds.train.images, ds.train.labels, plan, make_net, gen, siamese_cfg(ctx), ctx.device)
+    record = {**plan.dp.to_dict(), "mechanism": "DP-DM noisy class means", "class_rates": list(plan.rates),
+              "class_counts": counts}  # fmt: skip
+    return released, record
+
+
+def _dp_distribution_matching(ctx: DistillContext, d: DMConfig) -> SynSet:
+    """DP-DM's synthesis: from noise, one image step per released iteration (post-processing)."""
+    start = make_start(ctx, distill_generator(ctx), InitOptions.of(d))
+    images = start.images.to(ctx.device).requires_grad_(True)
+    labels = start.labels.to(ctx.device)
+    opt = torch.optim.SGD([images], lr=d.lr_img, momentum=0.5)
+    make_net = random_net_factory(ctx.cfg.net, ctx.ds.shape, ctx.ds.num_classes, ctx.cfg.seed, ctx.device)
+    match_noisy_means(images, labels, ctx.release, make_net, opt, ctx.cfg.dp.max_grad_norm, siamese_cfg(ctx))
+    return ctx.make_synset(images, labels, init=d.init, sources=start.sources)
+
+
 @register_method(
-    "dm", config=DMConfig, reads=("net", "dsa"),
+    "dm", config=DMConfig, reads=("net", "dsa"), private="release", release=dp_dm_release,
     presets={"tiny": {"iterations": 12, "batch_real": 32}, "paper": {"iterations": 5000}},
 )  # fmt: skip
 def distribution_matching(ctx: DistillContext) -> SynSet:
     """DM (Zhao & Bilen 2023): match mean embeddings of real and synthetic images under random nets."""
     d: DMConfig = ctx.cfg.distill.active
+    if ctx.release is not None:
+        return _dp_distribution_matching(ctx, d)
     gen, images, labels, opt, _aug, _classes, sources = _setup(ctx, d)
     match_embeddings(ctx, images, labels, gen, opt, d.iterations, d.batch_real)
     return ctx.make_synset(images, labels, init=d.init, sources=sources)
@@ -80,6 +116,7 @@ def _match(gr: list[torch.Tensor], gs: list[torch.Tensor]) -> torch.Tensor:
 
 @register_method(
     "dc", config=DCConfig, reads=("net", "dsa"),
+    not_private="gradient matching reads real train images at every iteration; no DP variant here",
     presets={"tiny": {"iterations": 12, "batch_real": 32, "outer": 2, "inner": 1}, "paper": {"iterations": 5000}},
 )  # fmt: skip
 def gradient_matching(ctx: DistillContext) -> SynSet:

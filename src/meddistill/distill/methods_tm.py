@@ -139,12 +139,17 @@ def build_engine(ctx: DistillContext) -> TrajectoryMatching:
     return VARIANTS.get(ctx.cfg.distill.method).engine(ctx)
 
 
-def register_tm(name: str, config: type, variant: TMVariant, presets: dict[str, dict[str, Any]], labels: str = "hard"):
-    """Register a trajectory-matching method: its variant of the engine, and the method itself."""
+def register_tm(
+    name: str, config: type, variant: TMVariant, presets: dict[str, dict[str, Any]], labels: str = "hard",
+    not_private: str = "",
+):  # fmt: skip
+    """Register a trajectory-matching method: its variant of the engine, and the method itself.
+    It reads real images only through the experts, so under ``--dp-epsilon`` (DP-SGD experts, a
+    noise start) it is private, unless ``not_private`` says why not."""
     VARIANTS.add(name, variant)
     return register_method(
         name, config=config, reads=TM_READS, labels=labels, learns_lr=True, expert_epochs=expert_epochs_read,
-        presets=presets, resolve=resolve_auto_span,
+        presets=presets, resolve=resolve_auto_span, private="" if not_private else "experts", not_private=not_private,
     )  # fmt: skip
 
 
@@ -176,7 +181,10 @@ def ptm_nodom(ctx: DistillContext) -> SynSet:
 _DATM = {"tiny": {**_TM_TINY, "stages": 2}, "paper": {**_TM_PAPER, "stages": 4}}
 
 
-@register_tm("datm", DATMConfig, TMVariant(datm_schedule, soft=True), _DATM, labels="soft")
+@register_tm(
+    "datm", DATMConfig, TMVariant(datm_schedule, soft=True), _DATM, labels="soft",
+    not_private="its start filter reads the real train images the expert classifies",
+)  # fmt: skip
 def datm(ctx: DistillContext) -> SynSet:
     """DATM-style (Guo et al. 2024): difficulty-aligned windows and expert soft labels."""
     return build_engine(ctx).run()

@@ -543,7 +543,9 @@ class TrajectoryMatching:
         dc, train = self.dom, self.ctx.ds.train
         replace = INITS.get(self.init.name).replace
         if replace is not None:
-            return lambda: replace(ReplaceInputs(st.gen, train.images, cls_idx, st.used, self.init.k))
+            images = None if self.ctx.cfg.dp.on else train.images  # under DP the split is sealed
+            shape = tuple(st.images.shape[1:])
+            return lambda: replace(ReplaceInputs(st.gen, images, cls_idx, st.used, self.init.k, shape))
         pick = REINITS.get(dc.reinit)(ReinitInputs(st.gen, train.images, cls_idx, kept, probe))
 
         def real() -> tuple[torch.Tensor, list[int]]:
@@ -568,7 +570,8 @@ class TrajectoryMatching:
         probe = self.dom_probe(point)
         views = SPACES.get(dc.space).views(st.images.detach(), self._targets(st, graph=False), probe, dc)
         done: list[int] = []
-        for c, cls_idx in enumerate(self.ctx.class_indices()):
+        no_members = [torch.zeros(0, dtype=torch.long)] * self.ctx.ds.num_classes  # DP: no train labels
+        for c, cls_idx in enumerate(no_members if self.ctx.cfg.dp.on else self.ctx.class_indices()):
             ids = torch.nonzero(st.labels == c).view(-1)
             sel = SELECTION_RULES.get(dc.rule)(views(ids), dc)
             if not sel:

@@ -36,7 +36,11 @@ class MethodSpec:
     - ``presets``: profile name → its section's values at that scale (the dataclass defaults are
       the ``cpu`` profile's), applied right after the profile YAML;
     - ``resolve``: ``resolve(section, cfg, train_size)`` turns the section's ``auto`` values
-      into numbers when the config is built (``train_size()`` counts the train split).
+      into numbers when the config is built (``train_size()`` counts the train split);
+    - ``private``: how it runs under ``--dp-epsilon`` (``meddistill.dp``): ``experts`` (it reads
+      the real images only through the DP-SGD experts), ``release`` (``release(ctx)`` computes its
+      own DP release from the real images before distillation, which reads only that), or ``""``
+      (it cannot: refused, with ``not_private`` as the reason).
     """
 
     name: str
@@ -50,6 +54,9 @@ class MethodSpec:
     expert_epochs: Callable[[RunConfig], int] | None = None
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     resolve: Callable[[Any, RunConfig, Callable[[], int]], None] | None = None
+    private: str = ""
+    release: Callable[[Any], tuple[Any, dict]] | None = None
+    not_private: str = ""
 
     @property
     def needs_experts(self) -> bool:
@@ -62,7 +69,10 @@ class MethodSpec:
 
 METHODS: Registry[MethodSpec] = Registry("method")  # filled as meddistill.distill imports its method modules
 FULL = "full"  # pseudo-method: the evaluation protocol trained on the whole real train split
-_FULL_SPEC = MethodSpec(FULL, None, synthesizes=False, summary="upper bound: the whole real train split")
+_FULL_SPEC = MethodSpec(
+    FULL, None, synthesizes=False, summary="upper bound: the whole real train split",
+    not_private="it trains on the real train split itself",
+)  # fmt: skip
 
 
 def register_method(
@@ -76,17 +86,20 @@ def register_method(
     expert_epochs: Callable[[RunConfig], int] | None = None,
     presets: dict[str, dict[str, Any]] | None = None,
     resolve: Callable[[Any, RunConfig, Callable[[], int]], None] | None = None,
+    private: str = "",
+    release: Callable[[Any], tuple[Any, dict]] | None = None,
+    not_private: str = "",
 ) -> Callable[[MethodFn], MethodFn]:
     """Register ``fn(DistillContext) -> SynSet`` under ``name`` with its :class:`MethodSpec`."""
     unknown = set(reads) - set(SHARED_PARTS)
-    if unknown or labels not in ("hard", "soft") or name == FULL:
+    if unknown or labels not in ("hard", "soft") or name == FULL or private not in ("", "experts", "release"):
         raise ValueError(f"bad registration of {name!r}: reads {sorted(unknown)}, labels {labels!r}")
 
     def deco(fn: MethodFn) -> MethodFn:
         summary = (fn.__doc__ or "").strip().split("\n")[0]
         spec = MethodSpec(
             name, fn, config, tuple(reads), labels, learns_lr, synthesizes, summary, expert_epochs,
-            dict(presets or {}), resolve,
+            dict(presets or {}), resolve, private, release, not_private,
         )  # fmt: skip
         METHODS.add(name, spec)
         return fn

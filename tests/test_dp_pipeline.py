@@ -13,6 +13,7 @@ import yaml
 
 from meddistill import dp
 from meddistill.build import build_config
+from meddistill.checks import check_method
 from meddistill.cli import main
 from meddistill.distill import METHODS, DistillContext, register_method
 from meddistill.distill import tm as tm_mod
@@ -50,7 +51,13 @@ def _dp_cfg(tmp_path, method: str = "ptm", **flags):
 )
 def test_a_run_that_cannot_be_private_is_refused_in_one_line(method, overrides, match):
     with pytest.raises(ConfigError, match=match.replace("(", r"\(").replace(")", r"\)")):
-        build_config("tiny", None, overrides, **{"distill.method": method, **DP})
+        check_method(build_config("tiny", None, overrides, **{"distill.method": method, **DP}))
+
+
+def test_experts_alone_train_under_dp_whatever_the_method_would_start_from():
+    check_method(build_config("tiny", None, ["method.init=noise"], **DP))  # the method is private
+    cfg = build_config("tiny", **DP)  # the experts command builds this config: ptm's default start is dm
+    assert cfg.dp.on and cfg.distill.active.init == "dm"  # refused only when the method runs
 
 
 def test_dp_settings_enter_the_keys_only_when_on():

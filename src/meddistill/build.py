@@ -25,7 +25,6 @@ import yaml
 
 import meddistill.distill
 import meddistill.nets  # noqa: F401  (registers every net)
-from meddistill import dp
 from meddistill.config import (
     DEVICE_PATTERN,
     RunConfig,
@@ -132,10 +131,7 @@ def check_config(cfg: RunConfig) -> None:
         raise ConfigError("eval.nets is empty; name at least one evaluation net, e.g. [convnet]")
     for name in [cfg.net.name, *cfg.eval.nets]:
         NETS.get(name)
-    if cfg.dp.on:
-        why = dp.refusal(cfg, get_spec(cfg.distill.method))
-        if why:
-            raise ConfigError(why)
+
 
 
 def resolve_auto(cfg: RunConfig) -> RunConfig:

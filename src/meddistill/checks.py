@@ -90,10 +90,16 @@ def check_nets(cfg: RunConfig, shape: tuple[int, int, int], num_classes: int, ev
 def check_method(cfg: RunConfig) -> None:
     """The active method's settings that fail only together, without the data: for trajectory
     matching, a schedule that reads an expert epoch past ``experts.epochs`` (a config that only
-    trains experts never runs the method, so :func:`meddistill.build.check_config` leaves this)."""
+    trains experts never runs the method, so :func:`meddistill.build.check_config` leaves this);
+    under ``--dp-epsilon``, a method or start that cannot be private (:func:`meddistill.dp.refusal`)."""
     from meddistill.distill import get_spec
+    from meddistill.dp import refusal
 
-    get_spec(cfg.distill.method).experts_read(cfg)
+    spec = get_spec(cfg.distill.method)
+    spec.experts_read(cfg)
+    why = refusal(cfg, spec) if cfg.dp.on else None
+    if why:
+        raise ConfigError(why)
 
 
 def check_cell(cfg: RunConfig, ds: MedDataset, evaluation: bool = True) -> None:

@@ -544,8 +544,10 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_experts(args: argparse.Namespace) -> int:
+    import torch
+
     from meddistill.checks import check_nets, check_out_dir
-    from meddistill.experts import train_experts
+    from meddistill.experts import final_accuracies, train_experts
     from meddistill.pipeline import load_data
     from meddistill.utils import resolve_device
 
@@ -556,6 +558,14 @@ def cmd_experts(args: argparse.Namespace) -> int:
     device = resolve_device(cfg.device)
     folder = train_experts(ds, cfg, device, not args.no_progress)
     print(f"experts: {folder}")
+    acc = final_accuracies(folder, ds, cfg, device)
+    if acc["test"]:
+        val, test = (torch.tensor(acc[k]) * 100 for k in ("val", "test"))
+        sd = (lambda x: float(x.std()) if len(x) > 1 else 0.0)  # noqa: E731
+        print(
+            f"last epoch of {len(test)} experts: val ACC {float(val.mean()):.2f} ± {sd(val):.2f} %, "
+            f"test ACC {float(test.mean()):.2f} ± {sd(test):.2f} %"
+        )
     return 0
 
 

@@ -262,6 +262,18 @@ def train_one_expert(
     return {"expert": k, "final_val_acc": val_acc[-1] if val_acc else None}
 
 
+def final_accuracies(folder: Path, ds: MedDataset, cfg: RunConfig, device: torch.device) -> dict[str, list[float]]:
+    """Each finished expert's last checkpoint on the val and test splits (a report of what the
+    buffer learned, e.g. at each ε; nothing selects on it)."""
+    net = create_model(cfg.net, ds.shape, ds.num_classes).to(device)
+    out: dict[str, list[float]] = {"val": [], "test": []}
+    for path in expert_files(folder):
+        load_flat(net, load_trajectory(path)[-1].to(device))
+        out["val"].append(_accuracy(net, ds.val.images, ds.val.labels, device, False))
+        out["test"].append(_accuracy(net, ds.test.images, ds.test.labels, device, False))
+    return out
+
+
 def _dp_resume(partial: Path) -> tuple[dp.DPExpertState | None, list[float]]:
     """A DP expert's partial file as the state :func:`meddistill.dp.train_dp_expert` resumes from."""
     if not partial.exists():

@@ -23,7 +23,7 @@ from meddistill.data.loader import MedDataset
 from meddistill.data.local import check_same_data
 from meddistill.data.sources import create_dataset, dataset_dir, dataset_tag, write_run_records
 from meddistill.distill import DistillContext, get_method, get_spec
-from meddistill.errors import WriteError
+from meddistill.errors import ConfigError, WriteError
 from meddistill.evaluate import EvalSummary, evaluate_images
 from meddistill.experts import read_meta, train_experts
 from meddistill.health import LOG
@@ -110,12 +110,14 @@ def private_context(ctx: DistillContext) -> DistillContext:
     first by a DP mechanism (the DP-SGD experts, or the method's own release), then the train
     split is sealed: the distillation itself raises on any read of it."""
     spec = get_spec(ctx.cfg.distill.method)
+    why = dp.refusal(ctx.cfg, spec)
+    if why:
+        raise ConfigError(why)
     if spec.private == "experts":
         folder = train_experts(ctx.ds, ctx.cfg, ctx.device, ctx.progress, spec.experts_read(ctx.cfg))
         record = read_meta(folder / "meta.json")["dp"]
         ctx = replace(ctx, _experts=folder)
     else:
-        assert spec.release is not None  # build.check_config refused the others
         release, record = spec.release(ctx)
         ctx = replace(ctx, release=release)
     return replace(ctx, ds=dp.seal_train(ctx.ds), dp_record=record)

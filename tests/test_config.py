@@ -248,5 +248,5 @@ def test_keyless_values_name_each_option_by_its_dotted_key():
     from meddistill.identity import keyless_values
 
     neutral = keyless_values(new_config())
-    assert neutral["distill.ptm.dom.feature_epoch"] == "last" and neutral["distill.ptm.dom.rate"] == 0.1
+    assert neutral["distill.ptm.dom.feature_epoch"] == "last" and neutral["distill.ptm.init_k"] == 5
     assert "distill.ptm.lr_img" not in neutral and "eval.epochs" not in neutral  # no neutral value

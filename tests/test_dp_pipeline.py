@@ -45,7 +45,7 @@ def _dp_cfg(tmp_path, method: str = "ptm", **flags):
         ("ptm", [], "init=dm starts from real train images"),  # the default start: DM on real images
         ("mtt", ["method.init=centroid"], "init=centroid"),
         ("dm", [], "init=real"),  # DM's own default start
-        ("ptm", ["method.init=noise", "method.dom.reinit=kcenter"], "dom.reinit picks a real replacement"),
+        ("ptm", ["method.init=noise", "method.dom.noise=0.5"], "dom.noise picks a real replacement"),
         ("ptm", ["method.init=noise", "net.norm=batch"], "net.norm=batch"),
     ],
 )

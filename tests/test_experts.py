@@ -132,10 +132,11 @@ def test_a_distillation_trains_experts_only_as_far_as_it_reads_them(breast, tmp_
     from meddistill.experts import epochs_trained, expert_files, load_trajectory, partial_path
     from meddistill.utils import read_jsonl
 
-    # ipc 4 and DOM's rate rule: DOM replaces images at every event, in expert 0's features at
-    # the last epoch the run reads (``dom.feature_epoch: read``), which partial experts hold too
+    # ipc 4, every pair over DOM's feature threshold: DOM replaces images at every event, flagged
+    # in expert 0's features at the last epoch the run reads (``dom.feature_epoch: read``), which
+    # partial experts hold too
     flags = {"experts.epochs": 6, "method.max_start_epoch": 2, "workers": 1, "distill.ipc": 4}
-    flags["method.dom.rule"] = "rate"
+    flags["method.dom.feature_threshold"] = -1.0
     lazy = tiny_config(out=tmp_path / "runs_a", experts=tmp_path / "lazy", **flags)
     full = tiny_config(out=tmp_path / "runs_b", experts=tmp_path / "full", **flags)
     train_experts(breast, full, torch.device("cpu"), progress=False)

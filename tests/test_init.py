@@ -106,7 +106,7 @@ def test_a_dm_warm_start_has_no_sources_and_moves_away_from_noise(breast, tiny, 
     assert torch.equal(dm.labels, noise.labels)
 
 
-@pytest.mark.parametrize("setting", ["method.dom.reinit=kcenter", "method.dom.noise=0.5"])
+@pytest.mark.parametrize("setting", ["method.dom.noise=0.5"])
 def test_a_real_replacement_setting_with_a_shareable_init_is_refused(setting):
     from meddistill.build import build_config
     from meddistill.errors import ConfigError

@@ -76,16 +76,15 @@ class PTMConfig(StagedConfig):
     dom: DOMConfig = field(default_factory=DOMConfig)
 
     def check_fields(self, prefix: str) -> None:
-        """DOM's choice of a real replacement (``reinit``, ``noise``) applies to a real start only:
-        with a shareable init, DOM replaces images by that init's rule."""
+        """DOM's noise on a real replacement applies to a real start only: with a shareable
+        init, DOM replaces images by that init's rule."""
         if INITS.get(self.init).replace is None or not self.dom.enabled:
             return
-        for key, neutral in (("reinit", "random"), ("noise", 0.0)):
-            if getattr(self.dom, key) != neutral:
-                raise ConfigError(
-                    f"{prefix}dom.{key} picks a real replacement image, which a run with init={self.init} does not "
-                    f"use (DOM replaces by the init's rule); leave it at {neutral!r} or use init=real"
-                )
+        if self.dom.noise != 0.0:
+            raise ConfigError(
+                f"{prefix}dom.noise picks a real replacement image, which a run with init={self.init} does not "
+                f"use (DOM replaces by the init's rule); leave it at 0.0 or use init=real"
+            )
 
 
 @dataclass

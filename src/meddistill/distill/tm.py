@@ -5,8 +5,7 @@ start-epoch schedule, whether DOM runs and whether labels are learnable soft lab
 
 Every random choice (expert, start epoch, minibatches, DSA seeds, DOM replacements) comes
 from one ``torch.Generator`` whose state is checkpointed together with the images, the
-learnable lr, the momentum buffers, the loss history and DOM's retrain windows (a per-image
-image-lr multiplier, :func:`meddistill.distill.dom.lr_multipliers`), so ``--resume`` continues
+learnable lr, the momentum buffers and the loss history, so ``--resume`` continues
 exactly as the uninterrupted run would have (bit-for-bit on the same device).
 
 An interrupt (Ctrl-C) can land anywhere, also halfway through an in-place update of the images
@@ -35,16 +34,12 @@ from tqdm.auto import tqdm
 from meddistill.augment import dsa, for_dataset
 from meddistill.distill.base import REFERENCE_EXPERT, DistillContext, distill_generator
 from meddistill.distill.dom import (
-    REINITS,
-    SELECTION_RULES,
-    SPACES,
-    TRIGGERS,
     DOMConfig,
-    Probe,
-    ReinitInputs,
     class_diversity,
-    lr_multipliers,
+    cosine_matrix,
     max_overlap,
+    replace_budget,
+    select_overlapping,
 )
 from meddistill.distill.init import INITS, InitOptions, ReplaceInputs, make_start
 from meddistill.distill.schedule import Schedule
@@ -106,9 +101,6 @@ class TMState:
     skipped: int = 0
     replaced: int = 0
     losses: list[float] = field(default_factory=list)
-    # DOM's retrain windows: image i's image lr is multiplied while it < boost_until[i] (None:
-    # no retrain policy; int64 on the CPU)
-    boost_until: torch.Tensor | None = None
     # per image, every train index it was initialised or re-initialised from (None: a checkpoint
     # written before sources were recorded)
     sources: list[list[int]] | None = None
@@ -207,14 +199,8 @@ class TrajectoryMatching:
             torch.zeros_like(images),
             torch.zeros_like(lr),
             None if logits is None else torch.zeros_like(logits),
-            boost_until=torch.zeros(len(labels), dtype=torch.long) if self._retrains else None,
             sources=start.sources,
         )
-
-    @property
-    def _retrains(self) -> bool:
-        """DOM runs with a retrain policy (its windows are part of the state)."""
-        return self.dom is not None and self.dom.retrain != "none"
 
     def save_checkpoint(self, st: TMState) -> None:
         tensors = {
@@ -230,8 +216,6 @@ class TrajectoryMatching:
         if st.label_logits is not None:
             tensors["label_logits"] = st.label_logits.detach().cpu()
             tensors["lab_mom"] = st.lab_mom.cpu()
-        if st.boost_until is not None:
-            tensors["boost_until"] = st.boost_until.cpu()
         meta = {
             "it": st.it,
             "skipped": st.skipped,
@@ -293,15 +277,12 @@ class TrajectoryMatching:
             skipped=int(meta["skipped"]),
             replaced=int(meta["replaced"]),
             losses=t["losses"].tolist(),
-            boost_until=t.get("boost_until"),
             sources=meta.get("sources"),
         )
         if "machines" in meta:
             self.segments = [m for m in meta["machines"] if isinstance(m, dict)]
         else:  # a checkpoint written before machines were recorded
             self.segments = [{"unrecorded": True, "from_it": 0, "to_it": st.it}] if st.it > 0 else []
-        if self._retrains and st.boost_until is None:
-            raise ArtifactError(f"checkpoint in {self.run_dir} has no DOM retrain windows; {RESTART}")
         # drop metric rows written after the checkpoint so the log has no duplicates
         rows = [r for r in read_jsonl(self.metrics_path) if r.get("it", -1) < st.it]
         write_jsonl_atomic(self.metrics_path, rows)
@@ -349,7 +330,6 @@ class TrajectoryMatching:
             skipped=st.skipped,
             replaced=st.replaced,
             losses=list(st.losses),
-            boost_until=copy(st.boost_until),
             sources=None if st.sources is None else [list(s) for s in st.sources],
         )
 
@@ -492,14 +472,9 @@ class TrajectoryMatching:
         new_lr_mom = d.momentum * st.lr_mom + g_lr
         new_lr = st.lr.detach() - d.lr_lr * new_lr_mom
         status = "ok"
-        mult = None if st.boost_until is None else lr_multipliers(self.dom, st.boost_until, st.it)
         with torch.no_grad():
             st.img_mom.mul_(d.momentum).add_(g_img)
-            if mult is None:
-                st.images.sub_(d.lr_img * st.img_mom)
-            else:  # DOM's retrain policy: a per-image lr
-                lr_img = (d.lr_img * mult).to(self.dev).view(-1, *([1] * (st.images.dim() - 1)))
-                st.images.sub_(lr_img * st.img_mom)
+            st.images.sub_(d.lr_img * st.img_mom)
             if not torch.isfinite(new_lr):
                 st.lr_mom.zero_()
                 status = "lr_held"
@@ -519,26 +494,25 @@ class TrajectoryMatching:
 
     # ------------------------------------------------------------------- DOM
     def dom_due(self, it: int) -> bool:
-        """A DOM event after ``it`` iterations (``dom.when``, within ``[start, stop]`` of the run)."""
+        """A DOM event after ``it`` iterations (every ``dom.every``, within ``[start, stop]`` of the run)."""
         dc = self.dom
         if dc is None:
             return False
         frac = it / max(1, self.d.iterations)
-        fires = it > 0 and TRIGGERS.get(dc.when)(it, dc, self.schedule.stage_of)
+        fires = it > 0 and it % dc.every == 0
         return fires and dc.start <= frac <= dc.stop and self.ipc > 1
 
-    def dom_probe(self, point: tuple[int, int] | None = None) -> Probe:
-        """The net at the parameters DOM's space measures with: the reference expert at
-        ``dom_epoch`` (``dom.feature_epoch``), or for a ``current``-point space ``point`` =
-        (expert, start epoch) of the iteration the event follows (the reference point if None)."""
-        current = point is not None and SPACES.get(self.dom.space).point == "current"
-        k, t = point if current else (REFERENCE_EXPERT, self.dom_epoch)
-        return Probe(self.net, self.spec, self.buffer.get(k)[t].to(self.dev))
+    def dom_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Penultimate features of ``images`` (one pass) at DOM's reference point: expert 0 at
+        ``dom_epoch`` (``dom.feature_epoch``)."""
+        theta = self.buffer.get(REFERENCE_EXPERT)[self.dom_epoch].to(self.dev)
+        with torch.no_grad():
+            return call_flat(self.net, self.spec, theta, images.to(self.dev), features=True)
 
-    def _replacer(self, st: TMState, cls_idx: torch.Tensor, kept: torch.Tensor, probe: Probe):
+    def _replacer(self, st: TMState, cls_idx: torch.Tensor):
         """A function making one replacement image of a class and its sources: by the run's
-        init rule when that is shareable (:data:`~meddistill.distill.init.INITS`), else a real
-        image chosen by ``dom.reinit`` (noise added when ``dom.noise`` > 0 or the class has no
+        init rule when that is shareable (:data:`~meddistill.distill.init.INITS`), else a random
+        unused real image of the class (noise added when ``dom.noise`` > 0 or the class has no
         unused image left)."""
         dc, train = self.dom, self.ctx.ds.train
         replace = INITS.get(self.init.name).replace
@@ -546,12 +520,12 @@ class TrajectoryMatching:
             images = None if self.ctx.cfg.dp.on else train.images  # under DP the split is sealed
             shape = tuple(st.images.shape[1:])
             return lambda: replace(ReplaceInputs(st.gen, images, cls_idx, st.used, self.init.k, shape))
-        pick = REINITS.get(dc.reinit)(ReinitInputs(st.gen, train.images, cls_idx, kept, probe))
 
         def real() -> tuple[torch.Tensor, list[int]]:
             free = ~st.used[cls_idx]
             exhausted = not bool(free.any())
-            r = cls_idx[pick(torch.ones_like(free) if exhausted else free)]
+            pool = torch.nonzero(torch.ones_like(free) if exhausted else free).view(-1)
+            r = cls_idx[int(pool[int(torch.randint(len(pool), (1,), generator=st.gen))])]
             st.used[r] = True
             new = train.images[r].clone()
             if dc.noise > 0 or exhausted:
@@ -561,23 +535,29 @@ class TrajectoryMatching:
         return real
 
     @torch.no_grad()
-    def dom_step(self, st: TMState, point: tuple[int, int] | None = None) -> list[int]:
-        """One DOM event: per class, the images ``dom.rule`` selects in ``dom.space`` are
-        re-initialised (:meth:`_replacer`: by the run's init rule, or from real images of the class
-        by ``dom.reinit``), their sources recorded, their momentum reset and their retrain window
-        opened. Returns the replaced positions in the set, in order."""
+    def dom_step(self, st: TMState) -> list[int]:
+        """One DOM event: per class, the images :func:`~meddistill.distill.dom.select_overlapping`
+        selects (pixel and reference-feature cosine over the thresholds) are re-initialised
+        (:meth:`_replacer`: by the run's init rule, or from random unused real images of the
+        class), their sources recorded and their momentum reset. Returns the replaced positions
+        in the set, in order."""
         dc = self.dom
-        probe = self.dom_probe(point)
-        views = SPACES.get(dc.space).views(st.images.detach(), self._targets(st, graph=False), probe, dc)
+        images = st.images.detach()
+        feats = self.dom_features(images)
         done: list[int] = []
         no_members = [torch.zeros(0, dtype=torch.long)] * self.ctx.ds.num_classes  # DP: no train labels
         for c, cls_idx in enumerate(no_members if self.ctx.cfg.dp.on else self.ctx.class_indices()):
             ids = torch.nonzero(st.labels == c).view(-1)
-            sel = SELECTION_RULES.get(dc.rule)(views(ids), dc)
+            sel = select_overlapping(
+                cosine_matrix(images[ids]),
+                cosine_matrix(feats[ids]),
+                dc.pixel_threshold,
+                dc.feature_threshold,
+                replace_budget(dc, len(ids)),
+            )
             if not sel:
                 continue
-            kept = ids[[j for j in range(len(ids)) if j not in sel]]
-            new_image = self._replacer(st, cls_idx, st.images.detach()[kept], probe)
+            new_image = self._replacer(st, cls_idx)
             for j in sel:
                 new, src = new_image()
                 pos = int(ids[j])
@@ -588,8 +568,6 @@ class TrajectoryMatching:
                 if st.label_logits is not None:
                     st.label_logits[pos] = self._expert_logits(new.unsqueeze(0))[0]
                     st.lab_mom[pos] = 0
-                if st.boost_until is not None:
-                    st.boost_until[pos] = st.it + dc.retrain_window
                 done.append(pos)
         st.replaced += len(done)
         return done
@@ -600,7 +578,7 @@ class TrajectoryMatching:
         d = self.d
         row = self.step(st)
         if self.dom_due(st.it):
-            ids = self.dom_step(st, (row["expert"], row["start"]))
+            ids = self.dom_step(st)
             row.update(dom_replaced=len(ids), dom_ids=ids)
         if st.it % self.cfg.distill.log_every == 0 or st.it == d.iterations or "dom_replaced" in row:
             imgs = st.images.detach()

@@ -34,7 +34,7 @@ def run_variant(profile: str, dataset: str, ipc: int, overrides: list[str], work
     from meddistill.distill.base import get_spec
     from meddistill.distill.methods_tm import VARIANTS, expert_epochs_read
     from meddistill.experts import train_experts
-    from meddistill.pipeline import distill, evaluate_run, load_data
+    from meddistill.pipeline import distill_set, evaluate_run, load_data
     from meddistill.utils import machine_info, resolve_device
 
     times = {"start": time.perf_counter() - t0}
@@ -53,7 +53,7 @@ def run_variant(profile: str, dataset: str, ipc: int, overrides: list[str], work
     if get_spec(cfg.distill.method).needs_experts:  # as far as the method reads them, or all epochs
         until = None if full_experts or cfg.distill.method not in VARIANTS else expert_epochs_read(cfg)
         stage("experts", lambda: train_experts(ds, cfg, device, progress=False, epochs=until))
-    run_dir, syn = stage("distill", lambda: distill(cfg, ds, progress=False))
+    run_dir, syn = stage("distill", lambda: distill_set(cfg, ds, progress=False))
     _, row = stage("eval", lambda: evaluate_run(cfg, run_dir, syn, ds, progress=False))
     return {
         "times": times,

@@ -214,10 +214,10 @@ def _pickle_free(p: Path) -> bool:
 
 def test_no_artifact_is_a_pickle(tiny, breast, tmp_path):
     from meddistill.experts import expert_dir
-    from meddistill.pipeline import distill
+    from meddistill.pipeline import distill_set
 
     cfg = tiny(**{"distill.ipc": 2, "method.iterations": 2, "out_dir": str(tmp_path / "runs")})
-    run_dir, _ = distill(cfg, breast, progress=False)
+    run_dir, _ = distill_set(cfg, breast, progress=False)
     out = export_run(run_dir, tmp_path / "exp", allow_traceable=True)
     files = [p for d in (run_dir, out, expert_dir(cfg)) for p in d.rglob("*") if p.is_file()]
     assert {p.suffix for p in files} >= {".npz", ".safetensors", ".json", ".yaml", ".png", ".jsonl"}

@@ -11,7 +11,7 @@ from meddistill.audit import audit, ssim_matrix
 from meddistill.cli import main
 from meddistill.distill import get_method
 from meddistill.export import export_run
-from meddistill.pipeline import distill
+from meddistill.pipeline import distill_set
 
 
 def test_ssim_is_one_for_identical_images_and_lower_otherwise():
@@ -146,7 +146,7 @@ def test_audit_and_export_cli_make_a_standalone_folder(tmp_path, capsys, session
 def test_export_refuses_a_folder_without_synset(tmp_path, capsys):
     assert main(["export", str(tmp_path), str(tmp_path / "o")]) == 2
     assert "no synthetic set" in capsys.readouterr().err
-    _ = distill  # imported for the public API check
+    _ = distill_set  # imported for the public API check
 
 
 def test_audit_figure_shows_every_synthetic_image(breast, tiny, tmp_path):

@@ -13,7 +13,7 @@ from meddistill.distill import get_method, list_methods
 from meddistill.distill.coreset import herding, kcenter
 from meddistill.distill.methods_tm import build_engine
 from meddistill.errors import ConfigError, RunStopped
-from meddistill.pipeline import distill, run_dir_for
+from meddistill.pipeline import distill_set, run_dir_for
 from meddistill.synset import SynSet
 from meddistill.utils import read_jsonl
 from tests.conftest import distill_ctx as _ctx
@@ -115,7 +115,7 @@ def test_kcenter_and_herding_share_the_first_pick_then_differ_by_rule(n, k, seed
 
 def test_pipeline_writes_the_run_folder_and_reuses_it(breast, tiny):
     cfg = tiny(**{"distill.ipc": 2})
-    run_dir, syn = distill(cfg, breast, progress=False)
+    run_dir, syn = distill_set(cfg, breast, progress=False)
     assert run_dir == run_dir_for(cfg)
     for f in ("synset.npz", "config.yaml", "metrics.jsonl", "grid.png", "loss.png", "checkpoint.safetensors"):
         assert (run_dir / f).exists(), f
@@ -125,7 +125,7 @@ def test_pipeline_writes_the_run_folder_and_reuses_it(breast, tiny):
         assert z["images"].shape == (4, 1, 28, 28) and meta["method"] == "ptm" and meta["ipc"] == 2
         px = z["images"] * z["std"].reshape(1, -1, 1, 1) + z["mean"].reshape(1, -1, 1, 1)
         assert np.isfinite(px).all()
-    again_dir, again = distill(cfg, breast, progress=False)
+    again_dir, again = distill_set(cfg, breast, progress=False)
     assert again_dir == run_dir and torch.equal(again.images, syn.images)
     loaded = SynSet.load(run_dir)
     assert loaded.lr == pytest.approx(syn.lr) and loaded.meta["config_hash"] == syn.meta["config_hash"]

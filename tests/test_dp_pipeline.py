@@ -19,7 +19,7 @@ from meddistill.distill import METHODS, DistillContext, register_method
 from meddistill.distill import tm as tm_mod
 from meddistill.errors import ConfigError, PrivacyError
 from meddistill.export import _dp_lines
-from meddistill.pipeline import distill, load_data
+from meddistill.pipeline import distill_set, load_data
 from meddistill.synset import SynSet
 from tests.conftest import tiny_config
 
@@ -115,9 +115,9 @@ def test_the_distillation_has_no_handle_on_the_real_train_images(tmp_path):
     try:
         cfg = _dp_cfg(tmp_path, "peek")
         with pytest.raises(PrivacyError, match="train"):
-            distill(cfg, load_data(cfg), progress=False)
+            distill_set(cfg, load_data(cfg), progress=False)
         cfg.dp.epsilon = 0.0  # the same method without DP reads them
-        assert len(distill(cfg, load_data(cfg), progress=False)[1].images) == 2
+        assert len(distill_set(cfg, load_data(cfg), progress=False)[1].images) == 2
     finally:
         del METHODS._entries["peek"]
 
@@ -125,18 +125,18 @@ def test_the_distillation_has_no_handle_on_the_real_train_images(tmp_path):
 def test_a_dp_run_resumes_exactly_like_an_uninterrupted_one(tmp_path):
     cfg = _dp_cfg(tmp_path, "ptm")
     ds = load_data(cfg)
-    whole = distill(cfg, ds, progress=False)[1]
+    whole = distill_set(cfg, ds, progress=False)[1]
     shutil.rmtree(tmp_path / "runs")
     with pytest.raises(tm_mod.RunStopped):
-        distill(cfg, ds, progress=False, stop_at=5)
-    resumed = distill(cfg, ds, progress=False)[1]
+        distill_set(cfg, ds, progress=False, stop_at=5)
+    resumed = distill_set(cfg, ds, progress=False)[1]
     assert torch.equal(resumed.images, whole.images) and resumed.lr == whole.lr
     assert resumed.meta["dp"] == whole.meta["dp"]
 
 
 def test_dp_dm_is_accounted_at_the_largest_class_rate(tmp_path):
     cfg = _dp_cfg(tmp_path, "dm")
-    syn = distill(cfg, load_data(cfg), progress=False)[1]
+    syn = distill_set(cfg, load_data(cfg), progress=False)[1]
     record = syn.meta["dp"]
     assert record["class_counts"] == [147, 399]  # BreastMNIST: the small class sets ε
     assert record["sample_rate"] == max(record["class_rates"]) == pytest.approx(32 / 147)

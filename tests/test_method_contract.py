@@ -11,7 +11,7 @@ import torch
 
 from meddistill.distill import get_spec, list_methods
 from meddistill.errors import RunStopped
-from meddistill.pipeline import distill
+from meddistill.pipeline import distill_set
 
 
 def _cfg(tiny, method, out):
@@ -21,7 +21,7 @@ def _cfg(tiny, method, out):
 @pytest.mark.parametrize("method", list_methods())
 def test_method_contract(breast, tiny, tmp_path, method):
     spec = get_spec(method)
-    run_dir, syn = distill(_cfg(tiny, method, tmp_path / "a"), breast, progress=False)
+    run_dir, syn = distill_set(_cfg(tiny, method, tmp_path / "a"), breast, progress=False)
     # a loadable synset.npz another lab reads with numpy alone
     with np.load(run_dir / "synset.npz", allow_pickle=False) as z:
         assert z["images"].shape == (4, 1, 28, 28) and z["labels"].tolist() == [0, 0, 1, 1]
@@ -34,7 +34,7 @@ def test_method_contract(breast, tiny, tmp_path, method):
     is_real = [bool((real == img.flatten()).all(1).any()) for img in syn.images]
     assert all(is_real) != spec.synthesizes, is_real
     # deterministic: the same config elsewhere gives the same set, bit for bit
-    _, again = distill(_cfg(tiny, method, tmp_path / "b"), breast, progress=False)
+    _, again = distill_set(_cfg(tiny, method, tmp_path / "b"), breast, progress=False)
     assert torch.equal(syn.images, again.images) and syn.lr == again.lr
 
 
@@ -42,11 +42,11 @@ def test_method_contract(breast, tiny, tmp_path, method):
 def test_an_interrupted_run_resumes_bit_for_bit(breast, tiny, tmp_path, method):
     """Methods that checkpoint resume from it; the others rerun deterministically."""
     cfg = _cfg(tiny, method, tmp_path / "full")
-    _, full = distill(cfg, breast, progress=False)
+    _, full = distill_set(cfg, breast, progress=False)
     cut = _cfg(tiny, method, tmp_path / "cut")
     try:
-        distill(cut, breast, progress=False, stop_at=3)
+        distill_set(cut, breast, progress=False, stop_at=3)
     except RunStopped:
         pass
-    _, resumed = distill(cut, breast, progress=False)
+    _, resumed = distill_set(cut, breast, progress=False)
     assert torch.equal(full.images, resumed.images) and full.lr == resumed.lr

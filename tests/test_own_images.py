@@ -18,7 +18,7 @@ from meddistill.data.loader import _to_nchw
 from meddistill.errors import ConfigError
 from meddistill.experts import expert_dir, load_trajectory
 from meddistill.identity import cell_key, distill_identity, expert_identity
-from meddistill.pipeline import distill, load_data, run_cell, run_dir_for
+from meddistill.pipeline import distill_set, load_data, run_cell, run_dir_for
 from meddistill.utils import config_hash
 from tests.conftest import tiny_config
 from tests.own_images_data import (
@@ -123,7 +123,7 @@ def test_rgb_folder_gives_the_npz_subset_bit_for_bit(own):
 def test_experts_and_synthetic_set_equal_the_npz_ones(own, breast, tiny, name):
     """Same seed, same augmentation: the whole tiny pipeline is bit-identical to the npz one
     (the folder through ``run_cell``, i.e. with evaluation; the CSV through ``distill``)."""
-    _, syn_npz = distill(tiny(**{"distill.ipc": 2}), breast, progress=False)
+    _, syn_npz = distill_set(tiny(**{"distill.ipc": 2}), breast, progress=False)
     cfg = own_cfg(own, name, **{"distill.ipc": 2, **SAME_AUGMENTATION})
     if name == "breast":
         res = run_cell(cfg, progress=False)
@@ -132,7 +132,7 @@ def test_experts_and_synthetic_set_equal_the_npz_ones(own, breast, tiny, name):
         # what tells two settings apart in a report: the images and the augmentation too
         assert res.row["config"]["data"]["fingerprint"] and "scale" in res.row["config"]["dsa"]
     else:
-        run_dir, syn = distill(cfg, progress=False)
+        run_dir, syn = distill_set(cfg, progress=False)
     assert expert_dir(cfg) != expert_dir(tiny()) and expert_dir(cfg).parent.name == "breast_28"
 
     def trajectory(folder, k):  # runs train experts as far as they read them; other tests may finish them

@@ -529,7 +529,7 @@ def _check_overrides(args: argparse.Namespace, cfg: RunConfig, flags: dict) -> N
 def cmd_datasets(args: argparse.Namespace) -> int:
     from meddistill.data import DATASETS
     from meddistill.data.loader import candidate_roots, is_data_file
-    from meddistill.data.registry import check_size
+    from meddistill.data.medmnist import check_size
 
     check_size(args.size)
     roots = candidate_roots(args.data_root)
@@ -640,12 +640,12 @@ def _print_dry_run(cfg: RunConfig) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from meddistill.pipeline import distill
+    from meddistill.pipeline import distill_set
 
     cfg, ds = _prepare_cell(args, evaluation=False)
     if args.dry_run:
         return _print_dry_run(cfg)
-    run_dir, syn = distill(cfg, ds, progress=not args.no_progress, restart=args.restart)
+    run_dir, syn = distill_set(cfg, ds, progress=not args.no_progress, restart=args.restart)
     print(f"synthetic set: {run_dir / 'synset.npz'} ({len(syn.labels)} images)")
     return 0
 
@@ -758,13 +758,13 @@ def _export_eval_dir(cfg: RunConfig, syn, export: Path) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from meddistill.pipeline import distill, evaluate_run
+    from meddistill.pipeline import distill_set, evaluate_run
 
     cfg, ds = _prepare_cell(args, evaluation=True)
     if args.dry_run:
         return _print_dry_run(cfg)
     progress = not args.no_progress
-    run_dir, syn = distill(cfg, ds, progress=progress, restart=args.restart)
+    run_dir, syn = distill_set(cfg, ds, progress=progress, restart=args.restart)
     _, row = evaluate_run(cfg, run_dir, syn, ds, progress=progress)
     print(f"run folder: {run_dir}")
     _print_summary(f"{cfg.dataset} {cfg.distill.method} ipc={cfg.distill.ipc} ({cfg.profile} profile)", row)

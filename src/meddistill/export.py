@@ -179,7 +179,7 @@ def _card(syn: SynSet, config: dict | None, evals: list[dict], audit: dict | Non
 def _check(syn: SynSet, run_dir: Path) -> None:
     """The set must be a valid training set of the dataset its meta names (a MedMNIST subset's
     registry facts; for own images, the classes and channels the set itself records)."""
-    from meddistill.data.registry import UnknownDatasetError
+    from meddistill.data.medmnist import UnknownDatasetError
 
     name = syn.meta.get("dataset")
     if not name:

@@ -251,9 +251,9 @@ def lira_attack(
 
 
 def _default_distill(cfg_k: RunConfig, ds_k: MedDataset) -> SynSet:
-    from meddistill.pipeline import distill
+    from meddistill.pipeline import distill_set
 
-    return distill(cfg_k, ds_k, progress=False)[1]
+    return distill_set(cfg_k, ds_k, progress=False)[1]
 
 
 def shadow_config(cfg: RunConfig, k: int, shadow_dir: Path, device: torch.device) -> RunConfig:
@@ -392,7 +392,7 @@ def run_lira(
 ) -> LiraResult:
     """LiRA against the pipeline of ``cfg`` on ``ds`` with ``shadows`` shadow runs kept in
     ``work_dir`` (resumable); also writes ``<work_dir>/lira.json``. ``distill_fn(cfg_k, ds_k)``
-    makes a shadow's set (default: :func:`meddistill.pipeline.distill`)."""
+    makes a shadow's set (default: :func:`meddistill.pipeline.distill_set`)."""
     from meddistill.distill import get_spec
 
     if shadows < 2:

@@ -75,7 +75,7 @@ def _clear_run_dir(run_dir: Path) -> None:
             p.unlink()
 
 
-def distill(
+def distill_set(
     cfg: RunConfig,
     ds: MedDataset | None = None,
     progress: bool = True,
@@ -228,7 +228,7 @@ def run_cell(
     ds: MedDataset | None = None,
 ) -> CellResult:
     ds = ds or load_data(cfg, progress)
-    run_dir, syn = distill(cfg, ds, progress=progress, restart=restart)
+    run_dir, syn = distill_set(cfg, ds, progress=progress, restart=restart)
     if not evaluate:
         return CellResult(run_dir, syn, None, None)
     summary, row = evaluate_run(cfg, run_dir, syn, ds, progress=progress)

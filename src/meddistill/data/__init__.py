@@ -2,7 +2,7 @@
 through the source registry (``create_dataset``)."""
 
 from meddistill.data.loader import MedDataset, Split, class_indices, load_dataset, resolve_file
-from meddistill.data.registry import DATASETS, DatasetInfo, UnknownDatasetError, get_info
+from meddistill.data.medmnist import DATASETS, DatasetInfo, UnknownDatasetError, get_info
 from meddistill.data.sources import create_dataset
 
 __all__ = [

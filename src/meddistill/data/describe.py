@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from meddistill.data.local import UNSPECIFIED_LICENCE
-from meddistill.data.registry import get_info
+from meddistill.data.medmnist import get_info
 from meddistill.errors import ConfigError
 
 MEDMNIST_CITATION = "Cite Yang et al., MedMNIST v2, Sci. Data 10, 41 (2023)."

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from meddistill.data.registry import DatasetInfo, get_info
+from meddistill.data.medmnist import DatasetInfo, get_info
 from meddistill.errors import DataError
 
 SPLITS = ("train", "val", "test")

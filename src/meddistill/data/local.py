@@ -44,7 +44,7 @@ from meddistill.data.cache import (
 )
 from meddistill.data.listing import SPLITS, Entry, Listing, natural_key
 from meddistill.data.loader import MedDataset, Split
-from meddistill.data.registry import DatasetInfo
+from meddistill.data.medmnist import DatasetInfo
 from meddistill.data.splits import assign
 from meddistill.errors import ConfigError, DataError
 from meddistill.utils import write_text_atomic

@@ -25,7 +25,7 @@ from meddistill.data.cache import DECODER_VERSION
 from meddistill.data.listing import Listing, read_manifest, scan_folder
 from meddistill.data.loader import MedDataset, load_dataset
 from meddistill.data.local import LocalDataset, dataset_name, load_local, local_fingerprint, read_listing, write_records
-from meddistill.data.registry import DATASETS, SIZES, UnknownDatasetError, get_info
+from meddistill.data.medmnist import DATASETS, SIZES, UnknownDatasetError, get_info
 from meddistill.data.splits import assign
 from meddistill.errors import ConfigError, DataError
 from meddistill.registry import Registry

@@ -1,7 +1,7 @@
 """Distill stage: a registry of methods, each ``fn(DistillContext) -> SynSet`` with its
 :class:`MethodSpec` (its own config section and what it reads)."""
 
-from meddistill.distill import coreset, matching, methods_tm  # noqa: F401  (registers the methods)
+from meddistill.distill import coreset, dm_dc, methods_tm  # noqa: F401  (registers the methods)
 from meddistill.distill.base import (
     FULL,
     METHODS,

@@ -5,7 +5,7 @@ Every entry returns a :class:`Start` — images (normalised), labels and, for ea
 (:mod:`meddistill.audit`). ``shareable`` entries carry no single patient's image:
 
 - ``real`` — ``ipc`` random real train images per class: one patient each (traceable by
-  construction; DOM then re-initialises from real images too, ``dom.reinit``);
+  construction; DOM then re-initialises from random unused real images of the class too);
 - ``noise`` — standard Gaussian noise in the normalised space; no source;
 - ``centroid`` — per class, k-means in pixel space into ``ipc`` clusters of at least ``k``
   images each (a cluster with fewer takes the images nearest its centre); each image is the
@@ -85,7 +85,7 @@ class InitSpec:
     name: str
     start: StartFn
     shareable: bool
-    replace: ReplaceFn | None  # None: DOM re-initialises from real images (``dom.reinit``)
+    replace: ReplaceFn | None  # None: DOM re-initialises from random unused real images of the class
     summary: str
 
 

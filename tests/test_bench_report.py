@@ -101,7 +101,7 @@ def test_a_row_without_a_key_or_a_config_is_a_setting_of_its_own_wherever_it_sta
 
 
 def test_an_option_at_its_neutral_value_is_the_setting_stored_before_it_existed(tmp_path, capsys):
-    rows = [_dom(_row(seed=0, acc=0.5)), _dom(_row(seed=1, acc=0.7), rate=0.1, feature_epoch="last")]
+    rows = [_dom(_row(seed=0, acc=0.5)), _dom(_row(seed=1, acc=0.7), feature_epoch="last")]
     assert "| ptm | **60.0 ± 10.0** |" in _report(tmp_path, capsys, rows)
     # an option off its neutral value is another setting: named with the value the other ran
     rows = [_dom(_row(seed=0, acc=0.5)), _dom(_row(seed=1, acc=0.7), feature_epoch="read")]

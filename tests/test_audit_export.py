@@ -125,6 +125,8 @@ def test_audit_and_export_cli_make_a_standalone_folder(tmp_path, capsys, session
     assert main(["audit", str(noise_dir), "--device", "cpu", "--no-progress"]) == 0
     assert main(["export", str(noise_dir), str(exp)]) == 0
     assert "Not shown" not in (exp / "card.md").read_text()
+    # the audit's figures show the nearest real train images, and audit.json indexes them: never exported
+    assert (noise_dir / "audit.png").exists() and not list(exp.glob("audit*"))
     exp = tmp_path / "export"
     with np.load(exp / "synset.npz", allow_pickle=False) as z:
         assert z["train_images"].dtype == np.uint8 and z["train_images"].shape == (4, 28, 28)

@@ -250,3 +250,18 @@ def test_keyless_values_name_each_option_by_its_dotted_key():
     neutral = keyless_values(new_config())
     assert neutral["distill.ptm.dom.feature_epoch"] == "last" and neutral["distill.ptm.init_k"] == 5
     assert "distill.ptm.lr_img" not in neutral and "eval.epochs" not in neutral  # no neutral value
+
+
+def test_a_run_folder_written_before_the_dom_variants_were_removed_still_reads():
+    """config.yaml of a PTM run from before the removal stores the retired DOM options at the
+    values DOM kept: it rebuilds (eval, audit, export of an existing folder); another value is
+    a one-line error naming the variant."""
+    from meddistill.build import config_from_dict
+    from meddistill.config import dump_yaml
+
+    data = yaml.safe_load(dump_yaml(build_config("tiny")))
+    data["distill"]["ptm"]["dom"].update({"when": "every", "rule": "threshold", "rate": 0.1, "reinit": "random"})
+    assert config_from_dict(data).distill.active == build_config("tiny").distill.active
+    data["distill"]["ptm"]["dom"]["rule"] = "rate"
+    with pytest.raises(ConfigError, match=r"distill\.ptm\.dom\.rule='rate' is a DOM variant removed"):
+        config_from_dict(data)

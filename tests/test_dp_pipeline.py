@@ -4,6 +4,7 @@ The mechanisms themselves are tested in tests/test_dp.py."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 
@@ -15,10 +16,12 @@ from meddistill import dp
 from meddistill.build import build_config
 from meddistill.checks import check_method
 from meddistill.cli import main
-from meddistill.distill import METHODS, DistillContext, register_method
+from meddistill.data.sources import create_dataset
+from meddistill.distill import METHODS, DistillContext, MethodSpec, register_method
 from meddistill.distill import tm as tm_mod
-from meddistill.errors import ConfigError, PrivacyError
-from meddistill.export import _dp_lines
+from meddistill.errors import ArtifactError, ConfigError, PrivacyError
+from meddistill.experts import train_experts
+from meddistill.export import dp_statement
 from meddistill.pipeline import distill_set, load_data
 from meddistill.synset import SynSet
 from tests.conftest import tiny_config
@@ -90,14 +93,25 @@ def test_a_dp_run_records_a_budget_the_accountant_recomputes(tmp_path, data_dir,
     (meta,) = (tmp_path / "experts").rglob("meta.json")
     assert yaml.safe_load(meta.read_text())["dp"] == record
     assert yaml.safe_load((run / "config.yaml").read_text())["dp"]["epsilon"] == 8.0
-    assert "differentially private" in " ".join(_dp_lines(record))
+    assert dp_statement(record, {"dp": {"epsilon": 8.0}})[1]
+    # exported without an audit (a DP set's statement is its guarantee), without the audit's figures
+    assert main(["audit", str(run), "--device", "cpu", "--no-progress"]) == 0
+    assert main(["export", str(run), str(tmp_path / "exp")]) == 0
+    card = (tmp_path / "exp" / "card.md").read_text()
+    assert "-differentially private**" in card and "outside the privacy budget" in card
+    assert not list((tmp_path / "exp").glob("audit*"))
 
 
 def test_the_card_claims_no_guarantee_the_parameters_do_not_give():
     record = dp.DPSettings.plan(8.0, 1e-4, 1.0, 0.2, 40).to_dict()
-    assert "**(7.99, 0.0001)-differentially private**" in _dp_lines(record)[0]
-    assert "no guarantee is claimed" in _dp_lines({**record, "epsilon": 1.0})[0]
-    assert "No formal guarantee" in _dp_lines(None)[0]
+    lines, private = dp_statement(record, None)
+    assert private and "**(7.99, 0.0001)-differentially private**" in lines[0]
+    assert dp_statement({**record, "epsilon": 1.0}, None) == (dp_statement({**record, "epsilon": 1.0}, None)[0], False)
+    assert "no guarantee is claimed" in dp_statement({**record, "epsilon": 1.0}, None)[0][0]
+    assert not dp_statement(record, {"dp": {"epsilon": 4.0}})[1]  # not the run's target
+    assert not dp_statement({**record, "accountant": "gdp"}, None)[1]  # cannot be verified
+    assert not dp_statement({k: v for k, v in record.items() if k != "steps"}, None)[1]  # incomplete
+    assert dp_statement(None, None) == (dp_statement(None, None)[0], False)
 
 
 @dataclass
@@ -111,15 +125,44 @@ def peek(ctx: DistillContext) -> SynSet:
 
 
 def test_the_distillation_has_no_handle_on_the_real_train_images(tmp_path):
-    register_method("peek", config=PeekConfig, reads=("experts", "net", "dsa"), private="experts")(peek)
-    try:
+    spec = MethodSpec("peek", peek, PeekConfig, ("experts", "net", "dsa"), private="experts")
+    with METHODS.temporarily("peek", spec):
         cfg = _dp_cfg(tmp_path, "peek")
         with pytest.raises(PrivacyError, match="train"):
             distill_set(cfg, load_data(cfg), progress=False)
         cfg.dp.epsilon = 0.0  # the same method without DP reads them
         assert len(distill_set(cfg, load_data(cfg), progress=False)[1].images) == 2
-    finally:
-        del METHODS._entries["peek"]
+
+
+def test_dp_data_must_be_publicly_normalised(tmp_path):
+    """A caller passing its own dataset (train-split statistics) is refused, not silently used."""
+    cfg = _dp_cfg(tmp_path, "ptm")
+    with pytest.raises(ConfigError, match="normalised with fixed values"):
+        distill_set(cfg, create_dataset(cfg), progress=False)
+
+
+def test_experts_trained_under_another_dp_mechanism_are_not_reused(tmp_path):
+    cfg = _dp_cfg(tmp_path, "ptm")
+    ds = load_data(cfg)
+    folder = train_experts(ds, cfg, torch.device("cpu"), progress=False, epochs=1)
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["dp"]["noise_multiplier"] *= 0.5  # as another Opacus version might calibrate
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="another DP mechanism"):
+        train_experts(ds, cfg, torch.device("cpu"), progress=False, epochs=1)
+
+
+def test_dm_key_under_dp_does_not_hold_the_number_of_experts():
+    from meddistill.identity import distill_identity
+
+    a = build_config("tiny", None, ["method.init=noise"], **{"distill.method": "dm", **DP})
+    b = build_config("tiny", None, ["method.init=noise", "experts.num_experts=3"], **{"distill.method": "dm", **DP})
+    assert distill_identity(a) == distill_identity(b) and "dp" in distill_identity(a)
+
+
+def test_a_release_method_must_bring_its_release():
+    with pytest.raises(ValueError, match="bad registration"):
+        register_method("nope", private="release")(peek)
 
 
 def test_a_dp_run_resumes_exactly_like_an_uninterrupted_one(tmp_path):

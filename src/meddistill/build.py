@@ -36,6 +36,7 @@ from meddistill.config import (
     validate,
 )
 from meddistill.data.sources import canonical_dataset, train_size
+from meddistill.distill.dom import drop_retired
 from meddistill.errors import ConfigError
 from meddistill.methods import METHODS, get_spec
 from meddistill.nets.registry import NETS
@@ -150,7 +151,16 @@ def resolve_auto(cfg: RunConfig) -> RunConfig:
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
-    """Rebuild a RunConfig from its dumped dict (e.g. a run folder's ``config.yaml``)."""
+    """Rebuild a RunConfig from its dumped dict (e.g. a run folder's ``config.yaml``); a DOM
+    section written before DOM's variant options were removed reads at their kept values."""
+    distill = data.get("distill") if isinstance(data, dict) else None
+    if isinstance(distill, dict):
+        distill = {
+            name: {**sec, "dom": drop_retired(sec["dom"], f"distill.{name}.dom")}
+            if isinstance(sec, dict) and isinstance(sec.get("dom"), dict) else sec
+            for name, sec in distill.items()
+        }  # fmt: skip
+        data = {**data, "distill": distill}
     return merge(new_config(), data)
 
 

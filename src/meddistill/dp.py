@@ -1,7 +1,8 @@
 """Formal differential privacy: accounting, Poisson sampling, DP-SGD and DP expert training,
 and the guard that keeps the real train images out of a DP distillation.
 
-The pieces (issue #35), not yet wired into the config, the CLI or the pipeline:
+The pieces, wired in by the ``dp:`` config section (``--dp-epsilon``), ``experts.train_experts``
+and ``pipeline.private_context`` (docs/privacy.md):
 
 - **Accounting** (:func:`calibrate_noise`, :func:`spent_epsilon`, :class:`DPSettings`) on
   Opacus's accountants (RDP by default, PRV optional; ``pip install 'meddistill[dp]'``). Opacus
@@ -481,6 +482,16 @@ def public_normalisation(ds):
         return replace(split, images=(pixels - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1))
 
     return replace(ds, train=renorm(ds.train), val=renorm(ds.val), test=renorm(ds.test), mean=mean, std=std)
+
+
+def check_public(ds) -> None:
+    """Refuse data normalised with the train split's statistics under DP (``pipeline.load_data``
+    applies :func:`public_normalisation`; a caller passing its own dataset must too)."""
+    if not (bool((ds.mean == PUBLIC_MEAN).all()) and bool((ds.std == PUBLIC_STD).all())):
+        raise ConfigError(
+            "under --dp-epsilon the data must be normalised with fixed values (meddistill.dp.public_normalisation; "
+            "pipeline.load_data does it), not the train split's mean and std"
+        )
 
 
 def run_delta(cfg, n_train: int) -> float:

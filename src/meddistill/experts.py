@@ -346,11 +346,17 @@ def train_experts(
         "format": "trajectory: (epochs+1, num_params) float32, row 0 = init",
     }
     if cfg.dp.on:  # the mechanism every checkpoint of the folder was trained with, accounted once
+        dp.check_public(ds)
         meta["dp"] = {**dp.expert_settings(cfg, len(ds.train)).to_dict(), "mechanism": "DP-SGD experts"}
     if meta_path.exists():
         old = read_meta(meta_path)
         if old.get("identity") != meta["identity"]:
             raise ArtifactError(f"{meta_path} describes different experts; remove {out} or change experts_dir")
+        if old.get("dp") != meta.get("dp"):  # e.g. another Opacus calibrates another σ for the same settings
+            raise ArtifactError(
+                f"the experts in {out} were trained with another DP mechanism ({old.get('dp')}) than this "
+                f"version computes ({meta.get('dp')}); remove {out} to retrain them, or change experts_dir"
+            )
     check_expert_files(out, meta["num_params"], cfg.net.tag())
     drop_damaged_partials(out, meta["num_params"], cfg.experts.num_experts)
     write_text_atomic(meta_path, json.dumps(meta, indent=2, sort_keys=True))

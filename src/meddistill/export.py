@@ -27,7 +27,7 @@ from meddistill.audit import PERCENTILE, read_audit
 from meddistill.config import read_yaml
 from meddistill.data import get_info
 from meddistill.data.describe import card_source
-from meddistill.errors import ArtifactError
+from meddistill.errors import ArtifactError, ConfigError
 from meddistill.synset import SynSet
 from meddistill.synset_check import check_synset
 from meddistill.utils import atomic_path, read_json_object, write_text_atomic
@@ -93,28 +93,43 @@ def _audit_lines(audit: dict | None) -> list[str]:
             f"- LiRA membership inference ({h['shadows']} shadow distillations, offline): AUC {h['auc']:.3f}, "
             f"TPR {100 * h['tpr_at_0.1pct']:.2f} % at 0.1 % FPR and {100 * h['tpr_at_1pct']:.2f} % at 1 % FPR."
         )
-    lines.append("- Nearest real images: `audit.png` (and `audit_2.png`, ... for sets of more than 25 images).")
+    lines.append(
+        "- The audit's figures (each image beside its nearest real train images) and per-image scores stay in the "
+        "run folder with the data holder: they show and index patient images, so they are not exported."
+    )
     return lines
 
 
-def _dp_lines(record: dict | None) -> list[str]:
-    """The card's DP statement: "differentially private" only when the recorded mechanism's
-    parameters give back the recorded ε under the recorded accountant (recomputed here)."""
+def dp_statement(record: dict | None, config: dict | None) -> tuple[list[str], bool]:
+    """The card's DP section and whether the set is differentially private: only when the recorded
+    mechanism's parameters give back the recorded ε under the recorded accountant (recomputed
+    here) and its target is the run's ``dp.epsilon``."""
     if not record:
-        return ["No formal guarantee: this set was not distilled under `--dp-epsilon` (see the audit below)."]
-    settings = dp.DPSettings.from_dict(record)
-    again = settings.recompute()
-    if abs(again - settings.epsilon) > 1e-9 * max(1.0, settings.epsilon):
-        return [f"The recorded DP parameters give ε = {again:.4g}, not the recorded {settings.epsilon:.4g}: "
-                "no guarantee is claimed."]  # fmt: skip
+        return ["No formal guarantee: this set was not distilled under `--dp-epsilon` (see the audit below)."], False
+    try:
+        settings = dp.DPSettings.from_dict(record)
+        again = settings.recompute()
+    except ConfigError as exc:  # Opacus missing, or an unknown accountant
+        return [f"A DP record is present but cannot be verified here ({exc}): no guarantee is claimed."], False
+    except (KeyError, TypeError, ValueError):
+        return ["The DP record is incomplete: no guarantee is claimed."], False
+    target = ((config or {}).get("dp") or {}).get("epsilon")
+    if abs(again - settings.epsilon) > 1e-9 * max(1.0, settings.epsilon) or (
+        target is not None and float(target) != settings.target_epsilon
+    ):
+        why = (
+            f"The recorded DP parameters give ε = {again:.4g}, not the recorded {settings.epsilon:.4g} "
+            f"(target {settings.target_epsilon:g}, run's dp.epsilon {target}): no guarantee is claimed."
+        )
+        return [why], False
     return [
         f"**({settings.epsilon:.3g}, {settings.delta:.1g})-differentially private** with respect to the real "
-        f"train split (add/remove one image): {record.get('mechanism', 'DP mechanism')}, "
-        f"{settings.accountant.upper()} accountant (Opacus), noise multiplier {settings.noise_multiplier:.4g}, "
-        f"clipping norm {settings.max_grad_norm:g}, sampling rate {settings.sample_rate:.4g}, {settings.steps} "
-        "steps composed; the distillation read no real train image. Recomputed from these parameters when "
-        "this card was written.",
-    ]
+        f"train split (add/remove one image; N, the class counts and the image shape are public): "
+        f"{record.get('mechanism', 'DP mechanism')}, {settings.accountant.upper()} accountant (Opacus), noise "
+        f"multiplier {settings.noise_multiplier:.4g}, clipping norm {settings.max_grad_norm:g}, sampling rate "
+        f"{settings.sample_rate:.4g}, {settings.steps} steps composed; the distillation read no real train image. "
+        "Recomputed from these parameters when this card was written.",
+    ], True
 
 
 def _warning(audit: dict | None) -> list[str]:
@@ -129,12 +144,15 @@ def _warning(audit: dict | None) -> list[str]:
     ]
 
 
-def _card(syn: SynSet, config: dict | None, evals: list[dict], audit: dict | None, source: list[str]) -> str:
+def _card(
+    syn: SynSet, config: dict | None, evals: list[dict], audit: dict | None, source: list[str], private: bool
+) -> str:
     m = syn.meta
+    dp_lines, _ = dp_statement(m.get("dp"), config)
     lines = [
         f"# Synthetic {m['dataset']} ({m.get('method')}, {m.get('ipc')} images per class)",
         "",
-        *_warning(audit),
+        *([] if private else _warning(audit)),
         *source,  # own images: from the run's data.json; MedMNIST: the registry and citation
         f"- Method: `{m.get('method')}`; seed {m.get('seed')}; config hash `{m.get('config_hash')}`; "
         f"meddistill {m.get('code_version')}.",
@@ -153,8 +171,13 @@ def _card(syn: SynSet, config: dict | None, evals: list[dict], audit: dict | Non
                 )
     else:
         lines.append("Not evaluated yet (run `meddistill eval <run>` before exporting).")
-    lines += ["", "## Differential privacy", "", *_dp_lines(m.get("dp"))]
-    lines += ["", "## Privacy audit", "", *_audit_lines(audit)]
+    lines += ["", "## Differential privacy", "", *dp_lines]
+    audit_lines = (
+        ["Not included: the audit's scores are computed from the real train images outside the privacy budget; "
+         "the guarantee above is this set's privacy statement."]
+        if private else _audit_lines(audit)
+    )  # fmt: skip
+    lines += ["", "## Privacy audit", "", *audit_lines]
     lines += [
         "",
         "## Files",
@@ -229,8 +252,8 @@ def _write_folder(run_dir: Path, syn: SynSet, out: Path, card: str) -> None:
     write_text_atomic(out / "card.md", card)
     write_text_atomic(out / "meta.json", json.dumps(syn.meta, indent=2, sort_keys=True))
     write_text_atomic(out / "train_example.py", EXAMPLE)
-    figures = [run_dir / n for n in ("config.yaml", "grid.png", "loss.png", "audit.json")]
-    for src in [*figures, *sorted(run_dir.glob("audit*.png"))]:
+    # not the audit's figures or audit.json: they show and index the nearest real train images
+    for src in [run_dir / n for n in ("config.yaml", "grid.png", "loss.png")]:
         if src.exists():
             shutil.copyfile(src, out / src.name)  # not copy(): a private source mode is not inherited
 
@@ -269,10 +292,8 @@ def _audit_of(run_dir: Path, syn: SynSet, allow_traceable: bool) -> dict | None:
     )
 
 
-def _read_card(run_dir: Path, syn: SynSet, source: list[str], audit: dict | None) -> str:
-    """The dataset card, from everything the run folder holds (read and checked before writing)."""
-    config = read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else None
-    return _card(syn, config, _evals_of(run_dir, syn), audit, source)
+def _run_config(run_dir: Path) -> dict | None:
+    return read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else None
 
 
 def export_run(
@@ -280,7 +301,8 @@ def export_run(
 ) -> Path:
     """A standalone folder another lab can use; written to a temporary sibling and renamed, so a
     failed export leaves nothing behind. ``licence``: own images only, the data's licence. A set
-    the run's audit did not show shareable is refused unless ``allow_traceable``."""
+    the run's audit did not show shareable is refused unless ``allow_traceable``; a differentially
+    private set (:func:`dp_statement`) needs no audit, and the audit's figures are never exported."""
     run_dir, out = Path(run_dir), Path(out)
     syn = SynSet.load(run_dir)
     _check(syn, run_dir)
@@ -289,8 +311,10 @@ def export_run(
         raise ArtifactError(f"export folder {out} is a file, not a folder")
     if out.exists() and any(out.iterdir()):
         raise ArtifactError(f"export folder {out} is not empty")
-    audit = _audit_of(run_dir, syn, allow_traceable)
-    card = _read_card(run_dir, syn, source, audit)
+    config = _run_config(run_dir)
+    _, private = dp_statement(syn.meta.get("dp"), config)
+    audit = None if private else _audit_of(run_dir, syn, allow_traceable)  # a DP set's statement is its guarantee
+    card = _card(syn, config, _evals_of(run_dir, syn), audit, source, private)
     tmp = _staging_dir(out)
     try:
         _write_folder(run_dir, syn, tmp, card)

@@ -111,7 +111,8 @@ def distill_identity(cfg: RunConfig) -> dict:
     if "dsa" in spec.reads:
         ident["dsa"] = asdict(cfg.dsa)
     ident.update(data_identity(cfg))
-    ident.update(dp_identity(cfg))
+    if cfg.dp.on:  # the experts' part (with their number) is in ident["experts"] for a method that reads them
+        ident["dp"] = identity_dict(cfg.dp)
     return ident
 
 

@@ -92,7 +92,8 @@ def register_method(
 ) -> Callable[[MethodFn], MethodFn]:
     """Register ``fn(DistillContext) -> SynSet`` under ``name`` with its :class:`MethodSpec`."""
     unknown = set(reads) - set(SHARED_PARTS)
-    if unknown or labels not in ("hard", "soft") or name == FULL or private not in ("", "experts", "release"):
+    bad_private = private not in ("", "experts", "release") or (private == "release") != (release is not None)
+    if unknown or labels not in ("hard", "soft") or name == FULL or bad_private:
         raise ValueError(f"bad registration of {name!r}: reads {sorted(unknown)}, labels {labels!r}")
 
     def deco(fn: MethodFn) -> MethodFn:

@@ -113,6 +113,7 @@ def private_context(ctx: DistillContext) -> DistillContext:
     why = dp.refusal(ctx.cfg, spec)
     if why:
         raise ConfigError(why)
+    dp.check_public(ctx.ds)
     if spec.private == "experts":
         folder = train_experts(ctx.ds, ctx.cfg, ctx.device, ctx.progress, spec.experts_read(ctx.cfg))
         record = read_meta(folder / "meta.json")["dp"]
@@ -215,6 +216,8 @@ def result_row(
     own = data_identity(cfg).get("data")  # own images: their fingerprint and decoding options
     if own is not None:
         row["config"]["data"] = own
+    if cfg.dp.on:  # a DP row is another setting than the same method without DP
+        row["config"]["dp"] = asdict(cfg.dp)
     main = summary.stats(cfg.eval.nets[0])
     row.update(acc_mean=main["acc_mean"], acc_std=main["acc_std"], auc_mean=main["auc_mean"], auc_std=main["auc_std"])
     return row

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +87,30 @@ def replace_budget(dc: DOMConfig, n: int) -> int:
 
 
 # --------------------------------------------------------------------------------- config
+
+
+#: DOM variant options compared on validation and removed (docs/results/dom-variants.md; they live
+#: at tag studies-2026-12) → the value at which each gave the one behaviour DOM keeps. A run folder
+#: written before their removal stores them; at these values it still reads.
+RETIRED = {
+    "when": "every", "space": "reference", "gradient_threshold": 0.9, "rule": "threshold", "rate": 0.1,
+    "reinit": "random", "retrain": "none", "retrain_boost": 10.0, "retrain_window": 20,
+}  # fmt: skip
+
+
+def drop_retired(section: dict[str, Any], where: str) -> dict[str, Any]:
+    """A stored DOM section without the retired options at their kept values; another value is a
+    one-line error naming the variant (it needs the version that had it)."""
+    out = dict(section)
+    for key, kept in RETIRED.items():
+        if key in out:
+            value = out.pop(key)
+            if value != kept:
+                raise ConfigError(
+                    f"{where}.{key}={value!r} is a DOM variant removed after it lost on validation "
+                    f"(docs/results/dom-variants.md); run it with the tagged version studies-2026-12"
+                )
+    return out
 
 
 @dataclass

@@ -21,8 +21,8 @@ per class and iteration) the smallest class sets ε — MedMNIST is imbalanced. 
 are computed from the class counts N_c, which are treated as public (MedMNIST publishes them;
 they are recorded with the set); a user who wants them private passes rates of their own.
 
-Not registered as a method yet (issue #35): the integration builds ``make_net`` from the run's
-net spec and seed (:func:`random_net_factory`) and the synthetic start from noise.
+DM runs as DP-DM under ``--dp-epsilon`` (``distill/dm_dc.py``: ``dp_dm_release`` is its
+registration's ``release``, computed before the train split is sealed).
 """
 
 from __future__ import annotations

@@ -478,8 +478,7 @@ def public_normalisation(ds):
     std = torch.full_like(ds.std, PUBLIC_STD)
 
     def renorm(split):
-        pixels = split.images * ds.std.view(1, -1, 1, 1) + ds.mean.view(1, -1, 1, 1)
-        return replace(split, images=(pixels - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1))
+        return replace(split, images=(ds.denormalize(split.images) - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1))
 
     return replace(ds, train=renorm(ds.train), val=renorm(ds.val), test=renorm(ds.test), mean=mean, std=std)
 

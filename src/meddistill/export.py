@@ -145,10 +145,12 @@ def _warning(audit: dict | None) -> list[str]:
 
 
 def _card(
-    syn: SynSet, config: dict | None, evals: list[dict], audit: dict | None, source: list[str], private: bool
+    syn: SynSet, config: dict | None, evals: list[dict], audit: dict | None, source: list[str],
+    statement: tuple[list[str], bool],
 ) -> str:
+    """``statement``: :func:`dp_statement` of the set (its lines, and whether it is differentially private)."""
+    dp_lines, private = statement
     m = syn.meta
-    dp_lines, _ = dp_statement(m.get("dp"), config)
     lines = [
         f"# Synthetic {m['dataset']} ({m.get('method')}, {m.get('ipc')} images per class)",
         "",
@@ -312,9 +314,10 @@ def export_run(
     if out.exists() and any(out.iterdir()):
         raise ArtifactError(f"export folder {out} is not empty")
     config = _run_config(run_dir)
-    _, private = dp_statement(syn.meta.get("dp"), config)
+    statement = dp_statement(syn.meta.get("dp"), config)  # the accountant runs once
+    private = statement[1]
     audit = None if private else _audit_of(run_dir, syn, allow_traceable)  # a DP set's statement is its guarantee
-    card = _card(syn, config, _evals_of(run_dir, syn), audit, source, private)
+    card = _card(syn, config, _evals_of(run_dir, syn), audit, source, statement)
     tmp = _staging_dir(out)
     try:
         _write_folder(run_dir, syn, tmp, card)

@@ -58,6 +58,11 @@ def _setup(ctx: DistillContext, d):
     return gen, images, start.labels.to(ctx.device), opt, siamese_cfg(ctx), ctx.class_indices(), start.sources
 
 
+def _dp_dm_nets(ctx: DistillContext):
+    """The run's random nets, by iteration: the release and the synthesis must see the same ones."""
+    return random_net_factory(ctx.cfg.net, ctx.ds.shape, ctx.ds.num_classes, ctx.cfg.seed, ctx.device)
+
+
 def dp_dm_release(ctx: DistillContext) -> tuple[NoisyMeans, dict]:
     """DM under ``--dp-epsilon`` (DP-DM, distill/dpdm.py): the noisy class means of clipped
     embeddings under the run's random nets, one set per iteration — the only computation that
@@ -70,9 +75,9 @@ def dp_dm_release(ctx: DistillContext) -> tuple[NoisyMeans, dict]:
         cfg.dp.accountant,
     )  # fmt: skip
     assert plan.dp is not None
-    make_net = random_net_factory(cfg.net, ds.shape, ds.num_classes, cfg.seed, ctx.device)
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "dp-dm-release"))
-    released = noisy_class_means(ds.train.images, ds.train.labels, plan, make_net, gen, siamese_cfg(ctx), ctx.device)
+    train = ds.train
+    released = noisy_class_means(train.images, train.labels, plan, _dp_dm_nets(ctx), gen, siamese_cfg(ctx), ctx.device)
     record = {**plan.dp.to_dict(), "mechanism": "DP-DM noisy class means", "class_rates": list(plan.rates),
               "class_counts": counts}  # fmt: skip
     return released, record
@@ -84,8 +89,7 @@ def _dp_distribution_matching(ctx: DistillContext, d: DMConfig) -> SynSet:
     images = start.images.to(ctx.device).requires_grad_(True)
     labels = start.labels.to(ctx.device)
     opt = torch.optim.SGD([images], lr=d.lr_img, momentum=0.5)
-    make_net = random_net_factory(ctx.cfg.net, ctx.ds.shape, ctx.ds.num_classes, ctx.cfg.seed, ctx.device)
-    match_noisy_means(images, labels, ctx.release, make_net, opt, ctx.cfg.dp.max_grad_norm, siamese_cfg(ctx))
+    match_noisy_means(images, labels, ctx.release, _dp_dm_nets(ctx), opt, ctx.cfg.dp.max_grad_norm, siamese_cfg(ctx))
     return ctx.make_synset(images, labels, init=d.init, sources=start.sources)
 
 
